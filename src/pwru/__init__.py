@@ -1,0 +1,3 @@
+"""pwru: packet, where are you? A Linux kernel networking debugger built on eBPF."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from pwru.cli import main
+
+raise SystemExit(main())
