@@ -1,0 +1,197 @@
+"""End-to-end fixtures: network namespaces made by the test, and pwru run as a real process.
+
+The backend under test comes from ``PWRU_TEST_BACKENDS`` (comma-separated; default ``auto``), so the same tests
+run on this machine (tracepoints) and inside the kernel lab's VMs (kprobe-multi, kprobe, fentry, tracepoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+BACKENDS = [b for b in os.environ.get("PWRU_TEST_BACKENDS", "auto").split(",") if b]
+# Everything inside a VM is about ten times slower.
+SLOW = float(os.environ.get("PWRU_TEST_SLOWDOWN", "1"))
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout * SLOW)
+
+
+@dataclass
+class Netns:
+    """A network namespace owned by one test; ``exec`` runs a command inside it."""
+
+    name: str
+
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    @property
+    def inode(self) -> int:
+        return os.stat(self.path).st_ino
+
+    def exec(self, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.name, *cmd, check=check, timeout=timeout)
+
+    def python(self, code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return self.exec(sys.executable, "-c", code, timeout=timeout)
+
+    def ifindex(self, ifname: str) -> int:
+        out = self.exec("cat", f"/sys/class/net/{ifname}/ifindex").stdout
+        return int(out)
+
+
+@pytest.fixture
+def netns_factory() -> Iterator[object]:
+    made: list[Netns] = []
+
+    def make() -> Netns:
+        ns = Netns(f"pwt-{uuid.uuid4().hex[:8]}")
+        sh("ip", "netns", "add", ns.name)
+        made.append(ns)
+        ns.exec("ip", "link", "set", "lo", "up")
+        return ns
+
+    yield make
+    for ns in made:
+        sh("ip", "netns", "del", ns.name, check=False)
+
+
+@pytest.fixture
+def netns(netns_factory: object) -> Netns:
+    return netns_factory()  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture
+def veth_pair(netns_factory: object) -> tuple[Netns, Netns]:
+    """Two namespaces joined by a veth pair: a0 10.99.0.1/24 + fd99::1 <-> b0 10.99.0.2/24 + fd99::2."""
+    a: Netns = netns_factory()  # type: ignore[operator]
+    b: Netns = netns_factory()  # type: ignore[operator]
+    sh("ip", "link", "add", "a0", "netns", a.name, "type", "veth", "peer", "name", "b0", "netns", b.name)
+    for ns, dev, v4, v6 in ((a, "a0", "10.99.0.1/24", "fd99::1/64"), (b, "b0", "10.99.0.2/24", "fd99::2/64")):
+        ns.exec("ip", "addr", "add", v4, "dev", dev)
+        ns.exec("ip", "addr", "add", v6, "dev", dev, "nodad")
+        ns.exec("ip", "link", "set", dev, "up")
+    return a, b
+
+
+def udp_send(
+    ns: Netns, host: str, port: int, count: int = 1, payload: bytes = b"pwru", interval: float = 0.01
+) -> None:
+    family = "AF_INET6" if ":" in host else "AF_INET"
+    ns.python(
+        "import socket,time\n"
+        f"s=socket.socket(socket.{family}, socket.SOCK_DGRAM)\n"
+        f"for _ in range({count}):\n"
+        f"    s.sendto({payload!r}, ({host!r}, {port}))\n"
+        f"    time.sleep({interval})\n"
+    )
+
+
+def tcp_connect(ns: Netns, host: str, port: int, timeout: float = 1.0) -> None:
+    """Try a TCP connection; a dropped SYN just times out."""
+    ns.python(
+        "import socket\n"
+        f"s=socket.socket()\ns.settimeout({timeout})\n"
+        "try:\n"
+        f"    s.connect(({host!r}, {port}))\n"
+        "except OSError:\n"
+        "    pass\n",
+        timeout=10 + timeout,
+    )
+
+
+@dataclass
+class PwruRun:
+    """A pwru process: started, waited until ready, stopped; its output collected."""
+
+    args: list[str]
+    tmp: Path
+    proc: subprocess.Popen[str] | None = None
+    stdout: str = ""
+    stderr: str = ""
+    returncode: int | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ready_file(self) -> Path:
+        return self.tmp / "ready"
+
+    def start(self, ready_timeout: float = 60) -> PwruRun:
+        env = dict(os.environ, **self.extra_env)
+        cmd = [sys.executable, "-m", "pwru", "--ready-file", str(self.ready_file), *self.args]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=self.tmp
+        )
+        deadline = time.monotonic() + ready_timeout * SLOW
+        while not self.ready_file.exists():
+            if self.proc.poll() is not None:
+                self.stdout, self.stderr = self.proc.communicate()
+                raise AssertionError(f"pwru exited {self.proc.returncode} before ready:\n{self.stderr}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"pwru not ready in time:\n{self.stderr}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> PwruRun:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.stdout, self.stderr = self.proc.communicate(timeout=timeout * SLOW)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.stdout, self.stderr = self.proc.communicate()
+            raise AssertionError("pwru did not stop in time") from None
+        self.returncode = self.proc.returncode
+        return self
+
+    def wait(self, timeout: float = 60) -> PwruRun:
+        assert self.proc is not None
+        self.stdout, self.stderr = self.proc.communicate(timeout=timeout * SLOW)
+        self.returncode = self.proc.returncode
+        return self
+
+    def json_events(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def pwru(tmp_path: Path, backend: str) -> Iterator[object]:
+    runs: list[PwruRun] = []
+
+    def make(*args: str) -> PwruRun:
+        run = PwruRun(["--backend", backend, *args], tmp_path)
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        if run.proc is not None and run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.communicate()
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run pwru to completion (for bad-input and listing tests)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pwru", *args], capture_output=True, text=True, timeout=timeout * SLOW
+    )
