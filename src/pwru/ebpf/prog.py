@@ -1,0 +1,283 @@
+"""BPF programs: load instructions into the kernel, describe them, test-run them.
+
+Loading is cheap on purpose: the first attempt carries no verifier log (the kernel then skips formatting
+one). Only when the kernel refuses is the load repeated with a log buffer, grown on ENOSPC, so that the
+raised :class:`BPFError` holds the verifier's real reason in ``.log``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+from typing import NamedTuple, Self
+
+from pwru.ebpf import syscall
+from pwru.ebpf.maps import _object_name
+from pwru.ebpf.syscall import BPFError, Cmd, ProgType
+
+# Verifier log levels.
+LOG_LEVEL_BRANCH = 1
+LOG_LEVEL_INSN = 2
+LOG_LEVEL_STATS = 4
+
+_LOG_START = 1 << 20
+_LOG_MAX = 64 << 20
+_INSN_SIZE = 8
+
+
+@dataclass(frozen=True)
+class ProgramInfo:
+    """What the kernel reports about a loaded program."""
+
+    id: int
+    type: int
+    name: str
+    tag: str
+    verified_insns: int
+    xlated_len: int
+    jited_len: int
+    btf_id: int
+    map_ids: tuple[int, ...]
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
+
+
+class TestRunResult(NamedTuple):
+    """``BPF_PROG_TEST_RUN`` outcome: the program's return value, the packet after it, mean ns per run."""
+
+    retval: int
+    data_out: bytes
+    duration: int
+
+
+class Program:
+    """A loaded BPF program, owning its file descriptor (``close()`` is idempotent; context manager)."""
+
+    def __init__(
+        self,
+        fd: int,
+        prog_type: int,
+        name: str = "",
+        expected_attach_type: int | None = None,
+        attach_btf_id: int | None = None,
+        log: str = "",
+    ) -> None:
+        self._fd = fd
+        self.type = ProgType(prog_type) if prog_type in ProgType._value2member_map_ else prog_type
+        self.name = name
+        self.expected_attach_type = expected_attach_type
+        self.attach_btf_id = attach_btf_id
+        #: The verifier log of a successful load, when one was asked for (``log_on_success``).
+        self.log = log
+
+    @classmethod
+    def load(
+        cls,
+        prog_type: int,
+        insns: bytes,
+        *,
+        license: str = "GPL",
+        name: str = "",
+        expected_attach_type: int | None = None,
+        attach_btf_id: int | None = None,
+        attach_btf_obj_fd: int | None = None,
+        attach_prog_fd: int | None = None,
+        prog_btf_fd: int | None = None,
+        func_info: tuple[int, bytes] | None = None,
+        line_info: tuple[int, bytes] | None = None,
+        fd_array: list[int] | None = None,
+        flags: int = 0,
+        kern_version: int = 0,
+        ifindex: int = 0,
+        log_level: int = LOG_LEVEL_BRANCH,
+        log_on_success: bool = False,
+    ) -> Program:
+        """Load ``insns`` (encoded instructions) as a program of ``prog_type``.
+
+        ``func_info``/``line_info`` are ``(record size, records)`` from the object's .BTF.ext and need
+        ``prog_btf_fd``. ``attach_btf_obj_fd`` names the module BTF holding ``attach_btf_id``
+        (``attach_prog_fd`` a target program, for freplace/fentry on BPF). On refusal the load is retried
+        with verifier log level ``log_level`` and the raised :class:`BPFError` carries the log.
+        ``log_on_success`` loads with the log from the start and keeps it in :attr:`log`.
+        """
+        if len(insns) % _INSN_SIZE or not insns:
+            raise ValueError(f"instructions must be a non-empty multiple of 8 bytes, got {len(insns)}")
+        insn_buf = ctypes.create_string_buffer(bytes(insns), len(insns))
+        lic = ctypes.create_string_buffer(license.encode())
+        attr = syscall.ProgLoadAttr(
+            prog_type=int(prog_type),
+            insn_cnt=len(insns) // _INSN_SIZE,
+            insns=ctypes.addressof(insn_buf),
+            license=ctypes.addressof(lic),
+            kern_version=kern_version,
+            prog_flags=flags,
+            prog_ifindex=ifindex,
+        )
+        attr.prog_name = _object_name(name)
+        if expected_attach_type is not None:
+            attr.expected_attach_type = int(expected_attach_type)
+        if attach_btf_id is not None:
+            attr.attach_btf_id = attach_btf_id
+        if attach_btf_obj_fd is not None:
+            attr.attach_btf_obj_fd = attach_btf_obj_fd
+        elif attach_prog_fd is not None:
+            attr.attach_btf_obj_fd = attach_prog_fd
+        keep: list[object] = [insn_buf, lic]
+        if prog_btf_fd is not None:
+            attr.prog_btf_fd = prog_btf_fd
+            for kind, info in (("func", func_info), ("line", line_info)):
+                if info is None or not info[1]:
+                    continue
+                rec_size, recs = info
+                buf = ctypes.create_string_buffer(bytes(recs), len(recs))
+                keep.append(buf)
+                setattr(attr, f"{kind}_info_rec_size", rec_size)
+                setattr(attr, f"{kind}_info", ctypes.addressof(buf))
+                setattr(attr, f"{kind}_info_cnt", len(recs) // rec_size)
+        if fd_array:
+            arr = (ctypes.c_int32 * len(fd_array))(*fd_array)
+            keep.append(arr)
+            attr.fd_array = ctypes.addressof(arr)
+
+        if log_on_success:
+            fd, log = _load_with_log(attr, log_level or LOG_LEVEL_BRANCH)
+            return cls(fd, prog_type, name, expected_attach_type, attach_btf_id, log)
+        try:
+            fd = syscall.bpf(Cmd.PROG_LOAD, attr)
+        except BPFError:
+            if log_level <= 0:
+                raise
+            # Repeat with a verifier log so the error says why. (Should this one succeed, keep it.)
+            fd, _ = _load_with_log(attr, log_level)
+        return cls(fd, prog_type, name, expected_attach_type, attach_btf_id)
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Program:
+        """Adopt a program descriptor (the new object owns it)."""
+        info = syscall.prog_info(fd)
+        return cls(fd, info.type, info.name.decode(errors="replace"))
+
+    @classmethod
+    def from_id(cls, prog_id: int) -> Program:
+        return cls.from_fd(syscall.get_fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id))
+
+    # --- life cycle --------------------------------------------------------------------------------
+
+    @property
+    def fd(self) -> int:
+        """The program's file descriptor; ValueError once closed."""
+        if self._fd < 0:
+            raise ValueError(f"program {self.name or '?'} is closed")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def close(self) -> None:
+        """Release the descriptor (idempotent). Attached links keep the program alive in the kernel."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        t = self.type.name if isinstance(self.type, ProgType) else str(self.type)
+        return f"Program({self.name!r}, {t}, fd={self._fd})"
+
+    # --- introspection -----------------------------------------------------------------------------
+
+    def info(self) -> ProgramInfo:
+        """Id, tag, name, verified instruction count, map ids and run statistics."""
+        info = syscall.prog_info(self.fd)
+        map_ids: tuple[int, ...] = ()
+        if info.nr_map_ids:
+            ids = (ctypes.c_uint32 * info.nr_map_ids)()
+            again = syscall.ProgInfo(nr_map_ids=info.nr_map_ids, map_ids=ctypes.addressof(ids))
+            syscall.obj_get_info_by_fd(self.fd, again)
+            map_ids = tuple(ids[: again.nr_map_ids])
+        return ProgramInfo(
+            id=info.id,
+            type=info.type,
+            name=info.name.decode(errors="replace"),
+            tag=bytes(info.tag).hex(),
+            verified_insns=info.verified_insns,
+            xlated_len=info.xlated_prog_len,
+            jited_len=info.jited_prog_len,
+            btf_id=info.btf_id,
+            map_ids=map_ids,
+            run_time_ns=info.run_time_ns,
+            run_cnt=info.run_cnt,
+            recursion_misses=info.recursion_misses,
+        )
+
+    # --- running -----------------------------------------------------------------------------------
+
+    def test_run(
+        self,
+        data: bytes = b"",
+        ctx: bytes | None = None,
+        repeat: int = 1,
+        *,
+        flags: int = 0,
+        cpu: int = 0,
+        data_out_size: int | None = None,
+    ) -> TestRunResult:
+        """Run the program once (or ``repeat`` times) on ``data``/``ctx`` (``BPF_PROG_TEST_RUN``).
+
+        Packet programs take ``data``; raw tracepoint and tracing programs take only ``ctx`` (the argument
+        array). Returns (return value, packet after the run, mean duration in ns).
+        """
+        attr = syscall.TestRunAttr(prog_fd=self.fd, repeat=0 if repeat == 1 else repeat, flags=flags, cpu=cpu)
+        keep: list[object] = []
+        out = None
+        if data:
+            din = ctypes.create_string_buffer(bytes(data), len(data))
+            size = data_out_size if data_out_size is not None else len(data) + 512
+            out = ctypes.create_string_buffer(size)
+            keep += [din, out]
+            attr.data_in = ctypes.addressof(din)
+            attr.data_size_in = len(data)
+            attr.data_out = ctypes.addressof(out)
+            attr.data_size_out = size
+        if ctx is not None:
+            cin = ctypes.create_string_buffer(bytes(ctx), max(len(ctx), 1))
+            keep.append(cin)
+            attr.ctx_in = ctypes.addressof(cin)
+            attr.ctx_size_in = len(ctx)
+        syscall.bpf(Cmd.PROG_TEST_RUN, attr)
+        data_out = out.raw[: attr.data_size_out] if out is not None else b""
+        return TestRunResult(int(attr.retval), data_out, int(attr.duration))
+
+
+def _load_with_log(attr: syscall.ProgLoadAttr, level: int) -> tuple[int, str]:
+    """Load with a verifier log, growing the buffer on ENOSPC up to 64 MB. Returns (fd, log text)."""
+    size = _LOG_START
+    while True:
+        log = ctypes.create_string_buffer(size)
+        attr.log_level = level
+        attr.log_size = size
+        attr.log_buf = ctypes.addressof(log)
+        attr.log_true_size = 0
+        try:
+            fd = syscall.bpf(Cmd.PROG_LOAD, attr, log)
+        except BPFError as e:
+            if e.errno == errno.ENOSPC and size < _LOG_MAX:
+                want = int(attr.log_true_size)
+                size = min(_LOG_MAX, max(size * 4, want + 1))
+                continue
+            raise
+        finally:
+            attr.log_level = 0
+            attr.log_size = 0
+            attr.log_buf = 0
+        text = log.value.decode(errors="replace")
+        return fd, text

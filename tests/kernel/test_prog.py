@@ -1,0 +1,130 @@
+"""Programs against the real kernel: load, verifier log on refusal, info, test_run."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import time
+
+import pytest
+
+from pwru.ebpf import asm
+from pwru.ebpf.asm import R0, R1, R2, R6, AluOp, JmpOp, Size
+from pwru.ebpf.maps import Map
+from pwru.ebpf.prog import Program
+from pwru.ebpf.syscall import AttachType, BPFError, MapType, ProgType
+
+pytestmark = pytest.mark.root
+
+
+def _ret(value: int) -> bytes:
+    return asm.assemble([asm.mov_imm(R0, value), asm.exit_()])
+
+
+def test_load_info_close() -> None:
+    prog = Program.load(ProgType.SOCKET_FILTER, _ret(7), name="t_ret7")
+    info = prog.info()
+    assert info.id > 0 and info.name == "t_ret7" and info.type == ProgType.SOCKET_FILTER
+    assert len(info.tag) == 16 and info.verified_insns >= 2
+    fd = prog.fd
+    prog.close()
+    prog.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    with pytest.raises(ValueError):
+        _ = prog.fd
+
+
+def test_refusal_carries_verifier_log() -> None:
+    # Reads R2 which was never written: the verifier refuses and says why.
+    bad = asm.assemble([asm.mov_reg(R0, R2), asm.exit_()])
+    with pytest.raises(BPFError) as e:
+        Program.load(ProgType.SOCKET_FILTER, bad)
+    assert e.value.errno == errno.EACCES
+    assert "R2 !read_ok" in e.value.log
+    assert "R2 !read_ok" in e.value.log_tail(3)
+
+
+def test_missing_exit_log() -> None:
+    with pytest.raises(BPFError) as e:
+        Program.load(ProgType.SOCKET_FILTER, asm.assemble([asm.mov_imm(R0, 0)]))
+    assert e.value.errno == errno.EINVAL
+    assert e.value.log  # "last insn is not an exit or jmp" or similar
+
+
+def test_big_log_grows() -> None:
+    # A long straight-line program with log level 2 (every instruction) overflows the first 1 MB buffer.
+    body = [asm.mov_imm(R0, 0)]
+    body += [asm.alu_imm(AluOp.ADD, R0, 1) for _ in range(30000)]
+    body += [asm.mov_reg(R0, R2), asm.exit_()]
+    with pytest.raises(BPFError) as e:
+        Program.load(ProgType.SOCKET_FILTER, asm.assemble(body), log_level=2)
+    assert e.value.errno == errno.EACCES
+    assert len(e.value.log) > 1 << 20
+    assert "R2 !read_ok" in e.value.log_tail(5)
+
+
+def test_log_on_success() -> None:
+    with Program.load(ProgType.SOCKET_FILTER, _ret(0), log_on_success=True, log_level=4) as p:
+        assert "processed" in p.log
+
+
+def test_test_run_packet_program() -> None:
+    # return skb->len (first field of __sk_buff)
+    insns = asm.assemble([asm.ldx(Size.W, R0, R1, 0), asm.exit_()])
+    with Program.load(ProgType.SCHED_CLS, insns, name="t_len") as p:
+        retval, data_out, duration = p.test_run(b"\xaa" * 64, repeat=10)
+        assert retval == 64
+        assert data_out == b"\xaa" * 64
+        assert duration >= 0
+        assert p.test_run(b"\x00" * 100).retval == 100
+
+
+def test_test_run_raw_tp_ctx_and_map() -> None:
+    # raw_tp: r0 = ctx[0] + ctx[1]; also store the sum in an array map element 0.
+    with Map.create(MapType.ARRAY, 4, 8, 1) as m:
+        insns = asm.assemble(
+            [
+                asm.ldx(Size.DW, R6, R1, 0),
+                asm.ldx(Size.DW, R2, R1, 8),
+                asm.alu_reg(AluOp.ADD, R6, R2),
+                asm.st(Size.W, asm.R10, -4, 0),
+                asm.ld_map_fd(R1, m.fd),
+                asm.mov_reg(R2, asm.R10),
+                asm.alu_imm(AluOp.ADD, R2, -4),
+                asm.call("map_lookup_elem"),
+                asm.jmp_imm(JmpOp.JEQ, R0, 0, "out"),
+                asm.stx(Size.DW, R0, 0, R6),
+                asm.mov_reg(R0, R6).with_label("out"),
+                asm.exit_(),
+            ]
+        )
+        with Program.load(ProgType.RAW_TRACEPOINT, insns) as p:
+            assert m.info.id in p.info().map_ids
+            res = p.test_run(ctx=struct.pack("<QQ", 40, 2))
+            assert res.retval == 42 and res.data_out == b""
+            assert m.lookup_u64(0) == 42
+
+
+def test_fentry_load_refused_cleanly() -> None:
+    # Locked-down kernels refuse tracing loads with EPERM; elsewhere a bogus BTF id is EINVAL/ESRCH.
+    with pytest.raises(BPFError) as e:
+        Program.load(
+            ProgType.TRACING, _ret(0), expected_attach_type=AttachType.TRACE_FENTRY, attach_btf_id=1 << 30
+        )
+    assert e.value.errno in (errno.EPERM, errno.EINVAL, errno.ESRCH, errno.ENOENT)
+
+
+def test_bad_instruction_bytes() -> None:
+    with pytest.raises(ValueError):
+        Program.load(ProgType.SOCKET_FILTER, b"\x00" * 7)
+
+
+def test_many_loads_are_cheap() -> None:
+    insns = _ret(0)
+    t = time.perf_counter()
+    for _ in range(200):
+        Program.load(ProgType.SOCKET_FILTER, insns).close()
+    per = (time.perf_counter() - t) / 200
+    assert per < 0.01, f"{per * 1e6:.0f} us per load"
