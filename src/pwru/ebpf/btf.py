@@ -19,6 +19,7 @@ import enum
 import functools
 import os
 import struct
+import sys
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -379,6 +380,7 @@ Type = (
 )
 
 VOID = Void()
+_KINDS = tuple(Kind)
 _QUALIFIERS = frozenset({Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
 _MODIFIERS = frozenset({Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
 
@@ -402,6 +404,7 @@ class Spec:
         base: Spec | None,
         offsets: array[int],
         kinds: bytes,
+        name_offs: array[int],
         header: tuple[int, ...],
     ) -> None:
         self._data = data
@@ -418,7 +421,9 @@ class Spec:
         self._cache: dict[int, Type] = {}
         self._replaced: dict[int, Type] = {}
         self._added: list[Type] = []
-        self._name_index: dict[int, list[int]] | None = None
+        self._name_offs = name_offs
+        self._words: memoryview | array[int] | None = None
+        self._by_kind: dict[int, list[int]] | None = None
 
     # -- construction ----------------------------------------------------------------------------------
 
@@ -442,8 +447,8 @@ class Spec:
         end = start + type_len
         if end > len(data) or hdr_len + str_off + str_len > len(data):
             raise BTFError("BTF sections run past the end of the data")
-        offsets, kinds = _index(data, start, end)
-        return cls(data, base, offsets, kinds, header)
+        offsets, kinds, names = _index(data, start, end)
+        return cls(data, base, offsets, kinds, names, header)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], base: Spec | None = None) -> Spec:
@@ -476,7 +481,7 @@ class Spec:
         if type_id in self._replaced:
             return self._replaced[type_id].kind
         if idx < len(self._kinds):
-            return Kind(self._kinds[idx])
+            return _KINDS[self._kinds[idx]]
         return self.type(type_id).kind
 
     def ids_of_kind(self, kind: Kind) -> Iterator[int]:
@@ -570,33 +575,25 @@ class Spec:
             return self.base.name_of(type_id)
         if type_id in self._replaced or idx >= len(self._offsets):
             return self.type(type_id).name
-        name_off = _U32.unpack_from(self._data, self._offsets[idx])[0]
-        return self.string(name_off)
-
-    def _build_name_index(self) -> dict[int, list[int]]:
-        index: dict[int, list[int]] = {}
-        data = self._data
-        first = self.first_id
-        for i, off in enumerate(self._offsets):
-            name_off = _U32.unpack_from(data, off)[0]
-            if name_off:
-                lst = index.get(name_off)
-                if lst is None:
-                    index[name_off] = [first + i]
-                else:
-                    lst.append(first + i)
-        return index
+        return self.string(self._name_offs[idx])
 
     def find(self, name: str, kind: Kind | None = None) -> list[int]:
         """All type ids (base's first) named ``name``, optionally only of ``kind``."""
         out = self.base.find(name, kind) if self.base is not None else []
-        if self._name_index is None:
-            self._name_index = self._build_name_index()
+        name_offs = self._name_offs
         for off in self.string_offsets(name):
-            for tid in self._name_index.get(off, ()):
+            if off == 0:
+                continue
+            pos = -1
+            while True:
+                try:
+                    pos = name_offs.index(off, pos + 1)
+                except ValueError:
+                    break
+                tid = self.first_id + pos
                 if tid in self._replaced:
                     continue
-                if kind is None or self._kinds[tid - self.first_id] == kind:
+                if kind is None or self._kinds[pos] == kind:
                     out.append(tid)
         extra = [tid for tid, t in self._replaced.items() if t.name == name]
         extra += [self.first_id + len(self._offsets) + i for i, t in enumerate(self._added) if t.name == name]
@@ -819,6 +816,34 @@ class Spec:
 
     # -- raw access for fast scans ---------------------------------------------------------------------
 
+    def _word_view(self) -> memoryview | array[int]:
+        """The type section as native u32 words (BTF here is little-endian; records are 4-byte multiples)."""
+        if self._words is None:
+            section = self._data[self._type_start : self._type_end]
+            if sys.byteorder == "little":
+                self._words = memoryview(section).cast("I")
+            else:
+                words = array("I", section)
+                words.byteswap()
+                self._words = words
+        return self._words
+
+    def _indices_of_kind(self, kind: int) -> list[int]:
+        """Indices (id - first_id) of own, original records of one kind; grouped once for all kinds."""
+        if self._by_kind is None:
+            groups: dict[int, list[int]] = {}
+            for i, k in enumerate(self._kinds):
+                lst = groups.get(k)
+                if lst is None:
+                    groups[k] = [i]
+                else:
+                    lst.append(i)
+            self._by_kind = groups
+        return self._by_kind.get(kind, [])
+
+    def _word_index(self, idx: int) -> int:
+        return (self._offsets[idx] - self._type_start) >> 2
+
     def raw_type_ref(self, type_id: int) -> int:
         """The ``size_or_type`` word of a type record (its referenced type id for PTR/TYPEDEF/FUNC...)."""
         idx = type_id - self.first_id
@@ -828,22 +853,62 @@ class Spec:
         if type_id in self._replaced or idx >= len(self._offsets):
             t = self.type(type_id)
             return int(getattr(t, "type", getattr(t, "size", 0)))
-        ref: int = _U32.unpack_from(self._data, self._offsets[idx] + 8)[0]
+        ref: int = self._word_view()[self._word_index(idx) + 2]
         return ref
 
-    def raw_proto_param_types(self, proto_id: int) -> tuple[int, ...]:
-        """Parameter type ids of a FUNC_PROTO, read without decoding names."""
+    def refs_of_kind(self, kind: Kind) -> list[tuple[int, int]]:
+        """``(id, size_or_type word)`` for every own type of ``kind``: a fast scan (e.g. FUNC -> proto id)."""
+        words = self._word_view()
+        start = self._type_start
+        first = self.first_id
+        offsets = self._offsets
+        k = int(kind)
+        out = [(first + i, words[((offsets[i] - start) >> 2) + 2]) for i in self._indices_of_kind(k)]
+        if self._replaced or self._added:
+            out = [(tid, ref) for tid, ref in out if tid not in self._replaced]
+            out += [(tid, self.raw_type_ref(tid)) for tid in self.ids_of_kind(kind) if tid in self._replaced]
+            n = len(offsets)
+            out += [
+                (first + n + i, self.raw_type_ref(first + n + i))
+                for i, t in enumerate(self._added)
+                if t.kind == kind
+            ]
+        return out
+
+    def proto_param_table(self, limit: int | None = None) -> list[tuple[int, tuple[int, ...]]]:
+        """``(id, parameter type ids)`` of every own FUNC_PROTO (first ``limit`` params): one fast scan."""
+        if self._replaced or self._added:
+            return [
+                (tid, self.raw_proto_param_types(tid, limit)) for tid in self.ids_of_kind(Kind.FUNC_PROTO)
+            ]
+        words = self._word_view()
+        start = self._type_start
+        first = self.first_id
+        offsets = self._offsets
+        cap = 0xFFFF if limit is None else limit
+        out = []
+        for i in self._indices_of_kind(Kind.FUNC_PROTO):
+            w = ((offsets[i] - start) >> 2) + 4
+            n = words[w - 3] & 0xFFFF
+            out.append((first + i, tuple(words[w : w + 2 * (n if n < cap else cap) : 2])))
+        return out
+
+    def raw_proto_param_types(self, proto_id: int, limit: int | None = None) -> tuple[int, ...]:
+        """Parameter type ids of a FUNC_PROTO (the first ``limit`` of them), read without decoding names."""
         idx = proto_id - self.first_id
         if idx < 0:
             assert self.base is not None
-            return self.base.raw_proto_param_types(proto_id)
+            return self.base.raw_proto_param_types(proto_id, limit)
         if proto_id in self._replaced or idx >= len(self._offsets):
             t = self.type(proto_id)
             assert isinstance(t, FuncProto)
-            return tuple(p.type for p in t.params)
-        off = self._offsets[idx]
-        vlen = _U32.unpack_from(self._data, off + 4)[0] & 0xFFFF
-        return struct.unpack_from(f"<{2 * vlen}I", self._data, off + 12)[1::2]
+            return tuple(p.type for p in t.params)[:limit]
+        words = self._word_view()
+        w = self._word_index(idx)
+        vlen = words[w + 1] & 0xFFFF
+        if limit is not None and limit < vlen:
+            vlen = limit
+        return tuple(words[w + 4 : w + 4 + 2 * vlen : 2])
 
     # -- modification and encoding ---------------------------------------------------------------------
 
@@ -965,13 +1030,15 @@ def encode_type(t: Type, stroff: Callable[[str], int]) -> bytes:
     raise BTFError(f"cannot encode {t!r}")
 
 
-def _index(data: bytes, start: int, end: int) -> tuple[array[int], bytes]:
-    """One pass over the type section: absolute offset and kind of every record."""
+def _index(data: bytes, start: int, end: int) -> tuple[array[int], bytes, array[int]]:
+    """One pass over the type section: absolute offset, kind and name offset of every record."""
     offsets = array("I")
     kinds = bytearray()
+    names = array("I")
     append_off = offsets.append
     append_kind = kinds.append
-    unpack = _U32.unpack_from
+    append_name = names.append
+    unpack = _PARAM.unpack_from
     fixed = [0] * 32
     per = [0] * 32
     known = [False] * 32
@@ -979,16 +1046,17 @@ def _index(data: bytes, start: int, end: int) -> tuple[array[int], bytes]:
         fixed[k], per[k], known[k] = f, p, True
     off = start
     while off < end:
-        info = unpack(data, off + 4)[0]
+        name_off, info = unpack(data, off)
         kind = (info >> 24) & 0x1F
         if not known[kind]:
             raise BTFError(f"unknown BTF kind {kind} at offset {off - start} of the type section")
         append_off(off)
         append_kind(kind)
+        append_name(name_off)
         off += 12 + fixed[kind] + per[kind] * (info & 0xFFFF)
     if off != end:
         raise BTFError("type section does not end on a type boundary")
-    return offsets, bytes(kinds)
+    return offsets, bytes(kinds), names
 
 
 # ---------------------------------------------------------------------------------------------------------
