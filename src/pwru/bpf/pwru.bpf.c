@@ -1,0 +1,382 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * pwru's kernel side: one event per skb seen at a probe, sent through the `events` ring buffer.
+ *
+ * Every program below is a thin wrapper that finds the skb (and drop reason, location, address) for its hook
+ * type and calls the one shared handler, handle_skb(), which filters, then reserves and fills a struct event
+ * (pwru.h). Program families:
+ *   kprobe/skb_N           skb at argument N (1..5); also loaded as kprobe-multi by the loader
+ *                          (expected attach type BPF_TRACE_KPROBE_MULTI), same code
+ *   kprobe/skb_1_reason_2  kfree_skb_reason(skb, reason)
+ *   kprobe/skb_2_reason_3  sk_skb_reason_drop(sk, skb, reason)
+ *   fentry/...             the same set for fentry; the attach target is chosen at load time
+ *   tp_btf/...             one program for every skb tracepoint; argument positions come from per-load
+ *                          constants (cfg_tp_*), read in a switch so the verifier sees constant ctx offsets
+ *
+ * The packet filter: filter_pcap_l2/l3 are stubs whose instructions user space replaces with a translated
+ * pcap expression (R1 = data, R2 = data_end, R0 != 0 accepts).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+#include "pwru.h"
+
+/* The kernel only accepts GPL-compatible strings for the GPL-only helpers used here (probe_read_kernel...). */
+char __license[] SEC("license") = "GPL";
+
+#define SKB_HDR_UNSET ((__u16)~0U)
+#define STACK_DEPTH 127 /* PERF_MAX_STACK_DEPTH */
+#define CALLER_FRAMES 8  /* frames bpf_get_stack fetches to find the caller (fentry, tp_btf) */
+
+/* ---- configuration, set by user space before load (.rodata, frozen) ---- */
+const volatile __u32 cfg_netns = 0;        /* 0: any; else the netns inode number */
+const volatile __u32 cfg_mark = 0;         /* with cfg_mark_mask != 0: (skb->mark & mask) == mark */
+const volatile __u32 cfg_mark_mask = 0;    /* 0: no mark filter */
+const volatile __u32 cfg_ifindex = 0;      /* 0: any device */
+const volatile __u8 cfg_has_pcap = 0;      /* call filter_pcap_l2/l3 */
+const volatile __u8 cfg_output_meta = 0;
+const volatile __u8 cfg_output_tuple = 0;
+const volatile __u8 cfg_output_stack = 0;
+const volatile __u8 cfg_output_caller = 0;
+/* tp_btf (and fentry fallback) per-load constants; positions are 1-based, without the tracepoint's void * */
+const volatile __u32 cfg_tp_skb_pos = 1;
+const volatile __u32 cfg_tp_reason_pos = 0;   /* 0: the tracepoint has no drop reason */
+const volatile __u32 cfg_tp_location_pos = 0; /* 0: no location argument */
+const volatile __u64 cfg_probe_id = 0;        /* tp_btf: event.addr; fentry: address when no get_func_ip */
+
+/* ---- maps ---- */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22); /* user space may change it before creating the map */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 4096);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, STACK_DEPTH * sizeof(__u64));
+} stacks SEC(".maps");
+
+/* Events that did not fit the ring buffer; index 0, summed over CPUs by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Keeps struct event in the object's BTF for user space's decoder (a null constant in .rodata, never read). */
+const struct event *const pwru_event_layout = 0;
+
+/* ---- packet filter stubs ---- */
+/*
+ * The bodies are replaced before load. They must stay real subprograms (noinline) and their result must be
+ * opaque to clang: the asm barrier hides the value, so callers test all 64 bits of R0 (a cBPF filter accepts
+ * with its snap length, e.g. 0x40000, which a bool test of the low byte would miss).
+ */
+static __noinline __u64 filter_pcap_l2(void *data, void *data_end)
+{
+	__u64 ret = (__u64)data_end - (__u64)data;
+
+	asm volatile("" : "+r"(ret));
+	return ret;
+}
+
+static __noinline __u64 filter_pcap_l3(void *data, void *data_end)
+{
+	__u64 ret = (__u64)data_end - (__u64)data;
+
+	asm volatile("" : "+r"(ret));
+	return ret;
+}
+
+/* ---- filters ---- */
+static __always_inline __u32 skb_netns(struct sk_buff *skb)
+{
+	__u32 netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
+
+	/* skb->dev is not set yet on the local output path (and NULL reads give 0): use the socket's netns. */
+	if (netns == 0) {
+		struct sock *sk = BPF_CORE_READ(skb, sk);
+
+		if (sk)
+			netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	}
+	return netns;
+}
+
+/* L2 when the skb has a MAC header (set and non-empty), else L3 from the network header. */
+static __always_inline bool filter_pcap(struct sk_buff *skb)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	void *data_end = head + BPF_CORE_READ(skb, tail);
+	__u16 mac_header = BPF_CORE_READ(skb, mac_header);
+
+	if (mac_header != SKB_HDR_UNSET && BPF_CORE_READ(skb, mac_len) != 0)
+		return filter_pcap_l2(head + mac_header, data_end) != 0;
+	return filter_pcap_l3(head + BPF_CORE_READ(skb, network_header), data_end) != 0;
+}
+
+static __always_inline bool filter_skb(struct sk_buff *skb)
+{
+	if (cfg_netns && skb_netns(skb) != cfg_netns)
+		return false;
+	if (cfg_mark_mask && (BPF_CORE_READ(skb, mark) & cfg_mark_mask) != cfg_mark)
+		return false;
+	if (cfg_ifindex && BPF_CORE_READ(skb, dev, ifindex) != cfg_ifindex)
+		return false;
+	if (cfg_has_pcap && !filter_pcap(skb))
+		return false;
+	return true;
+}
+
+/* ---- event fields ---- */
+static __always_inline void set_meta(struct sk_buff *skb, struct skb_meta *meta)
+{
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+
+	meta->netns = skb_netns(skb);
+	meta->mark = BPF_CORE_READ(skb, mark);
+	meta->len = BPF_CORE_READ(skb, len);
+	meta->protocol = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	if (dev) {
+		meta->ifindex = BPF_CORE_READ(dev, ifindex);
+		meta->mtu = BPF_CORE_READ(dev, mtu);
+		bpf_core_read_str(meta->ifname, sizeof(meta->ifname), &dev->name);
+	}
+}
+
+static __always_inline void set_ports(struct skb_tuple *tuple, unsigned char *l4)
+{
+	if (tuple->l4_proto == IPPROTO_TCP) {
+		struct tcphdr tcp;
+
+		if (bpf_probe_read_kernel(&tcp, sizeof(tcp), l4))
+			return;
+		tuple->sport = bpf_ntohs(tcp.source);
+		tuple->dport = bpf_ntohs(tcp.dest);
+		tuple->tcp_flags = tcp._flags;
+	} else if (tuple->l4_proto == IPPROTO_UDP) {
+		struct udphdr udp;
+
+		if (bpf_probe_read_kernel(&udp, sizeof(udp), l4))
+			return;
+		tuple->sport = bpf_ntohs(udp.source);
+		tuple->dport = bpf_ntohs(udp.dest);
+	}
+}
+
+/* Addresses from the network header; ports from the transport header when it is set past the network
+ * header, else computed from the IP header length (IPv6: only when no extension header precedes TCP/UDP). */
+static __always_inline void set_tuple(struct sk_buff *skb, struct skb_tuple *tuple)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 l3_off = BPF_CORE_READ(skb, network_header);
+	__u16 l4_off = BPF_CORE_READ(skb, transport_header);
+	unsigned char *l3 = head + l3_off;
+	unsigned char *l4;
+	__u8 first;
+
+	if (l3_off == SKB_HDR_UNSET || bpf_probe_read_kernel(&first, 1, l3))
+		return;
+
+	if ((first >> 4) == 4) {
+		struct iphdr ip;
+
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), l3))
+			return;
+		tuple->l3_proto = ETH_P_IP;
+		tuple->l4_proto = ip.protocol;
+		__builtin_memcpy(tuple->saddr, &ip.saddr, 4);
+		__builtin_memcpy(tuple->daddr, &ip.daddr, 4);
+		l4 = l3 + (ip._ihl_version & 0xf) * 4;
+	} else if ((first >> 4) == 6) {
+		struct ipv6hdr ip6;
+
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), l3))
+			return;
+		tuple->l3_proto = ETH_P_IPV6;
+		tuple->l4_proto = ip6.nexthdr;
+		__builtin_memcpy(tuple->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(tuple->daddr, &ip6.daddr, 16);
+		l4 = l3 + sizeof(ip6);
+	} else {
+		return;
+	}
+
+	if (l4_off != SKB_HDR_UNSET && l4_off > l3_off)
+		l4 = head + l4_off;
+	set_ports(tuple, l4);
+}
+
+/* How the caller's return address is found (a compile-time constant per program family). */
+enum caller_mode {
+	CALLER_KPROBE, /* at function entry the return address is the word at the stack pointer */
+	CALLER_FENTRY, /* bpf_get_stack: the frame after the traced function's own (func_ip .. func_ip+16) */
+	CALLER_TP,     /* bpf_get_stack: frame 0, the function that fired the tracepoint */
+};
+
+static __always_inline __u64 get_caller(void *ctx, enum caller_mode mode, __u64 func_ip)
+{
+	__u64 frames[CALLER_FRAMES] = {};
+	__u64 caller = 0;
+	long n;
+
+	if (mode == CALLER_KPROBE) {
+		bpf_probe_read_kernel(&caller, sizeof(caller), (void *)PT_REGS_SP((struct pt_regs *)ctx));
+		return caller;
+	}
+
+	n = bpf_get_stack(ctx, frames, sizeof(frames), 0);
+	if (n <= 0)
+		return 0;
+	if (mode == CALLER_TP)
+		return frames[0];
+
+	/* fentry: frames are [bpf program..., trampoline, traced function (+call insn), caller, ...] */
+	for (int i = 0; i < CALLER_FRAMES - 1; i++) {
+		if (frames[i] > func_ip && frames[i] <= func_ip + 16)
+			return frames[i + 1];
+	}
+	return 0;
+}
+
+/* ---- the shared handler ---- */
+static __always_inline int handle_skb(void *ctx, struct sk_buff *skb, __u64 addr, __u32 kind, __s64 reason,
+				      __u64 location, enum caller_mode mode)
+{
+	struct event *ev;
+	__u32 zero = 0;
+
+	if (!skb || !filter_skb(skb))
+		return 0;
+
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
+
+		if (count)
+			*count += 1; /* per-CPU slot: no other writer while this program runs on this CPU */
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+
+	ev->ts = bpf_ktime_get_ns();
+	ev->addr = addr;
+	ev->skb = (__u64)skb;
+	ev->location = location;
+	ev->reason = reason;
+	ev->kind = kind;
+	ev->pid = bpf_get_current_pid_tgid() >> 32;
+	ev->cpu = bpf_get_smp_processor_id();
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	ev->stack_id = cfg_output_stack ? bpf_get_stackid(ctx, &stacks, 0) : -1;
+	if (cfg_output_caller)
+		ev->caller = get_caller(ctx, mode, addr);
+	if (cfg_output_meta)
+		set_meta(skb, &ev->meta);
+	if (cfg_output_tuple)
+		set_tuple(skb, &ev->tuple);
+
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+/* ---- kprobe / kprobe-multi ---- */
+static __always_inline __u64 kprobe_func_ip(struct pt_regs *ctx)
+{
+	/* bpf_get_func_ip for kprobes exists since 5.15; before that the ip is just past the probed instruction
+	 * and user space resolves the nearest symbol. */
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_func_ip))
+		return bpf_get_func_ip(ctx);
+	return PT_REGS_IP(ctx);
+}
+
+#define KPROBE_SKB(n)                                                                                        \
+	SEC("kprobe/skb_" #n)                                                                                \
+	int kprobe_skb_##n(struct pt_regs *ctx)                                                              \
+	{                                                                                                    \
+		struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM##n(ctx);                                \
+		return handle_skb(ctx, skb, kprobe_func_ip(ctx), PWRU_KIND_FUNC, -1, 0, CALLER_KPROBE);      \
+	}
+
+KPROBE_SKB(1)
+KPROBE_SKB(2)
+KPROBE_SKB(3)
+KPROBE_SKB(4)
+KPROBE_SKB(5)
+
+#define KPROBE_SKB_REASON(n, r)                                                                              \
+	SEC("kprobe/skb_" #n "_reason_" #r)                                                                  \
+	int kprobe_skb_##n##_reason_##r(struct pt_regs *ctx)                                                 \
+	{                                                                                                    \
+		struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM##n(ctx);                                \
+		__s64 reason = (__u32)PT_REGS_PARM##r(ctx);                                                  \
+		return handle_skb(ctx, skb, kprobe_func_ip(ctx), PWRU_KIND_FUNC, reason, 0, CALLER_KPROBE);  \
+	}
+
+KPROBE_SKB_REASON(1, 2) /* kfree_skb_reason */
+KPROBE_SKB_REASON(2, 3) /* sk_skb_reason_drop */
+
+/* ---- fentry ---- */
+static __always_inline __u64 fentry_func_ip(void *ctx)
+{
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_func_ip))
+		return bpf_get_func_ip(ctx);
+	return cfg_probe_id;
+}
+
+#define FENTRY_SKB(n)                                                                                        \
+	SEC("fentry/placeholder")                                                                            \
+	int fentry_skb_##n(__u64 *ctx)                                                                       \
+	{                                                                                                    \
+		struct sk_buff *skb = (struct sk_buff *)ctx[(n) - 1];                                        \
+		return handle_skb(ctx, skb, fentry_func_ip(ctx), PWRU_KIND_FUNC, -1, 0, CALLER_FENTRY);      \
+	}
+
+FENTRY_SKB(1)
+FENTRY_SKB(2)
+FENTRY_SKB(3)
+FENTRY_SKB(4)
+FENTRY_SKB(5)
+
+#define FENTRY_SKB_REASON(n, r)                                                                              \
+	SEC("fentry/placeholder")                                                                            \
+	int fentry_skb_##n##_reason_##r(__u64 *ctx)                                                          \
+	{                                                                                                    \
+		struct sk_buff *skb = (struct sk_buff *)ctx[(n) - 1];                                        \
+		__s64 reason = (__u32)ctx[(r) - 1];                                                          \
+		return handle_skb(ctx, skb, fentry_func_ip(ctx), PWRU_KIND_FUNC, reason, 0, CALLER_FENTRY);  \
+	}
+
+FENTRY_SKB_REASON(1, 2)
+FENTRY_SKB_REASON(2, 3)
+
+/* ---- tp_btf ---- */
+/* ctx[pos - 1] for a 1-based position known at load time (frozen .rodata): every case reads a constant
+ * offset, and the verifier only walks the case the constant selects. 0 or out of range gives `dflt`. */
+static __always_inline __u64 tp_arg(__u64 *ctx, __u32 pos, __u64 dflt)
+{
+	switch (pos) {
+	case 1: return ctx[0];
+	case 2: return ctx[1];
+	case 3: return ctx[2];
+	case 4: return ctx[3];
+	case 5: return ctx[4];
+	case 6: return ctx[5];
+	default: return dflt;
+	}
+}
+
+SEC("tp_btf/placeholder")
+int tp_skb(__u64 *ctx)
+{
+	struct sk_buff *skb = (struct sk_buff *)tp_arg(ctx, cfg_tp_skb_pos, 0);
+	__s64 reason = cfg_tp_reason_pos ? (__s64)(__u32)tp_arg(ctx, cfg_tp_reason_pos, 0) : -1;
+	__u64 location = tp_arg(ctx, cfg_tp_location_pos, 0);
+
+	return handle_skb(ctx, skb, cfg_probe_id, PWRU_KIND_TRACEPOINT, reason, location, CALLER_TP);
+}
