@@ -1,0 +1,118 @@
+"""Pieces of an event's output shared by the text and JSON formatters: tuple, TCP flags, iface, function,
+timestamps.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from datetime import datetime
+
+from pwru.event import Event
+from pwru.output.names import Names, sanitize, shorten_left
+
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+IFACE_WIDTH = 16
+
+L4_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp", 136: "udplite"}
+PORT_PROTOS = frozenset({6, 17, 132, 136})
+TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
+ABSOLUTE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+def tcp_flags(flags: int) -> str:
+    """TCP flags byte -> ``SYN|ACK`` (pwru's spelling and order); empty when none are set."""
+    return "|".join(name for bit, name in enumerate(TCP_FLAG_NAMES) if flags & (1 << bit))
+
+
+def address(l3_proto: int, raw: bytes) -> str:
+    """An address from the tuple: IPv4 dotted, IPv6 in brackets, empty for other L3 protocols."""
+    if l3_proto == ETH_P_IP:
+        return str(ipaddress.IPv4Address(bytes(raw[:4])))
+    if l3_proto == ETH_P_IPV6:
+        return f"[{ipaddress.IPv6Address(bytes(raw[:16]))}]"
+    return ""
+
+
+def l4_name(proto: int) -> str:
+    """``tcp``, ``udp``, ``icmp``, ``icmp6``, ... or the protocol number."""
+    return L4_NAMES.get(proto, str(proto))
+
+
+def has_ports(event: Event) -> bool:
+    """Whether the tuple's L4 protocol carries ports."""
+    return event.l4_proto in PORT_PROTOS
+
+
+def tuple_text(event: Event, with_tcp_flags: bool) -> str:
+    """``10.0.0.1:4242->10.0.0.2:80(tcp)``; ICMP without ports; ``(tcp:SYN|ACK)`` with TCP flags (pwru's
+    way); ``-`` when the skb carries neither IPv4 nor IPv6.
+    """
+    if event.l3_proto not in (ETH_P_IP, ETH_P_IPV6):
+        return "-"
+    src = address(event.l3_proto, event.saddr)
+    dst = address(event.l3_proto, event.daddr)
+    if has_ports(event):
+        src, dst = f"{src}:{event.sport}", f"{dst}:{event.dport}"
+    l4 = l4_name(event.l4_proto)
+    if with_tcp_flags and event.l4_proto == 6 and event.tcp_flags:
+        l4 = f"{l4}:{tcp_flags(event.tcp_flags)}"
+    return f"{src}->{dst}({l4})"
+
+
+def iface_text(event: Event) -> str:
+    """IFACE: ``name:ifindex`` shortened to 16 columns as pwru does, the bare ifindex when the name is
+    unknown (``0`` when the skb has no device).
+    """
+    name = sanitize(event.ifname)
+    if event.ifindex == 0 or not name:
+        return str(event.ifindex)
+    return shorten_left(f"{name}:{event.ifindex}", IFACE_WIDTH)
+
+
+def func_text(event: Event, names: Names) -> str:
+    """FUNC: the function or tracepoint, with ``(DROP_REASON)`` when the hook reports one."""
+    name = sanitize(names.func_name(event))
+    if event.reason >= 0:
+        reason = sanitize(names.reason_name(event.reason)) or str(event.reason)
+        name = f"{name}({reason})"
+    return name
+
+
+def location_text(event: Event, names: Names) -> str:
+    """Where the kernel dropped the packet (``__udp4_lib_rcv+0x5b1``), empty when unknown."""
+    return sanitize(names.symbol(event.location)) if event.location else ""
+
+
+class Timestamps:
+    """The timestamp column, per ``--timestamp`` (pwru's meanings):
+
+    * ``current``: the event's ``bpf_ktime_get_ns()`` (CLOCK_MONOTONIC, ns);
+    * ``relative``: ns since the same skb was last seen (0 the first time);
+    * ``absolute``: wall-clock time of the event (``2006-01-02T15:04:05.000``, local time), computed from its
+      monotonic timestamp, plus the ``current`` value.
+    """
+
+    def __init__(self, mode: str, max_skbs: int = 65536) -> None:
+        self.mode = mode
+        self._last_seen: dict[int, int] = {}
+        self._max = max_skbs
+        self._offset_ns = time.time_ns() - time.monotonic_ns()
+
+    def value(self, event: Event) -> int:
+        """The TIMESTAMP column's number; records the skb as seen. Call once per event."""
+        last = self._last_seen.pop(event.skb, None)
+        if len(self._last_seen) >= self._max:
+            # Forget the skb seen longest ago (dicts keep insertion order; a re-seen skb moves to the end).
+            del self._last_seen[next(iter(self._last_seen))]
+        self._last_seen[event.skb] = event.ts
+        if self.mode == "relative":
+            return 0 if last is None else event.ts - last
+        return event.ts
+
+    def wall_clock(self, event: Event) -> str:
+        """The event's local wall-clock time with milliseconds."""
+        ns = event.ts + self._offset_ns
+        dt = datetime.fromtimestamp(ns // 1_000_000_000)
+        return f"{dt.strftime(ABSOLUTE_FORMAT)}.{(ns // 1_000_000) % 1000:03d}"

@@ -1,0 +1,363 @@
+"""Where formatted lines go: standard output, or a rotating file (lumberjack's rules, as pwru uses it).
+
+Both sinks take lines in batches (:meth:`Sink.write_lines`) and buffer them: a terminal gets every batch at
+once (line buffered); a pipe or a file gets blocks of :data:`BLOCK_SIZE` bytes, but never waits more than
+``max_latency`` seconds between flushes while lines keep coming. Call ``flush()`` when the reader goes idle
+and ``close()`` at exit.
+
+Rotating file (``--output-file``): when a write would take the file past ``max_bytes`` it is renamed to
+``<name>-<local time 2006-01-02T15-04-05.000><ext>`` and a new file is started (an existing file is
+appended to). Backups beyond ``max_backups`` (newest kept) or older than ``max_age_days`` (by the time in
+their name) are deleted, and the others gzip-compressed when ``compress`` is set -- in a background thread,
+so the event loop is not held up. Lines are never split across files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from pwru.config import Config
+from pwru.errors import UserError
+
+BLOCK_SIZE = 64 * 1024
+BACKUP_TIME_FORMAT = "%Y-%m-%dT%H-%M-%S"
+_BACKUP_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{3}")
+COMPRESS_SUFFIX = ".gz"
+
+
+class Sink(Protocol):
+    """A destination for output lines."""
+
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """Write each string as one line (a newline is added after each)."""
+        ...
+
+    def flush(self) -> None:
+        """Hand buffered lines to the kernel now."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release the sink; idempotent."""
+        ...
+
+
+def _encode(lines: Sequence[str]) -> bytes:
+    if not lines:
+        return b""
+    return ("\n".join(lines) + "\n").encode("utf-8", "replace")
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class _Buffered:
+    def __init__(self, line_buffered: bool, max_latency: float, clock: Callable[[], float]) -> None:
+        self._buf = bytearray()
+        self._line_buffered = line_buffered
+        self._max_latency = max_latency
+        self._clock = clock
+        self._last_flush = clock()
+
+    def _after_write(self) -> None:
+        if (
+            self._line_buffered
+            or len(self._buf) >= BLOCK_SIZE
+            or self._clock() - self._last_flush >= self._max_latency
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = self._clock()
+        if self._buf:
+            data, self._buf = self._buf, bytearray()
+            self._emit(data)
+
+    def _emit(self, data: bytearray) -> None:
+        raise NotImplementedError
+
+
+class StdoutSink(_Buffered):
+    """Lines to a file descriptor (standard output by default).
+
+    ``line_buffered`` defaults to whether the descriptor is a terminal.
+    """
+
+    def __init__(
+        self,
+        fd: int = 1,
+        line_buffered: bool | None = None,
+        max_latency: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if line_buffered is None:
+            line_buffered = os.isatty(fd)
+        super().__init__(line_buffered, max_latency, clock)
+        self._fd = fd
+        self._closed = False
+
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """Buffer the lines; flush per the buffering rules."""
+        self._buf += _encode(lines)
+        self._after_write()
+
+    def _emit(self, data: bytearray) -> None:
+        if self._fd == 1:
+            with contextlib.suppress(ValueError, AttributeError):
+                sys.stdout.flush()  # keep order with anything print()ed before
+        _write_all(self._fd, data)
+
+    def close(self) -> None:
+        """Flush (the descriptor stays open: it is not ours)."""
+        if not self._closed:
+            self._closed = True
+            self.flush()
+
+
+class RotatingFileSink(_Buffered):
+    """Lines to a size-rotated file, see the module documentation."""
+
+    def __init__(
+        self,
+        path: str,
+        max_bytes: int = 100 * 1024 * 1024,
+        max_backups: int = 0,
+        max_age_days: int = 0,
+        compress: bool = False,
+        *,
+        max_latency: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = datetime.now,
+    ) -> None:
+        super().__init__(False, max_latency, clock)
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        self.path = os.path.abspath(path)
+        self.max_bytes = max_bytes
+        self.max_backups = max_backups
+        self.max_age_days = max_age_days
+        self.compress = compress
+        self._now = now
+        self._fd = -1
+        self._size = 0  # bytes in the file plus bytes buffered for it
+        self._mill_lock = threading.Lock()
+        self._mill_pending = False
+        self._mill_thread: threading.Thread | None = None
+        self.mill_errors: list[str] = []
+        self._open_existing_or_new()
+
+    # -- writing --
+
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """Append the lines, rotating before a line that would not fit."""
+        if self._fd < 0:
+            raise ValueError("write to a closed sink")
+        data = _encode(lines)
+        if self._size + len(data) <= self.max_bytes:
+            self._buf += data
+            self._size += len(data)
+        else:
+            for line in lines:
+                b = (line + "\n").encode("utf-8", "replace")
+                if self._size + len(b) > self.max_bytes and self._size > 0:
+                    self.rotate()
+                self._buf += b
+                self._size += len(b)
+        self._after_write()
+
+    def _emit(self, data: bytearray) -> None:
+        _write_all(self._fd, data)
+
+    def close(self) -> None:
+        """Flush, close the file and wait for background compression/cleanup to finish."""
+        if self._fd >= 0:
+            try:
+                self.flush()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+        self.wait_mill()
+
+    # -- rotation --
+
+    def _open_existing_or_new(self) -> None:
+        self._schedule_mill()
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._open_new()
+            return
+        if st.st_size >= self.max_bytes:
+            self._open_new()
+            self._schedule_mill()
+            return
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._size = st.st_size
+
+    def _open_new(self) -> None:
+        mode = 0o644
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(self.path)
+            mode = st.st_mode & 0o7777
+            os.rename(self.path, self._backup_name())
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        self._size = 0
+
+    def _split_name(self) -> tuple[str, str, str]:
+        directory, base = os.path.split(self.path)
+        prefix, ext = os.path.splitext(base)
+        return directory, prefix + "-", ext
+
+    def _backup_name(self) -> str:
+        directory, prefix, ext = self._split_name()
+        t = self._now()
+        while True:
+            stamp = f"{t.strftime(BACKUP_TIME_FORMAT)}.{t.microsecond // 1000:03d}"
+            name = os.path.join(directory, f"{prefix}{stamp}{ext}")
+            if not os.path.exists(name) and not os.path.exists(name + COMPRESS_SUFFIX):
+                return name
+            t += timedelta(milliseconds=1)  # two rotations within a millisecond must not collide
+
+    def rotate(self) -> None:
+        """Start a new file now, keeping the current one as a backup."""
+        self.flush()
+        os.close(self._fd)
+        self._fd = -1
+        self._open_new()
+        self._schedule_mill()
+
+    # -- backups: remove old ones, compress --
+
+    def backups(self) -> list[tuple[datetime, str]]:
+        """Existing backups as (time in their name, path), newest first."""
+        directory, prefix, ext = self._split_name()
+        found: list[tuple[datetime, str]] = []
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            return []
+        for name in entries:
+            if not name.startswith(prefix):
+                continue
+            rest = name[len(prefix) :]
+            for suffix in (ext, ext + COMPRESS_SUFFIX):
+                stamp = rest[: len(rest) - len(suffix)] if suffix else rest
+                if rest.endswith(suffix) and _BACKUP_TIME.fullmatch(stamp):
+                    t = datetime.strptime(stamp, BACKUP_TIME_FORMAT + ".%f")
+                    path = os.path.join(directory, name)
+                    if os.path.isfile(path):
+                        found.append((t, path))
+                    break
+        found.sort(key=lambda item: (item[0], item[1]), reverse=True)
+        return found
+
+    def mill_once(self) -> None:
+        """Apply max_backups, max_age_days and compress to the existing backups."""
+        if not (self.max_backups or self.max_age_days or self.compress):
+            return
+        files = self.backups()
+        remove: list[str] = []
+        if self.max_backups:
+            kept: set[str] = set()
+            remaining = []
+            for t, path in files:
+                base = path.removesuffix(COMPRESS_SUFFIX)
+                if base not in kept and len(kept) >= self.max_backups:
+                    remove.append(path)
+                    continue
+                kept.add(base)
+                remaining.append((t, path))
+            files = remaining
+        if self.max_age_days:
+            cutoff = self._now() - timedelta(days=self.max_age_days)
+            remove += [p for t, p in files if t < cutoff]
+            files = [(t, p) for t, p in files if t >= cutoff]
+        for path in remove:
+            try:
+                os.remove(path)
+            except OSError as e:
+                self.mill_errors.append(f"remove {path}: {e.strerror}")
+        if self.compress:
+            for _, path in files:
+                if not path.endswith(COMPRESS_SUFFIX):
+                    try:
+                        compress_file(path)
+                    except OSError as e:
+                        self.mill_errors.append(f"compress {path}: {e.strerror}")
+
+    def _schedule_mill(self) -> None:
+        if not (self.max_backups or self.max_age_days or self.compress):
+            return
+        with self._mill_lock:
+            self._mill_pending = True
+            if self._mill_thread is None:
+                self._mill_thread = threading.Thread(target=self._mill_loop, name="pwru-rotate", daemon=True)
+                self._mill_thread.start()
+
+    def _mill_loop(self) -> None:
+        while True:
+            with self._mill_lock:
+                if not self._mill_pending:
+                    self._mill_thread = None
+                    return
+                self._mill_pending = False
+            try:
+                self.mill_once()
+            except Exception as e:  # a failed clean-up must not stop tracing
+                self.mill_errors.append(f"{type(e).__name__}: {e}")
+
+    def wait_mill(self) -> None:
+        """Wait until background clean-up and compression are done."""
+        while True:
+            with self._mill_lock:
+                thread = self._mill_thread
+            if thread is None:
+                return
+            thread.join()
+
+
+def compress_file(path: str) -> str:
+    """gzip ``path`` to ``path.gz`` (same mode; written to a temporary name first), remove ``path``."""
+    dst = path + COMPRESS_SUFFIX
+    tmp = dst + ".tmp"
+    mode = os.stat(path).st_mode & 0o7777
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        with open(path, "rb") as src, open(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as gz:
+            shutil.copyfileobj(src, gz, 1024 * 1024)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    os.remove(path)
+    return dst
+
+
+def open_sink(config: Config) -> Sink:
+    """The sink the configuration asks for: the rotating --output-file, else standard output."""
+    if not config.output_file:
+        return StdoutSink()
+    try:
+        return RotatingFileSink(
+            config.output_file,
+            max_bytes=config.output_file_max_bytes,
+            max_backups=config.output_file_max_backups,
+            max_age_days=config.output_file_max_age,
+            compress=config.output_file_compress,
+        )
+    except OSError as e:
+        raise UserError(f"--output-file: {config.output_file}: {e.strerror}") from None
