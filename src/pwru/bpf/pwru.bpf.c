@@ -158,7 +158,7 @@ static __always_inline void set_ports(struct skb_tuple *tuple, unsigned char *l4
 			return;
 		tuple->sport = bpf_ntohs(tcp.source);
 		tuple->dport = bpf_ntohs(tcp.dest);
-		tuple->tcp_flags = tcp._flags;
+		tuple->tcp_flags = ((__u8 *)&tcp)[13]; /* by offset: the kernel's flags are bitfields */
 	} else if (tuple->l4_proto == IPPROTO_UDP) {
 		struct udphdr udp;
 
@@ -192,7 +192,7 @@ static __always_inline void set_tuple(struct sk_buff *skb, struct skb_tuple *tup
 		tuple->l4_proto = ip.protocol;
 		__builtin_memcpy(tuple->saddr, &ip.saddr, 4);
 		__builtin_memcpy(tuple->daddr, &ip.daddr, 4);
-		l4 = l3 + (ip._ihl_version & 0xf) * 4;
+		l4 = l3 + (first & 0xf) * 4; /* ihl, from the byte read above */
 	} else if ((first >> 4) == 6) {
 		struct ipv6hdr ip6;
 
@@ -356,17 +356,25 @@ FENTRY_SKB_REASON(1, 2)
 FENTRY_SKB_REASON(2, 3)
 
 /* ---- tp_btf ---- */
-/* ctx[pos - 1] for a 1-based position known at load time (frozen .rodata): every case reads a constant
- * offset, and the verifier only walks the case the constant selects. 0 or out of range gives `dflt`. */
+/* ctx[pos - 1] for a 1-based position known at load time (frozen .rodata). The verifier requires constant
+ * ctx offsets; clang would merge plain `ctx[k]` cases into one load from a computed address, so each case is
+ * its own asm load with a literal offset. The verifier walks only the case the constant selects. */
+#define CTX_LOAD(ctx, off)                                                                                   \
+	({                                                                                                   \
+		__u64 __v;                                                                                   \
+		asm volatile("%0 = *(u64 *)(%1 + " #off ")" : "=r"(__v) : "r"(ctx));                         \
+		__v;                                                                                         \
+	})
+
 static __always_inline __u64 tp_arg(__u64 *ctx, __u32 pos, __u64 dflt)
 {
 	switch (pos) {
-	case 1: return ctx[0];
-	case 2: return ctx[1];
-	case 3: return ctx[2];
-	case 4: return ctx[3];
-	case 5: return ctx[4];
-	case 6: return ctx[5];
+	case 1: return CTX_LOAD(ctx, 0);
+	case 2: return CTX_LOAD(ctx, 8);
+	case 3: return CTX_LOAD(ctx, 16);
+	case 4: return CTX_LOAD(ctx, 24);
+	case 5: return CTX_LOAD(ctx, 32);
+	case 6: return CTX_LOAD(ctx, 40);
 	default: return dflt;
 	}
 }
