@@ -1,0 +1,84 @@
+"""Packet filters: a pcap expression compiled by libpcap to classic BPF, translated to eBPF.
+
+``compile_filter(expr)`` compiles for both link types pwru filters on: Ethernet (``l2``, the skb from its MAC
+header) and raw IP (``l3``, from its network header). ``CompiledFilter.to_ebpf(link, mode)`` is the body that
+replaces the kernel program's ``filter_pcap_l2``/``filter_pcap_l3`` stub (see ``translate`` for the calling
+convention).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from pwru.ebpf.asm import Instruction
+from pwru.filter.cbpf import CProgram
+from pwru.filter.pcap import DLT_EN10MB, DLT_RAW, FilterError, compile_cbpf
+from pwru.filter.translate import EmitMode, TranslationError, reject_all, translate
+
+__all__ = ["CompiledFilter", "FilterError", "Link", "TranslationError", "compile_filter"]
+
+Link = Literal["l2", "l3"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledFilter:
+    """An expression compiled for Ethernet (``l2``) and raw IP (``l3``); None where libpcap refused that
+    link type (``arp`` has no raw-IP form, for example)."""
+
+    expr: str
+    l2: CProgram | None
+    l3: CProgram | None
+    l2_error: str | None = None
+    l3_error: str | None = None
+
+    def classic(self, link: Link) -> CProgram | None:
+        if link == "l2":
+            return self.l2
+        if link == "l3":
+            return self.l3
+        raise ValueError(f"unknown link type {link!r}")
+
+    def to_ebpf(self, link: Link, mode: EmitMode) -> list[Instruction]:
+        """The eBPF body for ``link`` in ``mode`` ("direct" or "probe"); reject-all if it did not compile."""
+        prog = self.classic(link)
+        if prog is None:
+            if mode not in ("direct", "probe"):
+                raise ValueError(f"unknown emission mode {mode!r}")
+            return reject_all()
+        return translate(prog, mode)
+
+    def dump(self) -> str:
+        """Both classic programs, ``tcpdump -d`` style, for debugging."""
+        parts = []
+        for link, prog, err in (("l2", self.l2, self.l2_error), ("l3", self.l3, self.l3_error)):
+            parts.append(f"; {link} ({'Ethernet' if link == 'l2' else 'raw IP'})")
+            parts.append(prog.dump() if prog is not None else f"; not compiled: {err}")
+        return "\n".join(parts)
+
+
+def compile_filter(expr: str) -> CompiledFilter | None:
+    """Compile ``expr`` with libpcap for both link types.
+
+    Returns None for an empty expression (match everything, add no code). Raises :class:`FilterError` when
+    libpcap accepts it for neither link type (the Ethernet error message is the one reported).
+    """
+    if not expr.strip():
+        return None
+    progs: dict[int, CProgram | None] = {}
+    errors: dict[int, FilterError] = {}
+    for dlt in (DLT_EN10MB, DLT_RAW):
+        try:
+            progs[dlt] = compile_cbpf(expr, dlt)
+        except FilterError as e:
+            progs[dlt] = None
+            errors[dlt] = e
+    if progs[DLT_EN10MB] is None and progs[DLT_RAW] is None:
+        raise errors[DLT_EN10MB]
+    return CompiledFilter(
+        expr,
+        progs[DLT_EN10MB],
+        progs[DLT_RAW],
+        errors[DLT_EN10MB].message if DLT_EN10MB in errors else None,
+        errors[DLT_RAW].message if DLT_RAW in errors else None,
+    )
