@@ -194,9 +194,12 @@ class BTFExt:
         if hdr_len >= 32:
             co_off, co_len = struct.unpack_from("<II", data, 24)
         out = cls()
-        out.func_info = {k: [(r[0], r[1]) for r in v] for k, v in _ext_section(data, hdr_len + fi_off, fi_len, 8, 2, strings).items()}
-        out.line_info = {k: [(r[0], r[1], r[2], r[3]) for r in v] for k, v in _ext_section(data, hdr_len + li_off, li_len, 16, 4, strings).items()}
-        out.core_relos = {k: [(r[0], r[1], r[2], r[3]) for r in v] for k, v in _ext_section(data, hdr_len + co_off, co_len, 16, 4, strings).items()}
+        fi = _ext_section(data, hdr_len + fi_off, fi_len, 8, 2, strings)
+        li = _ext_section(data, hdr_len + li_off, li_len, 16, 4, strings)
+        co = _ext_section(data, hdr_len + co_off, co_len, 16, 4, strings)
+        out.func_info = {k: [(r[0], r[1]) for r in v] for k, v in fi.items()}
+        out.line_info = {k: [(r[0], r[1], r[2], r[3]) for r in v] for k, v in li.items()}
+        out.core_relos = {k: [(r[0], r[1], r[2], r[3]) for r in v] for k, v in co.items()}
         return out
 
 
@@ -320,7 +323,8 @@ class ProgramSpec:
     ) -> None:
         self.name = name
         self.section = section
-        self.prog_type, self.expected_attach_type, self.attach_to, self.retprobe = section_program_type(section)
+        kind = section_program_type(section)
+        self.prog_type, self.expected_attach_type, self.attach_to, self.retprobe = kind
         self.license = license
         self._functions = dict(functions)  # shared Function objects; replaced ones are private copies
         if name not in self._functions:
@@ -631,12 +635,24 @@ class _Reader:
             if sec.name.startswith(".rodata"):
                 flags |= BPF_F_RDONLY_PROG
             spec.maps[sec.name] = MapSpec(
-                sec.name, MapType.ARRAY, 4, size, 1, flags, value_type_id=value_type, data=data, section=sec.name
+                sec.name,
+                MapType.ARRAY,
+                4,
+                size,
+                1,
+                flags,
+                value_type_id=value_type,
+                data=data,
+                section=sec.name,
             )
             for sym in self.symbols:
                 if sym["st_shndx"] == idx and sym["st_info"]["type"] == "STT_OBJECT" and sym.name:
                     spec.variables[sym.name] = VariableSpec(
-                        sym.name, sec.name, sym["st_value"], sym["st_size"], self._var_type(sec.name, sym.name)
+                        sym.name,
+                        sec.name,
+                        sym["st_value"],
+                        sym["st_size"],
+                        self._var_type(sec.name, sym.name),
                     )
 
     def _var_type(self, section: str, name: str) -> int:
@@ -702,8 +718,13 @@ class _Reader:
                 end = slot_index.get((start + size) // 8, len(code))
                 fn = Function(sym.name, sec.name, _copy_insns(code[first:end]), fi.get(start, 0))
 
-                def local(byte_off: int, first: int = first, name: str = sym.name) -> int:
-                    return _index_at(slot_index, byte_off // 8, name) - first
+                def local(
+                    byte_off: int,
+                    first: int = first,
+                    name: str = sym.name,
+                    index: dict[int, int] = slot_index,
+                ) -> int:
+                    return _index_at(index, byte_off // 8, name) - first
 
                 for off, file_off, line_off, line_col in lines:
                     if start <= off < start + size:
@@ -774,7 +795,9 @@ class _Reader:
             insn.imm = 0
             fn.map_refs.append(MapRef(index, target.name, offset))
             return
-        raise ELFError(f"{fn.name} in {section}: relocation against {name!r} in unsupported section {target.name!r}")
+        raise ELFError(
+            f"{fn.name} in {section}: relocation against {name!r} in unsupported section {target.name!r}"
+        )
 
     def _object_at(self, shndx: int, byte_off: int) -> str:
         for s in self.symbols:
