@@ -17,7 +17,7 @@ from typing import Literal
 
 from pwru.ebpf import btf
 from pwru.ebpf.btf import Kind, Spec
-from pwru.ebpf.kallsyms import TEXT_TYPES, Kallsyms
+from pwru.ebpf.kallsyms import Kallsyms
 
 TRACEPOINT_PREFIX = "btf_trace_"
 SKB_DROP_REASON_SUBSYS_SHIFT = 16
@@ -235,12 +235,15 @@ def _read_kprobe_blacklist(path: Path = KPROBE_BLACKLIST_PATH) -> set[str] | Non
     return {parts[1] for parts in (line.split() for line in text.splitlines()) if len(parts) >= 2}
 
 
-def kallsyms_probeable(ksyms: Kallsyms, blacklist: set[str] | None = None) -> set[str]:
+def kallsyms_probeable(
+    ksyms: Kallsyms, blacklist: set[str] | None = None, names: Iterable[str] | None = None
+) -> set[str]:
     """Text symbols a kprobe could take, judged from kallsyms alone.
 
     Kept: ``t``/``T`` symbols. Dropped: those inside the :data:`DENIED_TEXT_AREAS` (found by their
     ``__<area>_text_start``/``_end`` marker symbols; ``init`` uses ``_sinittext``/``_einittext``), the marker
-    symbols themselves, and the names in ``blacklist`` (the kernel's kprobe blacklist when readable). What
+    symbols themselves, and the names in ``blacklist`` (the kernel's kprobe blacklist when readable); with
+    ``names`` only those are considered. What
     cannot be known from here: ``NOKPROBE_SYMBOL`` functions outside those areas when the blacklist file is
     not readable; a kprobe attach then fails for that one function and the backend reports it.
     """
@@ -252,15 +255,11 @@ def kallsyms_probeable(ksyms: Kallsyms, blacklist: set[str] | None = None) -> se
             start, end = ksyms.address(f"__{area}_text_start"), ksyms.address(f"__{area}_text_end")
         if start is not None and end is not None and start < end:
             areas.append((start, end))
-    out = set()
-    deny = blacklist or set()
-    for sym in ksyms:
-        if sym.type not in TEXT_TYPES or sym.name in deny or _MARKER.match(sym.name):
-            continue
-        if sym.module is None and any(lo <= sym.address < hi for lo, hi in areas):
-            continue
-        out.add(sym.name)
-    return out
+    text = ksyms.text_names(exclude=areas)
+    if names is not None:
+        text &= set(names)
+    text -= blacklist or set()
+    return {n for n in text if not _MARKER.match(n)}
 
 
 def probeable(names: Iterable[str], ksyms: Kallsyms | None = None) -> set[str]:
@@ -276,7 +275,7 @@ def probeable(names: Iterable[str], ksyms: Kallsyms | None = None) -> set[str]:
     if available is not None:
         return wanted & available
     ksyms = ksyms if ksyms is not None else Kallsyms.load()
-    return wanted & kallsyms_probeable(ksyms, _read_kprobe_blacklist())
+    return kallsyms_probeable(ksyms, _read_kprobe_blacklist(), wanted)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ is true and address lookups answer ``None``.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +60,7 @@ class Kallsyms:
         self._modules = modules
         self._width = len(addrs[0]) if addrs else 16
         self._by_name: dict[str, list[int]] | None = None
+        self._scans = 0
         self.restricted = not addrs or int(addrs[-1], 16) == 0
 
     @classmethod
@@ -129,9 +130,24 @@ class Kallsyms:
             self._by_name = index
         return self._by_name
 
+    def _rows(self, name: str) -> list[int]:
+        """Row numbers of ``name``; a C-speed scan for the first few look-ups, the full index after that."""
+        if self._by_name is not None or self._scans > 32:
+            return self._index().get(name, [])
+        self._scans += 1
+        rows: list[int] = []
+        names = self._names
+        i = -1
+        while True:
+            try:
+                i = names.index(name, i + 1)
+            except ValueError:
+                return rows
+            rows.append(i)
+
     def address(self, name: str, module: str | None = None) -> int | None:
         """Address of ``name``; with ``module`` only that module's symbol, else vmlinux's first, else any."""
-        rows = self._index().get(name)
+        rows = self._rows(name)
         if not rows or self.restricted:
             return None
         if module is not None:
@@ -142,12 +158,22 @@ class Kallsyms:
 
     def symbols(self, name: str) -> list[KSym]:
         """Every entry named ``name`` (several static functions can share a name)."""
-        return [self._entry(i) for i in self._index().get(name, ())]
+        return [self._entry(i) for i in self._rows(name)]
 
     def names(self) -> set[str]:
         """All symbol names."""
         return set(self._names)
 
-    def text_names(self) -> set[str]:
-        """Names of text (code) symbols: types ``t`` and ``T``."""
-        return {n for n, t in zip(self._names, self._types, strict=True) if t in TEXT_TYPES}
+    def text_names(self, exclude: Iterable[tuple[int, int]] = ()) -> set[str]:
+        """Names of text (code) symbols, types ``t`` and ``T``.
+
+        ``exclude`` holds ``[start, end)`` address ranges of vmlinux text whose symbols are left out.
+        """
+        skip = bytearray(len(self._addrs))
+        w = self._width
+        for lo, hi in exclude:
+            i = bisect.bisect_left(self._addrs, f"{lo:0{w}x}")
+            j = bisect.bisect_left(self._addrs, f"{hi:0{w}x}")
+            skip[i:j] = b"\1" * (j - i)
+        rows = zip(self._types, self._names, self._modules, skip, strict=True)
+        return {n for t, n, m, s in rows if t in TEXT_TYPES and not (s and m is None)}
