@@ -24,6 +24,7 @@ int core_values(void *ctx)
 	out[8] = bpf_core_field_offset(skb->dev);
 	out[9] = bpf_core_type_id_kernel(struct sk_buff);
 	out[10] = bpf_core_field_offset(skb->next);
+	out[15] = bpf_core_field_offset(skb->len);
 	return 0;
 }
 
