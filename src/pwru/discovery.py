@@ -95,8 +95,8 @@ class _Classifier:
         skb_pos = 0
         reason_pos = None
         for i, tid in enumerate(params, 1):
-            if tid == 0:  # varargs
-                break
+            if tid == 0:  # varargs (last) or malformed
+                continue
             if not skb_pos and i <= max_pos and self.is_skb_ptr(tid):
                 skb_pos = i
             elif reason_pos is None and self.is_reason(tid):

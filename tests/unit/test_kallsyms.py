@@ -1,0 +1,74 @@
+"""kallsyms parsing and lookups, on synthetic text and on this machine's /proc/kallsyms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pwru.ebpf.kallsyms import Kallsyms, Symbol
+
+TEXT = """\
+ffffffff81000000 T _stext
+ffffffff81000000 T _text
+ffffffff81000100 t helper
+ffffffff81000200 T ip_rcv
+ffffffff81000300 D some_data
+ffffffffc0002000 t mod_fn\t[mymod]
+ffffffffc0001000 t dup\t[othermod]
+ffffffff81000400 t dup
+"""
+
+
+def test_parse_and_lookup() -> None:
+    k = Kallsyms.parse(TEXT)
+    assert len(k) == 8
+    assert not k.restricted
+    assert k.lookup(0xFFFFFFFF81000200) == Symbol("ip_rcv", 0, None)
+    assert k.lookup(0xFFFFFFFF81000234) == Symbol("ip_rcv", 0x34, None)
+    assert k.lookup(0xFFFFFFFF81000005) == Symbol("_stext", 5, None)  # first listed at a shared address
+    assert k.lookup(0xFFFFFFFF80000000) is None
+    assert k.lookup(0xFFFFFFFFC0002010) == Symbol("mod_fn", 0x10, "mymod")
+    assert k.lookup(0xFFFFFFFFC0001FFF) == Symbol("dup", 0xFFF, "othermod")  # unsorted input gets sorted
+    assert str(Symbol("mod_fn", 0x10, "mymod")) == "mod_fn+0x10 [mymod]"
+    assert k.address("ip_rcv") == 0xFFFFFFFF81000200
+    assert k.address("dup") == 0xFFFFFFFF81000400  # vmlinux preferred
+    assert k.address("dup", "othermod") == 0xFFFFFFFFC0001000
+    assert k.address("mod_fn", "nope") is None
+    assert k.address("missing") is None
+    assert {s.module for s in k.symbols("dup")} == {None, "othermod"}
+    assert k.names() >= {"ip_rcv", "some_data", "mod_fn"}
+    assert k.text_names() == {"_stext", "_text", "helper", "ip_rcv", "mod_fn", "dup"}
+    assert k.text_names(exclude=[(0xFFFFFFFF81000100, 0xFFFFFFFF81000300)]) == {
+        "_stext",
+        "_text",
+        "mod_fn",
+        "dup",
+    }
+
+
+def test_restricted() -> None:
+    k = Kallsyms.parse("0000000000000000 T a\n0000000000000000 t b\n")
+    assert k.restricted
+    assert k.lookup(0x1234) is None
+    assert k.address("a") is None
+
+
+@pytest.mark.skipif(not Path("/proc/kallsyms").exists(), reason="no /proc/kallsyms")
+def test_real_kallsyms() -> None:
+    k = Kallsyms.load()
+    lines = Path("/proc/kallsyms").read_text().splitlines()
+    assert len(k) == len(lines)
+    if k.restricted:
+        pytest.skip("kptr_restrict hides addresses")
+    want = {}
+    for line in lines:
+        parts = line.split()
+        if parts[2] in ("ip_rcv", "tcp_v4_rcv", "kfree_skb_list_reason") and len(parts) == 3:
+            want[parts[2]] = int(parts[0], 16)
+    assert "ip_rcv" in want
+    for name, addr in want.items():
+        assert k.address(name) == addr
+        assert k.lookup(addr) == Symbol(name, 0, None)
+        assert k.lookup(addr + 3) == Symbol(name, 3, None)
+    assert "ip_rcv" in k.text_names()
