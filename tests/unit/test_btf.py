@@ -270,7 +270,7 @@ def test_object_matches_bpftool(obj: Path, objspec: Spec) -> None:
 
 
 def _enum64_variant(spec: Spec) -> tuple[Spec, int]:
-    """clang 14 cannot emit ENUM64: turn ``enum big`` into one with real 64-bit values, re-encode, re-parse."""
+    """clang 14 cannot emit ENUM64: make ``enum big`` one with real 64-bit values, re-encode, re-parse."""
     copy = Spec.from_bytes(spec.encode())
     eid = copy.find_one("big", Kind.ENUM)
     copy.replace(
