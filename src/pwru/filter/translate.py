@@ -15,8 +15,8 @@ Two modes:
   then ``bpf_probe_read_kernel`` into the bounce slot; a failing helper rejects.
 
 Classic semantics kept: packet bytes are big-endian, out-of-bounds loads and division by X == 0 reject,
-ALU is 32-bit, jumps compare unsigned 32-bit values, shift counts are taken modulo 32 (as libpcap does on
-x86/arm64 hosts).
+ALU is 32-bit, jumps compare unsigned 32-bit values, a shift by 32 or more gives 0 (as libpcap's
+``bpf_filter`` does; eBPF itself would mask the count).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pwru.ebpf.asm import AluOp, Instruction, JmpOp, Reg, Size
 from pwru.filter import cbpf
 from pwru.filter.cbpf import CInsn, CProgram
 
-__all__ = ["EmitMode", "TranslationError", "reject_all", "translate"]
+__all__ = ["LOOP_MESSAGE", "EmitMode", "TranslationError", "reject_all", "translate"]
 
 EmitMode = Literal["direct", "probe"]
 
@@ -38,6 +38,7 @@ PROBE_SLOT = -8
 MAX_PACKET_OFF = 0xFFFF
 HELPER_PROBE_READ_KERNEL = 113
 REJECT = "reject"
+LOOP_MESSAGE = "libpcap compiled a loop (protochain), which the kernel verifier cannot bound"
 
 _JMP: dict[int, JmpOp] = {
     cbpf.Op.JEQ: JmpOp.JEQ,
@@ -237,18 +238,31 @@ class _Translator:
         if insn.src == cbpf.Src.X:
             if op in (AluOp.DIV, AluOp.MOD):
                 self.emit(asm.jmp_imm(JmpOp.JEQ, X, 0, REJECT, bits=32))
+            if op in (AluOp.LSH, AluOp.RSH) and pc + 1 < len(self.prog.insns):
+                # eBPF masks the count to 5 bits; libpcap shifts everything out.
+                self.emit(
+                    asm.jmp_imm(JmpOp.JGT, X, 31, f"s{pc}", bits=32),
+                    asm.alu_reg(op, A, X, bits=32),
+                    asm.ja(f"c{pc + 1}"),
+                )
+                self.marks[f"s{pc}"] = len(self.out)
+                self.emit(asm.mov_imm(A, 0, bits=32))
+                return
             self.emit(asm.alu_reg(op, A, X, bits=32))
             return
         k = insn.k
         if op in (AluOp.DIV, AluOp.MOD) and k == 0:
             self.emit(asm.ja(REJECT))
-        elif op in (AluOp.LSH, AluOp.RSH):
-            self.emit(asm.alu_imm(op, A, k & 31, bits=32))
+        elif op in (AluOp.LSH, AluOp.RSH) and k > 31:
+            self.emit(asm.mov_imm(A, 0, bits=32))
         else:
             self.emit(asm.alu_imm(op, A, k, bits=32))
 
     def jump(self, pc: int, insn: CInsn) -> None:
         if insn.op == cbpf.Op.JA:
+            if insn.k & 0x80000000:
+                # libpcap's protochain loops with a backward ja; the verifier cannot bound that loop.
+                raise TranslationError(LOOP_MESSAGE)
             self.emit(asm.ja(self.target(pc, insn.k)))
             return
         op = _JMP.get(insn.op)

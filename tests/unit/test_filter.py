@@ -1,0 +1,116 @@
+"""pwru.filter without root: libpcap compilation, errors, the classic listing, translator output."""
+
+from __future__ import annotations
+
+import pytest
+
+from pwru.ebpf import asm
+from pwru.ebpf.asm import Class, JmpOp
+from pwru.filter import FilterError, compile_filter
+from pwru.filter.cbpf import CInsn, CProgram
+from pwru.filter.pcap import DLT_EN10MB, DLT_RAW, PcapProgram, compile_cbpf
+from pwru.filter.translate import TranslationError, reject_all, translate
+
+
+def test_empty_expression_adds_no_code() -> None:
+    assert compile_filter("") is None
+    assert compile_filter("   \t") is None
+
+
+def test_libpcap_error_reaches_the_user() -> None:
+    with pytest.raises(FilterError) as info:
+        compile_filter("tcp port")
+    assert str(info.value) == 'invalid pcap filter "tcp port": can\'t parse filter expression: syntax error'
+    with pytest.raises(FilterError, match="netmask not known"):
+        compile_filter("ip broadcast")
+
+
+def test_protochain_loop_is_refused_clearly() -> None:
+    with pytest.raises(FilterError, match=r"loop \(protochain\)"):
+        compile_filter("ip6 protochain 6")
+
+
+def test_link_types() -> None:
+    f = compile_filter("arp")
+    assert f is not None and f.l2 is not None and f.l3 is None
+    assert f.l3_error == "expression rejects all packets"
+    assert f.to_ebpf("l3", "probe") == reject_all()
+    assert [str(i) for i in reject_all()] == ["r0 = 0", "exit"]
+    f = compile_filter("ip[9] = 6")
+    assert f is not None and f.l2 is not None and f.l3 is not None
+    # raw IP: the protocol byte is at offset 9, on Ethernet at 14 + 9
+    assert "[9]" in f.l3.dump() and "[23]" in f.l2.dump()
+    assert "; l2 (Ethernet)" in f.dump()
+
+
+def test_listing_matches_libpcap_bpf_image() -> None:
+    for expr in ["tcp port 80", "ip[2:2] - ((ip[0]&0xf)<<2) != 0", "len > 100 and ip[8] % 3 = 1", "vlan 10"]:
+        prog = compile_cbpf(expr, DLT_EN10MB)
+        ours = [line.rstrip() for line in prog.dump().splitlines()]
+        theirs = [line.rstrip() for line in PcapProgram(prog).image().splitlines()]
+        assert ours == theirs
+
+
+def test_offline_filter_reference() -> None:
+    prog = compile_cbpf("ip[9] = 17", DLT_RAW)
+    udp = bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17]) + bytes(18)
+    assert PcapProgram(prog).run(udp) == 262144
+    assert PcapProgram(prog).run(udp[:5]) == 0  # out of bounds rejects
+
+
+def test_translation_of_a_small_program() -> None:
+    # ldh [12]; jeq #0x800 jt 0 jf 1; ret #1; ret #0
+    prog = CProgram((CInsn(0x28, 0, 0, 12), CInsn(0x15, 0, 1, 0x800), CInsn(0x06, 0, 0, 1), CInsn(0x06)))
+    text = [str(i) for i in translate(prog, "direct")]
+    assert text == [
+        "r6 = r1",
+        "r7 = r2",
+        "w8 = 0",
+        "w9 = 0",
+        "r1 = r6",
+        "r1 += 14",
+        "if r1 > r7 goto +7",  # the shared reject block at the end
+        "r8 = *(u16 *)(r6 + 12)",
+        "r8 = be16 r8",
+        "if w8 != 2048 goto +2",
+        "w0 = 1",
+        "exit",
+        "w0 = 0",
+        "exit",
+        "w0 = 0",
+        "exit",
+    ]
+    probe = translate(prog, "probe")
+    calls = [i for i in probe if i.is_helper_call]
+    assert [i.imm for i in calls] == [113]
+    assert probe[-1].is_exit
+
+
+def test_translation_invariants_on_real_programs() -> None:
+    f = compile_filter("(ip[2:2] - ((ip[0]&0xf)<<2) - ((tcp[12]&0xf0)>>2)) != 0 and ip[8] / ip[1] > 0")
+    assert f is not None
+    for link in ("l2", "l3"):
+        for mode in ("direct", "probe"):
+            body = f.to_ebpf(link, mode)  # type: ignore[arg-type]
+            assert body[-1].is_exit
+            assert all(i.label is None and i.target is None for i in body)
+            for i in body:
+                if i.cls == Class.STX or i.cls == Class.ST:
+                    assert i.dst == 10 and -128 <= i.off < 0  # own stack, at most 128 bytes
+                if i.is_jump:
+                    assert i.jmp_op != JmpOp.JA or i.off != 0
+                assert not i.is_pseudo_call
+            calls = {i.imm for i in body if i.is_call}
+            assert calls == ({113} if mode == "probe" else set())
+            # division by X checks for zero first
+            data = asm.assemble(body)
+            assert asm.decode(data) == body
+
+
+def test_translator_refuses_what_it_cannot_express() -> None:
+    with pytest.raises(TranslationError, match="leaves the program"):
+        translate(CProgram((CInsn(0x05, 0, 0, 5), CInsn(0x06))))
+    with pytest.raises(TranslationError, match="unsupported"):
+        translate(CProgram((CInsn(0x07 | 0x10), CInsn(0x06))))
+    with pytest.raises(ValueError, match="unknown emission mode"):
+        translate(CProgram((CInsn(0x06),)), "jit")  # type: ignore[arg-type]
