@@ -28,7 +28,10 @@ def find_clang() -> str:
     """The clang to use: ``$PWRU_CLANG``, else ``clang`` on ``PATH``, else the newest ``clang-NN``."""
     env = os.environ.get(CLANG_ENV)
     if env:
-        return env
+        found = shutil.which(env)
+        if not found:
+            raise BuildError(f"${CLANG_ENV}={env} is not an executable")
+        return found
     found = shutil.which("clang")
     if found:
         return found
