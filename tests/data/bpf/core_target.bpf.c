@@ -40,4 +40,4 @@ enum skb_drop_reason {
 
 struct sk_buff *target_skb;
 enum skb_drop_reason target_reason;
-struct net_device *target_dev;
+struct net_device target_dev; /* a definition, not only a pointer: BTF gets the struct, not a FWD */
