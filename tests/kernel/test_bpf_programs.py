@@ -1,0 +1,101 @@
+"""Every kprobe and tp_btf program of pwru.bpf.o passes the running kernel's verifier (through our loader).
+
+kprobes cannot attach on a locked-down kernel, but they load; fentry loads are refused (EPERM) on such kernels
+and are only checked where the kernel allows them. Each load prints ``verified_insns`` (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+
+import pytest
+
+from pwru.bpf import build, object_path
+from pwru.ebpf import btf
+from pwru.ebpf.collection import Collection
+from pwru.ebpf.elf import ObjectSpec
+from pwru.ebpf.syscall import AttachType, BPFError
+
+pytestmark = pytest.mark.root
+
+KPROBES = [f"kprobe_skb_{n}" for n in range(1, 6)] + ["kprobe_skb_1_reason_2", "kprobe_skb_2_reason_3"]
+EVERYTHING = {
+    "cfg_netns": 4026531840, "cfg_mark": 1, "cfg_mark_mask": 0xFF, "cfg_ifindex": 1, "cfg_has_pcap": 1,
+    "cfg_output_meta": 1, "cfg_output_tuple": 1, "cfg_output_stack": 1, "cfg_output_caller": 1,
+}  # fmt: skip
+NOTHING: dict[str, int] = {}
+
+
+@pytest.fixture(scope="module")
+def coll() -> Iterator[Collection]:
+    build.build()
+    spec = ObjectSpec.load(object_path())
+    spec.maps["events"].max_entries = 1 << 16
+    spec.maps["stacks"].max_entries = 64
+    with Collection(spec) as c:
+        yield c
+
+
+@pytest.mark.parametrize("constants", [NOTHING, EVERYTHING], ids=["defaults", "all-features"])
+@pytest.mark.parametrize("name", KPROBES)
+def test_kprobe_loads(coll: Collection, name: str, constants: dict[str, int]) -> None:
+    prog = coll.load_program(name, constants=constants)
+    info = prog.info()
+    print(f"{name} {'all' if constants else 'defaults'}: verified_insns={info.verified_insns}")
+    assert info.verified_insns > 0
+    prog.close()
+
+
+def test_kprobe_multi_attach_type_loads(coll: Collection) -> None:
+    try:
+        prog = coll.load_program("kprobe_skb_1", expected_attach_type=AttachType.TRACE_KPROBE_MULTI)
+    except BPFError as e:  # kernels before 5.18 do not know the attach type
+        pytest.skip(f"kprobe-multi attach type refused: {e}")
+    assert prog.info().verified_insns > 0
+    prog.close()
+
+
+def _tp_id(name: str) -> int:
+    return btf.kernel_btf().find_one(f"btf_trace_{name}", btf.Kind.TYPEDEF)
+
+
+TP_CASES = {
+    # tracepoint: (skb position, reason position, location position)
+    "kfree_skb": (1, 3, 2),
+    "consume_skb": (1, 0, 2),
+    "netif_receive_skb": (1, 0, 0),
+    "net_dev_queue": (1, 0, 0),
+}
+
+
+@pytest.mark.parametrize("extra", [NOTHING, EVERYTHING], ids=["defaults", "all-features"])
+@pytest.mark.parametrize("tp", list(TP_CASES))
+def test_tp_btf_loads(coll: Collection, tp: str, extra: dict[str, int]) -> None:
+    skb, reason, location = TP_CASES[tp]
+    constants = {**extra, "cfg_tp_skb_pos": skb, "cfg_tp_reason_pos": reason,
+                 "cfg_tp_location_pos": location, "cfg_probe_id": 7}  # fmt: skip
+    prog = coll.load_program("tp_skb", attach_btf_id=_tp_id(tp), constants=constants)
+    info = prog.info()
+    print(f"tp_skb@{tp} {'all' if extra else 'defaults'}: verified_insns={info.verified_insns}")
+    assert info.verified_insns > 0
+    prog.close()
+
+
+def test_tp_btf_position_past_the_arguments_is_refused(coll: Collection) -> None:
+    """The verifier, not a silent zero, catches a wrong position (consume_skb has two arguments)."""
+    with pytest.raises(BPFError) as exc:
+        coll.load_program("tp_skb", attach_btf_id=_tp_id("consume_skb"), constants={"cfg_tp_skb_pos": 4})
+    assert exc.value.errno == errno.EACCES
+
+
+def test_fentry_loads_where_allowed(coll: Collection) -> None:
+    target = btf.kernel_btf().find_one("ip_rcv", btf.Kind.FUNC)
+    try:
+        prog = coll.load_program("fentry_skb_1", attach_btf_id=target, constants=EVERYTHING)
+    except BPFError as e:
+        if e.errno == errno.EPERM:
+            pytest.skip("fentry refused by this kernel (lockdown)")
+        raise
+    print(f"fentry_skb_1@ip_rcv: verified_insns={prog.info().verified_insns}")
+    prog.close()
