@@ -488,7 +488,9 @@ def _agree(results: list[_Outcome], relo: CoreRelo, why: str) -> _Outcome:
         return _Outcome(None, reason=why)
     vals = {r.value for r in results}
     if len(vals) > 1:
-        raise CoreError(f"relocation {relo.kind.name} {relo.access!r}: candidates disagree ({sorted(vals)})")
+        raise CoreError(
+            f"relocation {relo.kind.name} {relo.access!r}: candidates disagree ({sorted(v or 0 for v in vals)})"
+        )
     return results[0]
 
 

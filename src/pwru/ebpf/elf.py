@@ -805,7 +805,7 @@ class _Reader:
                 return str(s.name)
         raise ELFError(f"no object at offset {byte_off} of section {self.sections[shndx].name!r}")
 
-    def _mark_local_calls(self, fn: Function, section: str, start_slot: int, funcs: list[object]) -> None:
+    def _mark_local_calls(self, fn: Function, section: str, start_slot: int, funcs: Sequence[object]) -> None:
         """Calls already resolved by the compiler (same section, no relocation): turn them into targets."""
         starts = {s["st_value"] // 8: s.name for s in funcs}  # type: ignore[index,attr-defined]
         slots = asm.slot_offsets(fn.insns)
