@@ -486,11 +486,9 @@ def _access_text(local: btf.Spec, root: int, relo: CoreRelo) -> str:
 def _agree(results: list[_Outcome], relo: CoreRelo, why: str) -> _Outcome:
     if not results:
         return _Outcome(None, reason=why)
-    vals = {r.value for r in results}
+    vals = {r.value or 0 for r in results}
     if len(vals) > 1:
-        raise CoreError(
-            f"relocation {relo.kind.name} {relo.access!r}: candidates disagree ({sorted(v or 0 for v in vals)})"
-        )
+        raise CoreError(f"relocation {relo.kind.name} {relo.access!r}: candidates disagree ({sorted(vals)})")
     return results[0]
 
 
