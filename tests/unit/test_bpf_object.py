@@ -17,7 +17,7 @@ FENTRIES = [f"fentry_skb_{n}" for n in range(1, 6)] + ["fentry_skb_1_reason_2", 
 CONFIG = [
     "cfg_netns", "cfg_mark", "cfg_mark_mask", "cfg_ifindex", "cfg_has_pcap", "cfg_output_meta",
     "cfg_output_tuple", "cfg_output_stack", "cfg_output_caller", "cfg_tp_skb_pos", "cfg_tp_reason_pos",
-    "cfg_tp_location_pos", "cfg_probe_id",
+    "cfg_tp_location_pos", "cfg_probe_id", "cfg_tp_caller_skip",
 ]  # fmt: skip
 
 needs_clang = pytest.mark.skipif(

@@ -46,6 +46,9 @@ const volatile __u32 cfg_tp_skb_pos = 1;
 const volatile __u32 cfg_tp_reason_pos = 0;   /* 0: the tracepoint has no drop reason */
 const volatile __u32 cfg_tp_location_pos = 0; /* 0: no location argument */
 const volatile __u64 cfg_probe_id = 0;        /* tp_btf: event.addr; fentry: address when no get_func_ip */
+/* tp_btf caller: kernel stack frames before the function that fired the tracepoint. On 6.18 the stack is
+ * [this program, bpf_trace_run<N>, function with the tracepoint, ...]; user space may change it per kernel. */
+const volatile __u32 cfg_tp_caller_skip = 2;
 
 /* ---- maps ---- */
 struct {
@@ -216,7 +219,7 @@ static __always_inline void set_tuple(struct sk_buff *skb, struct skb_tuple *tup
 enum caller_mode {
 	CALLER_KPROBE, /* at function entry the return address is the word at the stack pointer */
 	CALLER_FENTRY, /* bpf_get_stack: the frame after the traced function's own (func_ip .. func_ip+16) */
-	CALLER_TP,     /* bpf_get_stack: frame 0, the function that fired the tracepoint */
+	CALLER_TP,     /* bpf_get_stack skipping cfg_tp_caller_skip frames: the function that fired the tracepoint */
 };
 
 static __always_inline __u64 get_caller(void *ctx, enum caller_mode mode, __u64 func_ip)
@@ -230,11 +233,14 @@ static __always_inline __u64 get_caller(void *ctx, enum caller_mode mode, __u64 
 		return caller;
 	}
 
+	if (mode == CALLER_TP) {
+		n = bpf_get_stack(ctx, frames, sizeof(frames[0]), cfg_tp_caller_skip & BPF_F_SKIP_FIELD_MASK);
+		return n > 0 ? frames[0] : 0;
+	}
+
 	n = bpf_get_stack(ctx, frames, sizeof(frames), 0);
 	if (n <= 0)
 		return 0;
-	if (mode == CALLER_TP)
-		return frames[0];
 
 	/* fentry: frames are [bpf program..., trampoline, traced function (+call insn), caller, ...] */
 	for (int i = 0; i < CALLER_FRAMES - 1; i++) {

@@ -190,6 +190,10 @@ enum {
 	BPF_ANY = 0,
 };
 
+enum {
+	BPF_F_SKIP_FIELD_MASK = 0xffULL, /* bpf_get_stack/bpf_get_stackid flags: frames to skip */
+};
+
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define IPPROTO_TCP 6
