@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from pwru.bpf import build, object_path
-from pwru.ebpf import btf
+from pwru.ebpf import asm, btf
 from pwru.ebpf.collection import Collection
 from pwru.ebpf.elf import ObjectSpec
 from pwru.ebpf.kallsyms import Kallsyms
@@ -188,3 +188,25 @@ def test_stalled_reader_counts_every_lost_event(netns: str) -> None:
         assert all(e.mark == MARK and e.reason == no_socket_reason() for e in events)
         assert len(events) == fit
         assert len(events) + lost == sent
+
+
+@pytest.mark.parametrize(("verdict", "expected"), [(0, 0), (0x40000, 5), (1 << 32, 5)])
+def test_spliced_packet_filter_decides(netns: str, verdict: int, expected: int) -> None:
+    """The pcap stubs replaced by `r0 = verdict; exit`: a zero rejects, any non-zero value (a cBPF snap length
+    like 0x40000, or one with only high bits set) accepts -- the call sites test all 64 bits."""
+    inode = os.stat(f"/run/netns/{netns}").st_ino
+    build.build()
+    spec = ObjectSpec.load(object_path())
+    spec.maps["events"].max_entries = 1 << 16
+    spec.maps["stacks"].max_entries = 64
+    body = [asm.ld_imm64(asm.Reg.R0, verdict), asm.exit_()]
+    spec.replace_function("filter_pcap_l2", body)
+    spec.replace_function("filter_pcap_l3", body)
+    decoder = EventDecoder.from_object(object_path())
+    with Collection(spec) as coll, RingBufReader(coll.maps["events"]) as reader:
+        prog = tp_program(coll, "kfree_skb", 1, cfg_netns=inode, cfg_has_pcap=1, cfg_mark=MARK,
+                          cfg_mark_mask=0xFFFFFFFF)  # fmt: skip
+        with attach_raw_tracepoint(prog, None):
+            send(netns, 5, MARK)
+        events = decoder.decode_many(reader.read_batch())
+    assert len(events) == expected
