@@ -1,8 +1,8 @@
 """The lab's tiny initramfs: static busybox, the kernel's own 9p/virtio/overlay modules, and ``/init``.
 
-``/init`` loads the modules (in dependency order, worked out on the host from ``modules.dep``; built-in ones are
-skipped), mounts the host's ``/`` (9p tag ``hostroot``, read-only) under a tmpfs overlay, puts the kernel's
-modules (tag ``modules``) on ``/usr/lib/modules`` and the writable results share (tag ``results``) on
+``/init`` loads the modules (in dependency order, worked out on the host from ``modules.dep``; built-in ones
+are skipped), mounts the host's ``/`` (9p tag ``hostroot``, read-only) under a tmpfs overlay, puts the
+kernel's modules (tag ``modules``) on ``/usr/lib/modules`` and the writable results share (tag ``results``) on
 :data:`GUEST_RESULTS`, then ``switch_root``s into the host's ``/bin/sh`` running ``GUEST_RESULTS/job.sh``.
 If anything before that fails, it says so on the console and powers the guest off.
 """
@@ -78,7 +78,9 @@ def boot_module_order(modules_dir: Path, wanted: tuple[str, ...] = BOOT_MODULES)
     """Paths (relative to ``modules_dir``) to insmod, dependencies first; built-in modules are left out."""
     deps = _parse_modules_dep(modules_dir)
     by_name = {_module_name(p): p for p in deps}
-    builtin_text = (modules_dir / "modules.builtin").read_text() if (modules_dir / "modules.builtin").exists() else ""
+    builtin_text = (
+        (modules_dir / "modules.builtin").read_text() if (modules_dir / "modules.builtin").exists() else ""
+    )
     builtin = {_module_name(p) for p in builtin_text.split()}
     order: list[str] = []
 

@@ -147,7 +147,7 @@ def _natural_key(text: str) -> list[int | str]:
 
 
 def image_packages(line: str, search_output: str) -> list[str]:
-    """From ``apt-cache search --names-only`` output, the generic amd64 image packages of ``line``, newest first.
+    """The generic amd64 image packages of ``line`` in ``apt-cache search`` output, newest first.
 
     Debian names them ``linux-image-5.10.0-NN-amd64``, ``linux-image-6.1.0-NN-amd64`` and
     ``linux-image-6.12.NN+debNN-amd64``; the ABI number grows with each upload, so a natural sort of the names
@@ -190,15 +190,13 @@ def _normalise_tree(tree: Path, kver: str) -> None:
     vmlinuz = tree / "boot" / f"vmlinuz-{kver}"
     if not vmlinuz.is_file():
         raise VMError(f"package has no boot/vmlinuz-{kver}")
-    proc = subprocess.run(
-        ["depmod", "-b", str(tree), kver], capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(["depmod", "-b", str(tree), kver], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise VMError(f"depmod -b {tree} {kver} failed:\n{proc.stderr[-2000:]}")
 
 
 def fetch_kernel(name: str, *, refresh: bool = False, log: bool = False) -> Kernel:
-    """The cached kernel of line ``name``, fetched first when absent (or when ``refresh`` asks for the newest).
+    """The cached kernel of line ``name``, fetched when absent (or when ``refresh`` asks for the newest).
 
     With ``refresh``, the Debian lists are read again and a newer ABI, if any, replaces the current one.
     """

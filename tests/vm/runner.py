@@ -29,7 +29,17 @@ START_MARK = "PWRU-VM-START"
 EXIT_MARK = "PWRU-VM-EXIT"
 
 #: Host environment variables handed to the guest command (plus every ``PWRU_*``).
-PASSED_ENV = ("PATH", "HOME", "VIRTUAL_ENV", "PYTHONPATH", "PYENV_ROOT", "PYENV_VERSION", "LANG", "LC_ALL", "TZ")
+PASSED_ENV = (
+    "PATH",
+    "HOME",
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "PYENV_ROOT",
+    "PYENV_VERSION",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+)
 
 DEFAULT_MEMORY = os.environ.get("PWRU_VM_MEMORY", "2G")
 DEFAULT_SMP = int(os.environ.get("PWRU_VM_SMP", "2"))
@@ -72,7 +82,7 @@ class VMResult:
     exit_code: int | None
     #: Everything the guest wrote on its serial console (kernel messages and the command's output).
     console: str
-    #: Host directory that was the guest's writable results share.
+    #: Host directory that was the guest's writable results share (``console.log`` is saved there too).
     results_dir: Path
     timed_out: bool = False
     #: Seconds from QEMU start to the command starting, command run, and command end to QEMU exit.
@@ -103,8 +113,8 @@ def check_host() -> None:
     """Raise :class:`VMError` naming what is missing for booting guests on this host."""
     if shutil.which(QEMU) is None:
         raise VMError(
-            f"{QEMU} not found: install the Debian packages qemu-system-x86 busybox-static cpio kmod xz-utils "
-            "(or set PWRU_VM=0 to skip the kernel lab)"
+            f"{QEMU} not found: install the Debian packages qemu-system-x86 busybox-static cpio kmod "
+            "xz-utils (or set PWRU_VM=0 to skip the kernel lab)"
         )
 
 
@@ -237,6 +247,7 @@ def run_in_vm(
                 break
     if timed_out:
         lines.append(f"pwru-vm: host timeout after {timeout:.0f}s, QEMU killed")
+    (results / "console.log").write_text("\n".join(lines) + "\n")
     start, stop = marks.get("start"), marks.get("exit")
     return VMResult(
         kernel=k,
