@@ -4,7 +4,7 @@ timestamps.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import time
 from datetime import datetime
 
@@ -29,9 +29,9 @@ def tcp_flags(flags: int) -> str:
 def address(l3_proto: int, raw: bytes) -> str:
     """An address from the tuple: IPv4 dotted, IPv6 in brackets, empty for other L3 protocols."""
     if l3_proto == ETH_P_IP:
-        return str(ipaddress.IPv4Address(bytes(raw[:4])))
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
     if l3_proto == ETH_P_IPV6:
-        return f"[{ipaddress.IPv6Address(bytes(raw[:16]))}]"
+        return f"[{socket.inet_ntop(socket.AF_INET6, raw[:16])}]"
     return ""
 
 
