@@ -226,12 +226,13 @@ def _setup_logging(debug: bool) -> None:
 def _dispatch(config: cfg.Config) -> int:
     # Imported lazily: flag errors, --help and --version need none of the BPF machinery.
     run = importlib.import_module("pwru.run")
-
     if config.list_backends:
-        return run.list_backends(config)
-    if config.list_funcs:
-        return run.list_funcs(config)
-    return run.run(config)
+        entry = run.list_backends
+    elif config.list_funcs:
+        entry = run.list_funcs
+    else:
+        entry = run.run
+    return int(entry(config))
 
 
 def _quiet_stdout() -> None:
