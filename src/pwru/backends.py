@@ -1,0 +1,319 @@
+"""Backends: how pwru's one kernel-side program reaches every skb-carrying function or tracepoint.
+
+=============  =========================================================  ==========================================
+backend        attaches                                                   needs from the kernel
+=============  =========================================================  ==========================================
+kprobe-multi   one link per skb argument position, by addresses           CONFIG_FPROBE (>= 5.18), kprobes allowed
+kprobe         one perf kprobe per function, attached in parallel          CONFIG_KPROBES, kprobes allowed
+fentry         one program load + link per function                       BTF trampolines (>= 5.5), not locked down
+tracepoint     one tp_btf program per tracepoint carrying an skb          BTF (>= 5.5); works under lockdown
+=============  =========================================================  ==========================================
+
+Each backend lists its targets (discovery narrowed by ``--filter-func``) and attaches a loaded
+:class:`~pwru.ebpf.collection.Collection`'s programs to them, reporting progress and what it had to skip.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from pwru import discovery
+from pwru.config import Config
+from pwru.discovery import Target
+from pwru.ebpf import features, link
+from pwru.ebpf.btf import Spec
+from pwru.ebpf.collection import Collection
+from pwru.ebpf.kallsyms import Kallsyms
+from pwru.ebpf.prog import Program
+from pwru.ebpf.syscall import AttachType, BPFError, ProgType
+from pwru.errors import UserError
+
+#: In the order ``--backend auto`` tries them (see the README for the measurements behind it).
+NAMES = ("kprobe-multi", "kprobe", "fentry", "tracepoint")
+#: Highest skb argument position the kprobe-type programs read (registers on every architecture).
+MAX_KPROBE_POS = 5
+
+Progress = Callable[[int, int], None]
+StopCheck = Callable[[], bool]
+
+
+@dataclass
+class Attachment:
+    """What a backend left in the kernel, to be released at exit."""
+
+    links: list[link.Link] = field(default_factory=list)
+    programs: list[Program] = field(default_factory=list)
+    attached: list[Target] = field(default_factory=list)
+    ignored: list[tuple[Target, str]] = field(default_factory=list)
+
+    def close(self, workers: int = 1) -> None:
+        """Detach every link (in parallel when asked: kprobe teardown waits for RCU, link by link)."""
+        links, self.links = self.links, []
+        if workers > 1 and len(links) > 64:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(lambda lk: lk.close(), links))
+        else:
+            for lk in links:
+                lk.close()
+        for p in self.programs:
+            p.close()
+        self.programs = []
+
+
+def feature_for(backend: str) -> features.Feature:
+    probe = {
+        "kprobe-multi": features.kprobe_multi,
+        "kprobe": features.kprobe,
+        "fentry": features.fentry,
+        "tracepoint": features.tp_btf,
+    }[backend]
+    return probe()
+
+
+def choose(requested: str) -> str:
+    """The backend to use: ``requested`` if the kernel allows it, or the first allowed one for ``auto``."""
+    if requested != "auto":
+        f = feature_for(requested)
+        if not f.available:
+            allowed = [b for b in NAMES if b != requested and feature_for(b).available]
+            hint = f"; use --backend {allowed[0]}" if allowed else ""
+            raise UserError(f"--backend {requested}: not available on this kernel: {f.reason}{hint}")
+        return requested
+    reasons = []
+    for name in NAMES:
+        f = feature_for(name)
+        if f.available:
+            return name
+        reasons.append(f"{name}: {f.reason}")
+    raise UserError("no backend works on this kernel: " + "; ".join(reasons), exit_code=1)
+
+
+def targets_for(backend: str, spec: Spec, config: Config, modules: Sequence[str]) -> list[Target]:
+    """Discovery for one backend, narrowed by ``--filter-func`` and, for functions, to what can be probed."""
+    if backend == "tracepoint":
+        found = discovery.skb_tracepoints(spec, modules)
+    else:
+        found = discovery.skb_functions(spec, MAX_KPROBE_POS, modules)
+        names = {t.name for t in found}
+        ok = discovery.probeable(names)
+        found = [t for t in found if t.name in ok]
+    seen: set[tuple[str, str | None]] = set()
+    out = []
+    for t in found:
+        key = (t.name, t.module)
+        if key in seen or (not config.func_allowed(display_name(t)) and not config.func_allowed(t.name)):
+            continue
+        seen.add(key)
+        out.append(t)
+    return out
+
+
+def display_name(t: Target) -> str:
+    """How a target is named to users: ``ip_rcv``, ``nf_hook_slow``, ``veth_xmit[veth]``, ``tp:kfree_skb``."""
+    base = f"tp:{t.name}" if t.kind == "tracepoint" else t.name
+    return f"{base}[{t.module}]" if t.module else base
+
+
+def kprobe_program_name(t: Target) -> str:
+    return _variant("kprobe", t)
+
+
+def fentry_program_name(t: Target) -> str:
+    return _variant("fentry", t)
+
+
+def _variant(prefix: str, t: Target) -> str:
+    if t.reason_pos is not None:
+        return f"{prefix}_skb_{t.skb_pos}_reason_{t.reason_pos}"
+    return f"{prefix}_skb_{t.skb_pos}"
+
+
+TP_PROGRAM = "tp_skb"
+
+
+def attach(
+    backend: str,
+    coll: Collection,
+    targets: list[Target],
+    ksyms: Kallsyms,
+    progress: Progress,
+    stop: StopCheck,
+) -> Attachment:
+    fn = {
+        "kprobe-multi": _attach_kprobe_multi,
+        "kprobe": _attach_kprobe,
+        "fentry": _attach_fentry,
+        "tracepoint": _attach_tracepoints,
+    }[backend]
+    att = Attachment()
+    try:
+        fn(att, coll, targets, ksyms, progress, stop)
+    except BaseException:
+        att.close(workers=os.cpu_count() or 1)
+        raise
+    return att
+
+
+def _attach_tracepoints(
+    att: Attachment, coll: Collection, targets: list[Target], _k: Kallsyms, progress: Progress, stop: StopCheck
+) -> None:
+    for i, t in enumerate(targets):
+        if stop():
+            return
+        constants = {
+            "cfg_tp_skb_pos": t.skb_pos,
+            "cfg_tp_reason_pos": t.reason_pos or 0,
+            "cfg_tp_location_pos": t.location_pos or 0,
+            "cfg_probe_id": i,
+        }
+        try:
+            prog = coll.load_program(
+                TP_PROGRAM,
+                attach_btf_id=t.btf_id,
+                expected_attach_type=AttachType.TRACE_RAW_TP,
+                constants=constants,
+            )
+        except BPFError as e:
+            att.ignored.append((t, f"load: {e.strerror}"))
+            continue
+        try:
+            att.links.append(link.attach_tracing(prog))
+            att.attached.append(t)
+        except OSError as e:
+            att.ignored.append((t, f"attach: {e.strerror}"))
+        finally:
+            prog.close()  # the link keeps the program alive
+        progress(i + 1, len(targets))
+
+
+def _attach_fentry(
+    att: Attachment, coll: Collection, targets: list[Target], _k: Kallsyms, progress: Progress, stop: StopCheck
+) -> None:
+    done = 0
+
+    def one(t: Target) -> tuple[Target, link.Link | None, str]:
+        try:
+            prog = coll.load_program(
+                fentry_program_name(t),
+                attach_btf_id=t.btf_id,
+                attach_btf_obj_fd=module_btf_fd(t.module),
+                expected_attach_type=AttachType.TRACE_FENTRY,
+            )
+        except BPFError as e:
+            return t, None, f"load: {e.strerror}"
+        try:
+            return t, link.attach_tracing(prog), ""
+        except OSError as e:
+            return t, None, f"attach: {e.strerror}"
+        finally:
+            prog.close()
+
+    with ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
+        for t, lk, why in pool.map(one, targets):
+            done += 1
+            if lk is None:
+                att.ignored.append((t, why))
+            else:
+                att.links.append(lk)
+                att.attached.append(t)
+            progress(done, len(targets))
+            if stop():
+                pool.shutdown(cancel_futures=True)
+                return
+
+
+_module_btf_fds: dict[str, int] = {}
+
+
+def module_btf_fd(module: str | None) -> int | None:
+    """A kernel BTF object fd for a module (fentry on module functions attaches against it)."""
+    if module is None:
+        return None
+    if module not in _module_btf_fds:
+        from pwru.ebpf.btf_kernel import btf_fd_of_module
+
+        _module_btf_fds[module] = btf_fd_of_module(module)
+    return _module_btf_fds[module]
+
+
+def _load_kprobe_programs(
+    coll: Collection, targets: list[Target], attach_type: AttachType | None
+) -> dict[str, Program]:
+    programs: dict[str, Program] = {}
+    for name in sorted({kprobe_program_name(t) for t in targets}):
+        programs[name] = coll.load_program(name, prog_type=ProgType.KPROBE, expected_attach_type=attach_type)
+    return programs
+
+
+def _attach_kprobe(
+    att: Attachment, coll: Collection, targets: list[Target], _k: Kallsyms, progress: Progress, stop: StopCheck
+) -> None:
+    programs = _load_kprobe_programs(coll, targets, None)
+    att.programs.extend(programs.values())
+    done = 0
+
+    def one(t: Target) -> tuple[Target, link.Link | None, str]:
+        try:
+            return t, link.attach_kprobe(programs[kprobe_program_name(t)], t.name), ""
+        except OSError as e:
+            return t, None, e.strerror or str(e)
+
+    with ThreadPoolExecutor(max(4, 2 * (os.cpu_count() or 1))) as pool:
+        for t, lk, why in pool.map(one, targets):
+            done += 1
+            if lk is None:
+                att.ignored.append((t, why))
+            else:
+                att.links.append(lk)
+                att.attached.append(t)
+            if done % 16 == 0 or done == len(targets):
+                progress(done, len(targets))
+            if stop():
+                pool.shutdown(cancel_futures=True)
+                return
+
+
+def _attach_kprobe_multi(
+    att: Attachment, coll: Collection, targets: list[Target], ksyms: Kallsyms, progress: Progress, stop: StopCheck
+) -> None:
+    programs = _load_kprobe_programs(coll, targets, AttachType.TRACE_KPROBE_MULTI)
+    att.programs.extend(programs.values())
+    groups: dict[str, list[tuple[Target, int]]] = defaultdict(list)
+    for t in targets:
+        syms = [s for s in ksyms.symbols(t.name) if s.module == t.module and s.type in "tT"]
+        if len(syms) != 1:
+            att.ignored.append((t, "no such symbol" if not syms else "ambiguous symbol in kallsyms"))
+            continue
+        groups[kprobe_program_name(t)].append((t, syms[0].address))
+    done = len(att.ignored)
+
+    def attach_batch(prog: Program, batch: list[tuple[Target, int]]) -> None:
+        nonlocal done
+        if stop():
+            return
+        try:
+            lk = link.attach_kprobe_multi(prog, addrs=[a for _, a in batch])
+        except OSError as e:
+            if len(batch) == 1:
+                att.ignored.append((batch[0][0], e.strerror or str(e)))
+                done += 1
+                progress(done, len(targets))
+                return
+            if e.errno not in (errno.ENOMEM, errno.E2BIG, errno.EINVAL, errno.ENOENT, errno.ESRCH, errno.EBUSY):
+                raise
+            half = len(batch) // 2
+            attach_batch(prog, batch[:half])
+            attach_batch(prog, batch[half:])
+            return
+        att.links.append(lk)
+        att.attached.extend(t for t, _ in batch)
+        done += len(batch)
+        progress(done, len(targets))
+
+    for name, batch in groups.items():
+        attach_batch(programs[name], batch)
