@@ -138,12 +138,16 @@ def main() -> int:
                 sustained, rss = find_zero_loss_rate(b, args.seconds, extra)
                 over = b.flood(0, args.seconds, extra)
                 rows.append((label, statistics.median(starts), sustained, over, max(rss, over.rss_kb)))
-        print(f"{'tool':<16} {'start->ready':>12} {'events/s, 0 lost':>17} {'overload: due':>14} "
-              f"{'printed':>9} {'lost':>9} {'accounted':>9} {'peak RSS':>9}")
+        print(
+            f"{'tool':<16} {'start->ready':>12} {'events/s, 0 lost':>17} {'overload: due':>14} "
+            f"{'printed':>9} {'lost':>9} {'accounted':>9} {'peak RSS':>9}"
+        )
         for label, start, sustained, over, rss in rows:
             accounted = over.printed + max(over.lost, 0)
-            print(f"{label:<16} {start:>11.3f}s {sustained:>17,.0f} {'sent ' + str(over.sent):>14} "
-                  f"{over.printed:>9,} {over.lost:>9,} {accounted:>9,} {rss / 1024:>7.1f}MB")
+            print(
+                f"{label:<16} {start:>11.3f}s {sustained:>17,.0f} {'sent ' + str(over.sent):>14} "
+                f"{over.printed:>9,} {over.lost:>9,} {accounted:>9,} {rss / 1024:>7.1f}MB"
+            )
         print("(events per datagram depend on the backend: divide 'accounted' by 'sent' for it)")
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False)

@@ -160,7 +160,12 @@ def attach(
 
 
 def _attach_tracepoints(
-    att: Attachment, coll: Collection, targets: list[Target], _k: Kallsyms, progress: Progress, stop: StopCheck
+    att: Attachment,
+    coll: Collection,
+    targets: list[Target],
+    _k: Kallsyms,
+    progress: Progress,
+    stop: StopCheck,
 ) -> None:
     for i, t in enumerate(targets):
         if stop():
@@ -192,7 +197,12 @@ def _attach_tracepoints(
 
 
 def _attach_fentry(
-    att: Attachment, coll: Collection, targets: list[Target], _k: Kallsyms, progress: Progress, stop: StopCheck
+    att: Attachment,
+    coll: Collection,
+    targets: list[Target],
+    _k: Kallsyms,
+    progress: Progress,
+    stop: StopCheck,
 ) -> None:
     done = 0
 
@@ -251,7 +261,12 @@ def _load_kprobe_programs(
 
 
 def _attach_kprobe(
-    att: Attachment, coll: Collection, targets: list[Target], _k: Kallsyms, progress: Progress, stop: StopCheck
+    att: Attachment,
+    coll: Collection,
+    targets: list[Target],
+    _k: Kallsyms,
+    progress: Progress,
+    stop: StopCheck,
 ) -> None:
     programs = _load_kprobe_programs(coll, targets, None)
     att.programs.extend(programs.values())
@@ -279,7 +294,12 @@ def _attach_kprobe(
 
 
 def _attach_kprobe_multi(
-    att: Attachment, coll: Collection, targets: list[Target], ksyms: Kallsyms, progress: Progress, stop: StopCheck
+    att: Attachment,
+    coll: Collection,
+    targets: list[Target],
+    ksyms: Kallsyms,
+    progress: Progress,
+    stop: StopCheck,
 ) -> None:
     programs = _load_kprobe_programs(coll, targets, AttachType.TRACE_KPROBE_MULTI)
     att.programs.extend(programs.values())
@@ -304,7 +324,14 @@ def _attach_kprobe_multi(
                 done += 1
                 progress(done, len(targets))
                 return
-            if e.errno not in (errno.ENOMEM, errno.E2BIG, errno.EINVAL, errno.ENOENT, errno.ESRCH, errno.EBUSY):
+            if e.errno not in (
+                errno.ENOMEM,
+                errno.E2BIG,
+                errno.EINVAL,
+                errno.ENOENT,
+                errno.ESRCH,
+                errno.EBUSY,
+            ):
                 raise
             half = len(batch) // 2
             attach_batch(prog, batch[:half])

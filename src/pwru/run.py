@@ -44,7 +44,8 @@ VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 def list_backends(config: Config) -> int:
     for name in backends.NAMES:
         f = backends.feature_for(name)
-        print(f"{name:<13} {'available' if f.available else 'unavailable: ' + f.reason}")
+        reason = f.reason.removeprefix(f"{f.name}: ")
+        print(f"{name:<13} {'available' if f.available else 'unavailable: ' + reason}")
     return 0
 
 
@@ -55,7 +56,10 @@ def list_funcs(config: Config) -> int:
         backend = backends.choose("auto")
     targets = backends.targets_for(backend, spec, config, modules_of(config))
     for t in targets:
-        print(f"{backends.display_name(t)} skb={t.skb_pos}" + (f" reason={t.reason_pos}" if t.reason_pos else ""))
+        print(
+            f"{backends.display_name(t)} skb={t.skb_pos}"
+            + (f" reason={t.reason_pos}" if t.reason_pos else "")
+        )
     print(f"{len(targets)} {'tracepoints' if backend == 'tracepoint' else 'functions'} ({backend})")
     return 0
 
@@ -167,7 +171,9 @@ def _progress_printer(backend: str, total: int) -> tuple[backends.Progress, obje
         last[0] = now
         width = 30
         filled = width * done // max(total_, 1)
-        sys.stderr.write(f"\rAttaching {what} ({backend}) [{'=' * filled}{' ' * (width - filled)}] {done}/{total_}")
+        sys.stderr.write(
+            f"\rAttaching {what} ({backend}) [{'=' * filled}{' ' * (width - filled)}] {done}/{total_}"
+        )
         if done == total_:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -300,7 +306,9 @@ def lost_events(coll: Collection) -> int:
     return int.from_bytes(lost[:8], "little") if lost else 0
 
 
-def _read_loop(config: Config, obj: ObjectSpec, coll: Collection, names: Names, stopper: Stopper, t_start: float) -> int:
+def _read_loop(
+    config: Config, obj: ObjectSpec, coll: Collection, names: Names, stopper: Stopper, t_start: float
+) -> int:
     decoder = EventDecoder(obj.btf)
     formatter = make_formatter(config, names)
     sink = open_sink(config)
@@ -318,6 +326,7 @@ def _read_loop(config: Config, obj: ObjectSpec, coll: Collection, names: Names, 
         while not stopper.stopped:
             records = reader.read_batch()
             if not records:
+                sink.flush()
                 reader.wait(0.2)
                 continue
             events = decoder.decode_many(records)

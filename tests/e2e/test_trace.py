@@ -126,8 +126,16 @@ def test_output_limit_lines_ends_the_run(pwru: object, netns: Netns) -> None:
 def test_output_file_rotates(pwru: object, netns: Netns, tmp_path: Path) -> None:
     out = tmp_path / "events.log"
     run: PwruRun = pwru(  # type: ignore[operator]
-        "--output-file", str(out), "--output-file-max-size", "1", "--output-file-max-backups", "2",
-        "--output-file-compress", "--filter-netns", netns.path, "udp",
+        "--output-file",
+        str(out),
+        "--output-file-max-size",
+        "1",
+        "--output-file-max-backups",
+        "2",
+        "--output-file-compress",
+        "--filter-netns",
+        netns.path,
+        "udp",
     )
     # 1 MB per file: send enough events to rotate at least once (each line is ~150 bytes).
     run.start()
