@@ -183,6 +183,42 @@ class EventDecoder:
                 return f.offset
         raise KeyError(name)
 
+    def span(self, *names: str) -> tuple[int, int]:
+        """``(start, end)`` byte range of the record covering the :class:`Event` fields ``names``.
+
+        The range may also cover fields between them (and padding). A cache keyed by ``record[start:end]``
+        is therefore exact for anything computed from ``names`` alone: extra bytes in a key only make it more
+        specific.
+        """
+        chosen = [f for f in self.layout if f.name in names]
+        if len(chosen) != len(set(names)):
+            raise KeyError(sorted(set(names) - {f.name for f in chosen}))
+        return min(f.offset for f in chosen), max(f.offset + f.size for f in chosen)
+
+    def unpacker(self, *names: str) -> Callable[[Buffer], tuple[object, ...]]:
+        """A function returning the values of the :class:`Event` fields ``names`` (in that order) from one
+        record, without building an :class:`Event`. Byte-array fields come back whole (NULs included).
+        """
+        by_name = {f.name: f for f in self.layout}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise KeyError(missing)
+        chosen = sorted((by_name[n] for n in names), key=lambda f: f.offset)
+        fmt, pos = ["<"], 0
+        for f in chosen:
+            if f.offset > pos:
+                fmt.append(f"{f.offset - pos}x")
+            fmt.append(f.code)
+            pos = f.offset + f.size
+        unpack = struct.Struct("".join(fmt)).unpack_from
+        order = [chosen.index(by_name[n]) for n in names]
+        if order == list(range(len(order))):
+            return unpack
+        pick = operator.itemgetter(*order)
+        if len(order) == 1:
+            return lambda buf: (pick(unpack(buf)),)
+        return lambda buf: pick(unpack(buf))  # type: ignore[no-any-return]
+
     def decode(self, buf: Buffer) -> Event:
         """One record (at least :attr:`size` bytes) as an :class:`Event`.
 

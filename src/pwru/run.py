@@ -36,6 +36,9 @@ from pwru.output.names import ProcessNames
 log = logging.getLogger("pwru")
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+#: Records taken from the ring buffer per loop turn: bounds the memory a full ring costs user space (its
+#: records, their lines and the encoded output exist at once) without adding turns worth measuring.
+READ_BATCH = 2048
 
 
 # --- introspection ---------------------------------------------------------------------------------------
@@ -324,16 +327,15 @@ def _read_loop(
         if config.ready_file:
             Path(config.ready_file).write_text(str(os.getpid()))
         while not stopper.stopped:
-            records = reader.read_batch()
+            records = reader.read_batch(READ_BATCH)
             if not records:
                 sink.flush()
                 reader.wait(0.2)
                 continue
-            events = decoder.decode_many(records)
-            if limit and printed + len(events) > limit:
-                events = events[: limit - printed]
-            sink.write_lines([formatter.format(ev) for ev in events])
-            printed += len(events)
+            if limit and printed + len(records) > limit:
+                records = records[: limit - printed]
+            sink.write_lines(formatter.format_records(records, decoder))
+            printed += len(records)
             if limit and printed >= limit:
                 break
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import time
 from datetime import datetime
+from typing import Any
 
 from pwru.event import Event
 from pwru.output.names import Names, sanitize, shorten_left
@@ -19,6 +20,12 @@ L4_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp", 136: "udpl
 PORT_PROTOS = frozenset({6, 17, 132, 136})
 TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
 ABSOLUTE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+#: The :class:`Event` fields of ``struct skb_meta`` and ``struct skb_tuple`` (keys of the formatters' caches).
+META_FIELDS = ("netns", "mark", "ifindex", "len", "mtu", "protocol", "ifname")
+TUPLE_FIELDS = ("saddr", "daddr", "sport", "dport", "l3_proto", "l4_proto", "tcp_flags")
+#: Entries a formatter's piece cache holds before it is emptied (a bound on memory, not a tuning knob:
+#: one skb's pieces repeat across consecutive probes, so a cold cache refills within a few events).
+CACHE_LIMIT = 4096
 
 
 def tcp_flags(flags: int) -> str:
@@ -102,17 +109,36 @@ class Timestamps:
 
     def value(self, event: Event) -> int:
         """The TIMESTAMP column's number; records the skb as seen. Call once per event."""
-        last = self._last_seen.pop(event.skb, None)
+        return self.value_at(event.skb, event.ts)
+
+    def value_at(self, skb: int, ts: int) -> int:
+        """:meth:`value` from the event's ``skb`` and ``ts`` alone."""
+        last = self._last_seen.pop(skb, None)
         if len(self._last_seen) >= self._max:
             # Forget the skb seen longest ago (dicts keep insertion order; a re-seen skb moves to the end).
             del self._last_seen[next(iter(self._last_seen))]
-        self._last_seen[event.skb] = event.ts
+        self._last_seen[skb] = ts
         if self.mode == "relative":
-            return 0 if last is None else event.ts - last
-        return event.ts
+            return 0 if last is None else ts - last
+        return ts
 
     def wall_clock(self, event: Event) -> str:
         """The event's local wall-clock time with milliseconds."""
-        ns = event.ts + self._offset_ns
+        return self.wall_clock_at(event.ts)
+
+    def wall_clock_at(self, ts: int) -> str:
+        """:meth:`wall_clock` from the event's ``ts`` alone."""
+        ns = ts + self._offset_ns
         dt = datetime.fromtimestamp(ns // 1_000_000_000)
         return f"{dt.strftime(ABSOLUTE_FORMAT)}.{(ns // 1_000_000) % 1000:03d}"
+
+
+def remember(cache: dict[Any, str], key: Any, value: str) -> str:
+    """Store ``value`` in a formatter's piece cache and return it; the cache is emptied at
+    :data:`CACHE_LIMIT` entries. A ``memoryview`` key (a span of a record) is stored as ``bytes`` so the
+    cache never pins a batch's buffer (views hash and compare like the bytes they show).
+    """
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[bytes(key) if isinstance(key, memoryview) else key] = value
+    return value

@@ -13,11 +13,13 @@ for protocols without ports, ``flags`` when no TCP flag is set. Addresses carry 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from pwru.config import Config
-from pwru.event import Event
+from pwru.event import Buffer, Event, EventDecoder
 from pwru.output import fields
+from pwru.output.fields import remember
 from pwru.output.names import Names, sanitize
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -30,57 +32,160 @@ class JsonFormatter:
         self._config = config
         self._names = names
         self._ts = fields.Timestamps(config.timestamp)
+        self._decoder: EventDecoder | None = None
+        self._spans: tuple[tuple[int, int], ...] = ()
+        self._unpack: Any = None
+        self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {})
 
     def header(self) -> str:
         """JSON output has no header: an empty string."""
         return ""
 
-    def record(self, event: Event) -> dict[str, Any]:
-        """The event as a dict of JSON-ready values."""
-        c = self._config
+    # -- parts of a record, each computed from an Event (used by record() and on cache misses) --
+
+    def _proc_part(self, event: Event) -> dict[str, Any]:
+        """``cpu`` and ``process``: depends on cpu, pid and comm."""
+        return {"cpu": event.cpu, "process": self._names.process(event.pid, event.comm)}
+
+    def _func_part(self, event: Event) -> dict[str, Any]:
+        """``func``, ``reason``, ``location``: depends on addr, kind, reason and location."""
         names = self._names
-        d: dict[str, Any] = {
-            "skb": f"{event.skb:#x}",
-            "cpu": event.cpu,
-            "process": names.process(event.pid, event.comm),
-            "func": fields.func_text(event, names),
-        }
+        d: dict[str, Any] = {"func": fields.func_text(event, names)}
         if event.reason >= 0:
             d["reason"] = sanitize(names.reason_name(event.reason)) or str(event.reason)
         location = fields.location_text(event, names)
         if location:
             d["location"] = location
-        if c.output_caller:
-            d["caller_func"] = sanitize(names.symbol(event.caller)) if event.caller else ""
-        if c.timestamp == "absolute":
-            self._ts.value(event)
-            d["time"] = self._ts.wall_clock(event)
-        elif c.timestamp != "none":
-            d["time"] = self._ts.value(event)
-        if c.output_meta:
-            d.update(
-                netns=event.netns,
-                mark=event.mark,
-                iface=fields.iface_text(event),
-                proto=event.protocol,
-                mtu=event.mtu,
-                len=event.len,
-            )
-        if c.output_tuple and event.l3_proto in (fields.ETH_P_IP, fields.ETH_P_IPV6):
-            t: dict[str, Any] = {
-                "saddr": fields.address(event.l3_proto, event.saddr).strip("[]"),
-                "daddr": fields.address(event.l3_proto, event.daddr).strip("[]"),
-            }
-            if fields.has_ports(event):
-                t.update(sport=event.sport, dport=event.dport)
-            t["proto"] = event.l4_proto
-            if c.output_tcp_flags and event.l4_proto == 6 and event.tcp_flags:
-                t["flags"] = fields.tcp_flags(event.tcp_flags)
-            d["tuple"] = t
-        if c.output_stack and event.stack_id >= 0:
+        return d
+
+    def _caller_part(self, event: Event) -> dict[str, Any]:
+        """``caller_func`` (--output-caller): depends on caller only."""
+        if not self._config.output_caller:
+            return {}
+        return {"caller_func": sanitize(self._names.symbol(event.caller)) if event.caller else ""}
+
+    def _time_part(self, skb: int, ts: int) -> dict[str, Any]:
+        """``time`` per --timestamp (records the skb as seen: call once per event)."""
+        mode = self._config.timestamp
+        if mode == "absolute":
+            self._ts.value_at(skb, ts)
+            return {"time": self._ts.wall_clock_at(ts)}
+        if mode != "none":
+            return {"time": self._ts.value_at(skb, ts)}
+        return {}
+
+    def _meta_part(self, event: Event) -> dict[str, Any]:
+        """``netns`` .. ``len`` (--output-meta): depends on the meta fields only."""
+        if not self._config.output_meta:
+            return {}
+        return {
+            "netns": event.netns,
+            "mark": event.mark,
+            "iface": fields.iface_text(event),
+            "proto": event.protocol,
+            "mtu": event.mtu,
+            "len": event.len,
+        }
+
+    def _tuple_part(self, event: Event) -> dict[str, Any]:
+        """``tuple`` (--output-tuple, IPv4/IPv6 only): depends on the tuple fields only."""
+        c = self._config
+        if not (c.output_tuple and event.l3_proto in (fields.ETH_P_IP, fields.ETH_P_IPV6)):
+            return {}
+        t: dict[str, Any] = {
+            "saddr": fields.address(event.l3_proto, event.saddr).strip("[]"),
+            "daddr": fields.address(event.l3_proto, event.daddr).strip("[]"),
+        }
+        if fields.has_ports(event):
+            t.update(sport=event.sport, dport=event.dport)
+        t["proto"] = event.l4_proto
+        if c.output_tcp_flags and event.l4_proto == 6 and event.tcp_flags:
+            t["flags"] = fields.tcp_flags(event.tcp_flags)
+        return {"tuple": t}
+
+    def record(self, event: Event) -> dict[str, Any]:
+        """The event as a dict of JSON-ready values."""
+        d: dict[str, Any] = {"skb": f"{event.skb:#x}"}
+        d.update(self._proc_part(event))
+        d.update(self._func_part(event))
+        d.update(self._caller_part(event))
+        d.update(self._time_part(event.skb, event.ts))
+        d.update(self._meta_part(event))
+        d.update(self._tuple_part(event))
+        if self._config.output_stack and event.stack_id >= 0:
+            names = self._names
             d["stack"] = [sanitize(names.symbol(a)) for a in names.stack(event.stack_id) if a]
         return d
 
     def format(self, event: Event) -> str:
         """One event as one line of JSON (no trailing newline)."""
         return _encoder.encode(self.record(event))
+
+    def format_records(self, records: Sequence[Buffer], decoder: EventDecoder) -> list[str]:
+        """Lines for raw ring-buffer records: the same as ``[self.format(decoder.decode(r)) for r in records]``.
+
+        Fast path: each part of the object (``cpu``+``process``, ``func``+``reason``+``location``,
+        ``caller_func``, the meta keys, ``tuple``) is cached as its encoded JSON text (the members without the
+        braces), keyed by the record bytes it is computed from (spans from :meth:`EventDecoder.span`, i.e.
+        from the object's BTF) or by the integers it depends on. The compact encoder writes an object as its
+        members joined by ``,``, so joining the parts gives the same bytes as encoding the whole dict. A miss
+        decodes the record once and computes the part with the same method :meth:`record` uses. Caches are
+        emptied at :data:`~pwru.output.fields.CACHE_LIMIT` entries. With --output-stack records go through
+        :meth:`format`.
+        """
+        if self._config.output_stack:
+            return [self.format(e) for e in decoder.decode_many(records)]
+        if self._decoder is not decoder:
+            self._decoder = decoder
+            self._spans = (
+                decoder.span("pid", "cpu", "comm"),
+                decoder.span(*fields.META_FIELDS),
+                decoder.span(*fields.TUPLE_FIELDS),
+            )
+            self._unpack = decoder.unpacker("ts", "addr", "skb", "caller", "location", "reason", "kind")
+            for cache in self._caches:
+                cache.clear()
+        (p0, p1), (m0, m1), (t0, t1) = self._spans
+        procs, metas, tuples, funcs, callers = self._caches
+        unpack, decode = self._unpack, decoder.decode
+        with_time = self._config.timestamp != "none"
+        lines: list[str] = []
+        append = lines.append
+        for buf in records:
+            ev: Event | None = None
+            ts, addr, skb, caller_addr, location, reason, kind = unpack(buf)
+            key = buf[p0:p1]
+            proc = procs.get(key)
+            if proc is None:
+                ev = decode(buf)
+                proc = remember(procs, key, _members(self._proc_part(ev)))
+            fk = (addr, kind, reason, location)
+            func = funcs.get(fk)
+            if func is None:
+                ev = ev or decode(buf)
+                func = remember(funcs, fk, _members(self._func_part(ev)))
+            caller = callers.get(caller_addr)
+            if caller is None:
+                ev = ev or decode(buf)
+                caller = remember(callers, caller_addr, _members(self._caller_part(ev)))
+            key = buf[m0:m1]
+            meta = metas.get(key)
+            if meta is None:
+                ev = ev or decode(buf)
+                meta = remember(metas, key, _members(self._meta_part(ev)))
+            key = buf[t0:t1]
+            tup = tuples.get(key)
+            if tup is None:
+                ev = ev or decode(buf)
+                tup = remember(tuples, key, _members(self._tuple_part(ev)))
+            parts = [f'"skb":"{skb:#x}"', proc, func, caller]
+            if with_time:
+                parts.append(_members(self._time_part(skb, ts)))  # type: ignore[arg-type]
+            parts += (meta, tup)
+            append("{" + ",".join([p for p in parts if p]) + "}")
+        return lines
+
+
+def _members(part: dict[str, Any]) -> str:
+    """A dict's members as compact JSON without the braces (empty for an empty dict)."""
+    return _encoder.encode(part)[1:-1]

@@ -7,9 +7,13 @@ after the function as ``at symbol+0xNN``. Stack frames (--output-stack) follow o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from pwru.config import Config
-from pwru.event import Event
+from pwru.event import Buffer, Event, EventDecoder
 from pwru.output import fields
+from pwru.output.fields import remember
 from pwru.output.names import Names, sanitize
 
 
@@ -29,6 +33,10 @@ class TextFormatter:
         self._ts = fields.Timestamps(config.timestamp)
         self._tuple_width = 0
         self._func_width = 0
+        self._decoder: EventDecoder | None = None
+        self._spans: tuple[tuple[int, int], ...] = ()
+        self._unpack: Any = None
+        self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {})
 
     def header(self) -> str:
         """The column header line (no trailing newline)."""
@@ -51,40 +59,144 @@ class TextFormatter:
             parts.append(" CALLER")
         return "".join(parts)
 
+    # -- pieces of a line, each computed from an Event (used by format() and on cache misses) --
+
+    def _proc(self, event: Event) -> str:
+        """CPU and PROCESS columns (with their leading spaces): depends on cpu, pid and comm."""
+        return f" {event.cpu:<3} {self._names.process(event.pid, event.comm):<16}"
+
+    def _meta(self, event: Event) -> str:
+        """NETNS .. LEN columns (with the leading space): depends on the meta fields only."""
+        iface = _center(fields.iface_text(event), fields.IFACE_WIDTH)
+        return (
+            f" {event.netns:<10} {event.mark:<8x} {iface:>16}"
+            f" 0x{event.protocol:04x} {event.mtu:<5} {event.len:<5}"
+        )
+
+    def _tuple(self, event: Event) -> str:
+        """TUPLE, unpadded: depends on the tuple fields only."""
+        return fields.tuple_text(event, self._config.output_tcp_flags)
+
+    def _func(self, event: Event) -> str:
+        """FUNC with drop reason and location: depends on addr, kind, reason and location."""
+        func = fields.func_text(event, self._names)
+        location = fields.location_text(event, self._names)
+        return f"{func} at {location}" if location else func
+
+    def _caller(self, event: Event) -> str:
+        """CALLER: depends on caller only."""
+        return sanitize(self._names.symbol(event.caller)) if event.caller else "-"
+
+    def _head(self, skb: int, proc: str, ts: int) -> str:
+        """TIME (absolute), SKB, CPU, PROCESS and TIMESTAMP; ``ts`` is the event's raw timestamp."""
+        mode = self._config.timestamp
+        if mode == "none":
+            return f"{skb:<#18x}{proc}"
+        head = f"{skb:<#18x}{proc} {self._ts.value_at(skb, ts):<16}"
+        return f"{self._ts.wall_clock_at(ts):<23} {head}" if mode == "absolute" else head
+
+    def _line(self, head: str, meta: str, tup: str | None, func: str, caller: str | None) -> str:
+        """A whole line from its pieces; widens TUPLE (and FUNC before CALLER) to the widest seen so far."""
+        if tup is None:
+            tup = ""
+        else:
+            if len(tup) > self._tuple_width:
+                self._tuple_width = len(tup)
+            tup = " " + tup.ljust(self._tuple_width)
+        if caller is None:
+            return f"{head}{meta}{tup} {func}"
+        if len(func) > self._func_width:
+            self._func_width = len(func)
+        return f"{head}{meta}{tup} {func.ljust(self._func_width)} {caller}"
+
+    # -- formatting --
+
     def format(self, event: Event) -> str:
         """One event as a line (plus one line per stack frame), without a trailing newline."""
         c = self._config
-        names = self._names
-        parts: list[str] = []
-        if c.timestamp == "absolute":
-            parts.append(f"{self._ts.wall_clock(event):<23} ")
-        process = names.process(event.pid, event.comm)
-        parts.append(f"{event.skb:#x}".ljust(18) + f" {event.cpu:<3} {process:<16}")
-        if c.timestamp != "none":
-            parts.append(f" {self._ts.value(event):<16}")
-        if c.output_meta:
-            iface = _center(fields.iface_text(event), fields.IFACE_WIDTH)
-            parts.append(
-                f" {event.netns:<10} {event.mark:<8x} {iface:>16}"
-                f" 0x{event.protocol:04x} {event.mtu:<5} {event.len:<5}"
-            )
-        if c.output_tuple:
-            tup = fields.tuple_text(event, c.output_tcp_flags)
-            self._tuple_width = max(self._tuple_width, len(tup))
-            parts.append(f" {tup:<{self._tuple_width}}")
-        func = fields.func_text(event, names)
-        location = fields.location_text(event, names)
-        if location:
-            func = f"{func} at {location}"
-        if c.output_caller:
-            self._func_width = max(self._func_width, len(func))
-            caller = sanitize(names.symbol(event.caller)) if event.caller else "-"
-            parts.append(f" {func:<{self._func_width}} {caller}")
-        else:
-            parts.append(f" {func}")
-        line = "".join(parts)
+        line = self._line(
+            self._head(event.skb, self._proc(event), event.ts),
+            self._meta(event) if c.output_meta else "",
+            self._tuple(event) if c.output_tuple else None,
+            self._func(event),
+            self._caller(event) if c.output_caller else None,
+        )
         if c.output_stack and event.stack_id >= 0:
+            names = self._names
             frames = [sanitize(names.symbol(a)) for a in names.stack(event.stack_id) if a]
             if frames:
                 line += "\n" + "\n".join(frames)
         return line
+
+    def format_records(self, records: Sequence[Buffer], decoder: EventDecoder) -> list[str]:
+        """Lines for raw ring-buffer records: the same as ``[self.format(decoder.decode(r)) for r in records]``.
+
+        Fast path: no :class:`Event` is built for most records. Each piece of a line (CPU+PROCESS, the meta
+        columns, TUPLE, FUNC, CALLER) is cached, keyed by the record bytes it is computed from (spans located
+        by :meth:`EventDecoder.span`, i.e. from the object's BTF) or by the integers it depends on; a miss
+        decodes the record once and computes the piece with the same method :meth:`format` uses. One skb
+        passing many probes repeats all of them but FUNC. Caches are emptied when they reach
+        :data:`~pwru.output.fields.CACHE_LIMIT` entries. With --output-stack (a map lookup per event) records go through
+        :meth:`format`.
+        """
+        c = self._config
+        if c.output_stack:
+            return [self.format(e) for e in decoder.decode_many(records)]
+        if self._decoder is not decoder:
+            self._decoder = decoder
+            self._spans = (
+                decoder.span("pid", "cpu", "comm"),
+                decoder.span(*fields.META_FIELDS),
+                decoder.span(*fields.TUPLE_FIELDS),
+            )
+            self._unpack = decoder.unpacker("ts", "addr", "skb", "caller", "location", "reason", "kind")
+            for cache in self._caches:
+                cache.clear()
+        (p0, p1), (m0, m1), (t0, t1) = self._spans
+        procs, metas, tuples, funcs, callers = self._caches
+        unpack, decode = self._unpack, decoder.decode
+        with_meta, with_tuple, with_caller = c.output_meta, c.output_tuple, c.output_caller
+        plain_head = c.timestamp == "none"
+        line_of = self._line
+        lines: list[str] = []
+        append = lines.append
+        for buf in records:
+            ev: Event | None = None
+            ts, addr, skb, caller_addr, location, reason, kind = unpack(buf)
+            key = buf[p0:p1]
+            proc = procs.get(key)
+            if proc is None:
+                ev = decode(buf)
+                proc = remember(procs, key, self._proc(ev))
+            meta = ""
+            if with_meta:
+                key = buf[m0:m1]
+                meta = metas.get(key)
+                if meta is None:
+                    ev = ev or decode(buf)
+                    meta = remember(metas, key, self._meta(ev))
+            tup = None
+            if with_tuple:
+                key = buf[t0:t1]
+                tup = tuples.get(key)
+                if tup is None:
+                    ev = ev or decode(buf)
+                    tup = remember(tuples, key, self._tuple(ev))
+            fk = (addr, kind, reason, location)
+            func = funcs.get(fk)
+            if func is None:
+                ev = ev or decode(buf)
+                func = remember(funcs, fk, self._func(ev))
+            caller = None
+            if with_caller:
+                caller = callers.get(caller_addr)
+                if caller is None:
+                    ev = ev or decode(buf)
+                    caller = remember(callers, caller_addr, self._caller(ev))
+            head = f"{skb:<#18x}{proc}" if plain_head else self._head(skb, proc, ts)  # type: ignore[arg-type]
+            if caller is None and tup is not None and len(tup) <= self._tuple_width:
+                append(f"{head}{meta} {tup.ljust(self._tuple_width)} {func}")  # _line's common case, inlined
+            else:
+                append(line_of(head, meta, tup, func, caller))
+        return lines
+
