@@ -7,9 +7,9 @@ header: a 32-bit length whose top bits say "still being written" (busy) or "disc
 the kernel uses internally. Records are aligned to 8 bytes.
 
 :meth:`RingBufReader.read_batch` reads the producer position once, walks the record headers up to it
-(stopping at the first record still being written), copies the committed records in one slice, and then
-publishes the new consumer position once for the whole batch. The records it returns are views into that
-private copy, so they stay valid after the kernel reuses the space. Headers are read before the bytes
+(stopping at the first record still being written), copies each committed record out as ``bytes`` (cheaper
+to slice and hash downstream than views), and then publishes the new consumer position once for the whole
+batch, so the records stay valid after the kernel reuses the space. Headers are read before the bytes
 they cover, which is the ordering the kernel's commit (a release store of the header) pairs with on x86;
 Python offers no explicit acquire barrier, so weakly ordered CPUs rely on the interpreter's own fences.
 """
@@ -27,6 +27,7 @@ from pwru.ebpf.syscall import MapType
 RINGBUF_BUSY_BIT = 1 << 31
 RINGBUF_DISCARD_BIT = 1 << 30
 RINGBUF_HDR_SZ = 8
+_LEN_MASK = ~(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT) & 0xFFFFFFFF
 
 _u64 = struct.Struct("<Q")
 _u32 = struct.Struct("<I")
@@ -74,10 +75,10 @@ class RingBufReader:
 
     # --- reading -----------------------------------------------------------------------------------
 
-    def read_batch(self, max_records: int | None = None) -> list[memoryview]:
+    def read_batch(self, max_records: int | None = None) -> list[bytes]:
         """Drain every committed record (at most ``max_records``), oldest first, skipping discarded ones.
 
-        The consumer position is advanced once, after the batch. Returns views into a private copy.
+        The consumer position is advanced once, after the batch. Returns private copies of the records.
         """
         if self._closed:
             raise ValueError("ring buffer reader is closed")
@@ -88,28 +89,29 @@ class RingBufReader:
             return []
         base = self._page + (cons & self._mask)  # the data area is mapped twice: no wrap inside a batch
         mm = self._prod
-        spans: list[tuple[int, int]] = []
-        off = 0
+        records: list[bytes] = []
+        append = records.append
+        pos = base  # absolute position in the mapping
+        stop = base + avail
         limit = max_records if max_records is not None else -1
         unpack_hdr = _u32.unpack_from
-        # Pass 1, on the live mapping: each header is one 4-byte load, made before its record is read.
-        while off + RINGBUF_HDR_SZ <= avail and limit != 0:
-            hdr = unpack_hdr(mm, base + off)[0]
+        # One pass on the live mapping: each header is one 4-byte load, made before its record is copied out.
+        while pos + RINGBUF_HDR_SZ <= stop and limit != 0:
+            hdr = unpack_hdr(mm, pos)[0]
             if hdr & RINGBUF_BUSY_BIT:
                 break  # still being written: it and everything after it wait for the next batch
-            end = off + RINGBUF_HDR_SZ + (hdr & ~(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT))
+            end = pos + RINGBUF_HDR_SZ + (hdr & _LEN_MASK)
             if hdr & RINGBUF_DISCARD_BIT:
                 self.discarded += 1
             else:
-                spans.append((off + RINGBUF_HDR_SZ, end))
+                append(mm[pos + RINGBUF_HDR_SZ : end])
                 limit -= 1
-            off = (end + 7) & ~7
-        if not off:
+            pos = (end + 7) & ~7
+        if pos == base:
             return []
-        # Pass 2: one copy of the committed records, then give the space back to the kernel.
-        data = memoryview(mm[base : base + off])
-        _u64.pack_into(self._cons, 0, cons + off)
-        return [data[a:b] for a, b in spans]
+        # Give the space back to the kernel once for the whole batch.
+        _u64.pack_into(self._cons, 0, cons + (pos - base))
+        return records
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the kernel signals new data or ``timeout`` seconds pass. True when data is ready."""
@@ -118,7 +120,7 @@ class RingBufReader:
         events = self._epoll.poll(-1 if timeout is None else timeout)
         return bool(events)
 
-    def poll(self, timeout: float | None = None, max_records: int | None = None) -> list[memoryview]:
+    def poll(self, timeout: float | None = None, max_records: int | None = None) -> list[bytes]:
         """:meth:`wait`, then :meth:`read_batch`."""
         self.wait(timeout)
         return self.read_batch(max_records)
