@@ -237,7 +237,7 @@ def run(config: Config) -> int:
     if not targets:
         raise UserError("no function or tracepoint to trace: check --filter-func", exit_code=1)
     obj, has_pcap = build_object(config)
-    ksyms = Kallsyms.load()
+    ksyms = Kallsyms.load(lazy=True)  # read when a backend or an event first needs a symbol
     reasons = discovery.drop_reasons(spec, modules)
     stopper = Stopper()
     with stopper.installed():

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pwru.ebpf import kallsyms
 from pwru.ebpf.kallsyms import Kallsyms, Symbol
 
 TEXT = """\
@@ -72,3 +75,46 @@ def test_real_kallsyms() -> None:
         assert k.lookup(addr) == Symbol(name, 0, None)
         assert k.lookup(addr + 3) == Symbol(name, 3, None)
     assert "ip_rcv" in k.text_names()
+
+
+def test_lazy_load_reads_on_first_use(tmp_path: Path) -> None:
+    path = tmp_path / "kallsyms"
+    path.write_text("ffffffff81000000 T first\n")
+    k = Kallsyms.load(path, lazy=True)
+    path.write_text("ffffffff81000000 T second\n")  # not read yet: the new content is what it sees
+    assert k.lookup(0xFFFFFFFF81000001) == Symbol("second", 1, None)
+    assert len(k) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0xFFFFFFFF81000000, 0xFFFFFFFF81000040),
+            st.sampled_from("tTdD"),
+            st.sampled_from(["a", "b", "ip_rcv", "x" * 40]),
+            st.sampled_from([None, "m1", "m2"]),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.sampled_from([8, 64, 1 << 20]),
+)
+def test_any_order_matches_a_sorted_model(rows: list[tuple[int, str, str, str | None]], slice_: int) -> None:
+    text = "".join(f"{a:016x} {t} {n}" + (f"\t[{m}]" if m else "") + "\n" for a, t, n, m in rows)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kallsyms, "PARSE_SLICE", slice_)
+        k = Kallsyms.parse(text)
+    model = sorted(range(len(rows)), key=lambda i: rows[i][0])  # stable, as the table promises
+    assert [(s.address, s.type, s.name, s.module) for s in k] == [rows[i] for i in model]
+    for probe in range(0xFFFFFFFF81000000 - 1, 0xFFFFFFFF81000042, 7):
+        below = [i for i in model if rows[i][0] <= probe]
+        want = None
+        if below:
+            top = rows[below[-1]][0]
+            first = next(i for i in model if rows[i][0] == top)
+            want = Symbol(rows[first][2], probe - top, rows[first][3])
+        assert k.lookup(probe) == want
+    assert k.text_names() == {n for _, t, n, _ in rows if t in "tT"}
+    for name in ("a", "ip_rcv"):
+        assert sorted(s.address for s in k.symbols(name)) == sorted(a for a, _, n, _ in rows if n == name)
