@@ -81,6 +81,7 @@ class Collection:
         self.maps: dict[str, Map] = {}
         self._programs: list[Program] = []
         self._relocated: dict[str, _Relocated] = {}
+        self._encodings: dict[str, tuple[bytes, list[int]]] = {}
         self._target: core.Target | None = None
         self._kernel_btf = kernel_btf
         self._closed = False
@@ -208,6 +209,13 @@ class Collection:
         self._relocated[name] = rel
         return rel
 
+    def _encoded(self, name: str, rel: _Relocated) -> tuple[bytes, list[int]]:
+        """The relocated program's bytecode and each instruction's slot (computed once per program)."""
+        hit = self._encodings.get(name)
+        if hit is None:
+            hit = self._encodings[name] = (asm.encode(rel.insns), asm.slot_offsets(rel.insns))
+        return hit
+
     def load_program(
         self,
         name: str,
@@ -228,7 +236,8 @@ class Collection:
             raise ValueError("collection is closed")
         ps = self.spec.program(name)
         rel = self.relocated(name)
-        insns = [dataclasses.replace(i) for i in rel.insns]
+        code, slots = self._encoded(name, rel)
+        patched = bytearray(code)  # the relocated program, encoded once; only map references differ per load
         private: dict[str, Map] = {}
         try:
             if constants:
@@ -240,11 +249,13 @@ class Collection:
                 m = private.get(ref.map) or self.maps.get(ref.map)
                 if m is None:
                     raise ELFError(f"program {name!r} refers to map {ref.map!r}, which was not created")
-                insn = insns[ref.index]
+                insn = dataclasses.replace(rel.insns[ref.index])
                 if ref.offset is None:
                     insn.src, insn.imm = asm.LdImm64Src.MAP_FD, m.fd
                 else:
                     insn.src, insn.imm = asm.LdImm64Src.MAP_VALUE, m.fd | (ref.offset << 32)
+                at = 8 * slots[ref.index]
+                patched[at : at + 8 * insn.slots] = insn.encode()
             ptype = ps.prog_type if prog_type is None else prog_type
             attach = ps.expected_attach_type if expected_attach_type is None else expected_attach_type
             if attach_btf_id is None and attach_btf_obj_fd is None:
@@ -258,7 +269,7 @@ class Collection:
                 }
             prog = Program.load(
                 ptype,
-                asm.encode(insns),
+                bytes(patched),
                 license=ps.license,
                 name=name,
                 expected_attach_type=attach,
