@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     else:
         return
     for item in items:
-        if "vm" in item.keywords:
+        if item.get_closest_marker("vm") is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
 
 

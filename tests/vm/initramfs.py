@@ -78,9 +78,7 @@ def boot_module_order(modules_dir: Path, wanted: tuple[str, ...] = BOOT_MODULES)
     """Paths (relative to ``modules_dir``) to insmod, dependencies first; built-in modules are left out."""
     deps = _parse_modules_dep(modules_dir)
     by_name = {_module_name(p): p for p in deps}
-    builtin_text = (
-        (modules_dir / "modules.builtin").read_text() if (modules_dir / "modules.builtin").exists() else ""
-    )
+    builtin_text = (modules_dir / "modules.builtin").read_text() if (modules_dir / "modules.builtin").exists() else ""
     builtin = {_module_name(p) for p in builtin_text.split()}
     order: list[str] = []
 

@@ -82,7 +82,7 @@ class VMResult:
     exit_code: int | None
     #: Everything the guest wrote on its serial console (kernel messages and the command's output).
     console: str
-    #: Host directory that was the guest's writable results share (``console.log`` is saved there too).
+    #: Host directory that was the guest's writable results share (``console.log`` is written there live).
     results_dir: Path
     timed_out: bool = False
     #: Seconds from QEMU start to the command starting, command run, and command end to QEMU exit.
@@ -207,6 +207,8 @@ def run_in_vm(
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
+    console_log = (results / "console.log").open("w", buffering=1)
+
     def reader() -> None:
         assert proc.stdout is not None
         for raw in proc.stdout:
@@ -217,6 +219,7 @@ def run_in_vm(
             elif line.startswith(EXIT_MARK):
                 marks.setdefault("exit", now)
             lines.append(line)
+            console_log.write(line + "\n")
             if on_line is not None:
                 on_line(line)
 
@@ -247,7 +250,9 @@ def run_in_vm(
                 break
     if timed_out:
         lines.append(f"pwru-vm: host timeout after {timeout:.0f}s, QEMU killed")
-    (results / "console.log").write_text("\n".join(lines) + "\n")
+    if timed_out:
+        console_log.write(f"pwru-vm: host timeout after {timeout:.0f}s, QEMU killed\n")
+    console_log.close()
     start, stop = marks.get("start"), marks.get("exit")
     return VMResult(
         kernel=k,

@@ -31,11 +31,7 @@ def test_image_packages_newest_generic_first() -> None:
 
 
 def test_image_packages_trixie_naming() -> None:
-    out = (
-        "linux-image-6.12.9+deb13-amd64 - x\n"
-        "linux-image-6.12.41+deb13-amd64 - x\n"
-        "linux-image-6.1.0-3-amd64 - x\n"
-    )
+    out = "linux-image-6.12.9+deb13-amd64 - x\nlinux-image-6.12.41+deb13-amd64 - x\nlinux-image-6.1.0-3-amd64 - x\n"
     assert image_packages("6.12", out)[0] == "linux-image-6.12.41+deb13-amd64"
     with pytest.raises(VMError):
         image_packages("5.10", out)

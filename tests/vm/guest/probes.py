@@ -64,9 +64,7 @@ def read_counter(map_fd: int) -> int:
     return value.value
 
 
-def load_program(
-    prog_type: ProgType, map_fd: int, *, expected_attach_type: int = 0, attach_btf_id: int = 0
-) -> int:
+def load_program(prog_type: ProgType, map_fd: int, *, expected_attach_type: int = 0, attach_btf_id: int = 0) -> int:
     """Load the counter program; on failure the BPFError carries the verifier log."""
     code = counter_program(map_fd)
     insns = ctypes.create_string_buffer(code, len(code))
@@ -127,18 +125,14 @@ def _attach_tracing(prog: int, fds: list[int]) -> None:
 def attach_fentry(map_fd: int, fds: list[int]) -> None:
     """fentry backend: a tracing program on the BTF function :data:`FUNCTION`."""
     btf_id = _vmlinux().find_one(FUNCTION, btf.Kind.FUNC)
-    prog = load_program(
-        ProgType.TRACING, map_fd, expected_attach_type=AttachType.TRACE_FENTRY, attach_btf_id=btf_id
-    )
+    prog = load_program(ProgType.TRACING, map_fd, expected_attach_type=AttachType.TRACE_FENTRY, attach_btf_id=btf_id)
     _attach_tracing(prog, fds)
 
 
 def attach_tracepoint(map_fd: int, fds: list[int]) -> None:
     """tracepoint backend: tp_btf on :data:`TRACEPOINT` (typedef ``btf_trace_<name>`` in vmlinux BTF)."""
     btf_id = _vmlinux().find_one(f"btf_trace_{TRACEPOINT}", btf.Kind.TYPEDEF)
-    prog = load_program(
-        ProgType.TRACING, map_fd, expected_attach_type=AttachType.TRACE_RAW_TP, attach_btf_id=btf_id
-    )
+    prog = load_program(ProgType.TRACING, map_fd, expected_attach_type=AttachType.TRACE_RAW_TP, attach_btf_id=btf_id)
     _attach_tracing(prog, fds)
 
 
