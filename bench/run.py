@@ -120,11 +120,12 @@ class Bench:
         proc.send_signal(signal.SIGINT)
         err, rss = finish(proc)
         wall = time.monotonic() - t0
-        printed = sum(1 for _ in out.open("rb")) if out.exists() else 0
+        files = sorted(self.workdir.glob(out.name + "*"))  # the file and its rotated backups (100 MB each)
+        printed = sum(sum(1 for _ in p.open("rb")) for p in files)
         text = err.decode(errors="replace")
         m = re.search(r"(\d+) lost", text)
         lost = int(m.group(1)) if m else -1
-        for p in self.workdir.glob(out.name + "*"):
+        for p in files:
             p.unlink()
         return Result(printed, lost, wall, int(sender.stdout.split()[0]), rss, cpu)
 
