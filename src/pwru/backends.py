@@ -15,6 +15,7 @@ Each backend lists its targets (discovery narrowed by ``--filter-func``) and att
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from collections import defaultdict
@@ -93,7 +94,9 @@ def choose(requested: str) -> str:
     raise UserError("no backend works on this kernel: " + "; ".join(reasons), exit_code=1)
 
 
-def targets_for(backend: str, spec: Spec, config: Config, modules: Sequence[str]) -> list[Target]:
+def targets_for(
+    backend: str, spec: Spec, config: Config, modules: Sequence[str], ksyms: Kallsyms | None = None
+) -> list[Target]:
     """Discovery for one backend, narrowed by ``--filter-func`` and, for functions, to what can be probed."""
     if backend == "tracepoint":
         found = discovery.skb_tracepoints(spec, modules)
@@ -109,8 +112,21 @@ def targets_for(backend: str, spec: Spec, config: Config, modules: Sequence[str]
         if key in seen or (not config.func_allowed(display_name(t)) and not config.func_allowed(t.name)):
             continue
         seen.add(key)
+        if t.kind == "func" and t.reason_pos is not None:
+            ksyms = ksyms or Kallsyms.load()
+            if not _is_global(ksyms, t):
+                t = dataclasses.replace(t, reason_pos=None)
         out.append(t)
     return out
+
+
+def _is_global(ksyms: Kallsyms, t: Target) -> bool:
+    """Whether a function keeps the C calling convention (a global ``T`` symbol in kallsyms; BTF marks every
+    function static). The compiler may drop or reorder a static function's unused arguments, so a drop reason is
+    read only from global functions (``kfree_skb_reason``, ``sk_skb_reason_drop``), never from a static one
+    like ``skb_release_data``."""
+    syms = [s for s in ksyms.symbols(t.name) if s.module == t.module]
+    return len(syms) == 1 and syms[0].type == "T"
 
 
 def display_name(t: Target) -> str:
@@ -119,17 +135,22 @@ def display_name(t: Target) -> str:
     return f"{base}[{t.module}]" if t.module else base
 
 
-def kprobe_program_name(t: Target) -> str:
-    return _variant("kprobe", t)
+def kprobe_program_name(t: Target, available: set[str]) -> str:
+    return _variant("kprobe", t, available)
 
 
-def fentry_program_name(t: Target) -> str:
-    return _variant("fentry", t)
+def fentry_program_name(t: Target, available: set[str]) -> str:
+    return _variant("fentry", t, available)
 
 
-def _variant(prefix: str, t: Target) -> str:
+def _variant(prefix: str, t: Target, available: set[str]) -> str:
+    """The program for a target's skb (and drop reason) position. The object has reason variants only for the
+    positions drop functions use (``kfree_skb_reason``: 1/2, ``sk_skb_reason_drop``: 2/3); elsewhere the skb
+    variant traces the function without its reason."""
     if t.reason_pos is not None:
-        return f"{prefix}_skb_{t.skb_pos}_reason_{t.reason_pos}"
+        name = f"{prefix}_skb_{t.skb_pos}_reason_{t.reason_pos}"
+        if name in available:
+            return name
     return f"{prefix}_skb_{t.skb_pos}"
 
 
@@ -205,11 +226,12 @@ def _attach_fentry(
     stop: StopCheck,
 ) -> None:
     done = 0
+    names = set(coll.program_names())
 
     def one(t: Target) -> tuple[Target, link.Link | None, str]:
         try:
             prog = coll.load_program(
-                fentry_program_name(t),
+                fentry_program_name(t, names),
                 attach_btf_id=t.btf_id,
                 attach_btf_obj_fd=module_btf_fd(t.module),
                 expected_attach_type=AttachType.TRACE_FENTRY,
@@ -255,7 +277,8 @@ def _load_kprobe_programs(
     coll: Collection, targets: list[Target], attach_type: AttachType | None
 ) -> dict[str, Program]:
     programs: dict[str, Program] = {}
-    for name in sorted({kprobe_program_name(t) for t in targets}):
+    names = set(coll.program_names())
+    for name in sorted({kprobe_program_name(t, names) for t in targets}):
         programs[name] = coll.load_program(name, prog_type=ProgType.KPROBE, expected_attach_type=attach_type)
     return programs
 
@@ -270,11 +293,12 @@ def _attach_kprobe(
 ) -> None:
     programs = _load_kprobe_programs(coll, targets, None)
     att.programs.extend(programs.values())
+    names = set(programs)
     done = 0
 
     def one(t: Target) -> tuple[Target, link.Link | None, str]:
         try:
-            return t, link.attach_kprobe(programs[kprobe_program_name(t)], t.name), ""
+            return t, link.attach_kprobe(programs[kprobe_program_name(t, names)], t.name), ""
         except OSError as e:
             return t, None, e.strerror or str(e)
 
@@ -303,13 +327,14 @@ def _attach_kprobe_multi(
 ) -> None:
     programs = _load_kprobe_programs(coll, targets, AttachType.TRACE_KPROBE_MULTI)
     att.programs.extend(programs.values())
+    names = set(programs)
     groups: dict[str, list[tuple[Target, int]]] = defaultdict(list)
     for t in targets:
         syms = [s for s in ksyms.symbols(t.name) if s.module == t.module and s.type in "tT"]
         if len(syms) != 1:
             att.ignored.append((t, "no such symbol" if not syms else "ambiguous symbol in kallsyms"))
             continue
-        groups[kprobe_program_name(t)].append((t, syms[0].address))
+        groups[kprobe_program_name(t, names)].append((t, syms[0].address))
     done = len(att.ignored)
 
     def attach_batch(prog: Program, batch: list[tuple[Target, int]]) -> None:
