@@ -312,6 +312,11 @@ def lost_events(coll: Collection) -> int:
 def _read_loop(
     config: Config, obj: ObjectSpec, coll: Collection, names: Names, stopper: Stopper, t_start: float
 ) -> int:
+    """Print events until stopped (then print what the ring buffer already holds) or the line limit.
+
+    Each turn takes up to :data:`READ_BATCH` raw records and formats them with
+    :meth:`~pwru.output.Formatter.format_records` (pieces cached by record bytes; no Event per record).
+    """
     decoder = EventDecoder(obj.btf)
     formatter = make_formatter(config, names)
     sink = open_sink(config)
@@ -326,12 +331,19 @@ def _read_loop(
         log.debug("ready after %.3f s", time.monotonic() - t_start)
         if config.ready_file:
             Path(config.ready_file).write_text(str(os.getpid()))
-        while not stopper.stopped:
+        drain = -1  # after a stop: records still to print, at most what a full ring holds (-1: running)
+        while drain != 0:
+            if drain < 0 and stopper.stopped:
+                drain = max(1, reader.size // decoder.size)
             records = reader.read_batch(READ_BATCH)
             if not records:
+                if drain >= 0:
+                    break
                 sink.flush()
                 reader.wait(0.2)
                 continue
+            if drain > 0:
+                drain = max(0, drain - len(records))
             if limit and printed + len(records) > limit:
                 records = records[: limit - printed]
             sink.write_lines(formatter.format_records(records, decoder))

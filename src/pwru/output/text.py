@@ -171,10 +171,11 @@ class TextFormatter:
             meta = ""
             if with_meta:
                 key = buf[m0:m1]
-                meta = metas.get(key)
-                if meta is None:
+                cached = metas.get(key)
+                if cached is None:
                     ev = ev or decode(buf)
-                    meta = remember(metas, key, self._meta(ev))
+                    cached = remember(metas, key, self._meta(ev))
+                meta = cached
             tup = None
             if with_tuple:
                 key = buf[t0:t1]
