@@ -289,7 +289,7 @@ def _run_loaded(
         printed = _read_loop(config, obj, coll, names, stopper, t_start)
     finally:
         t_detach = time.monotonic()
-        att.close(workers=2 * (os.cpu_count() or 1))
+        att.close()
         detach_time = time.monotonic() - t_detach
         lost = lost_events(coll)
         print(

@@ -21,7 +21,7 @@ from tests.vm.kernels import KERNEL_LINES, cached_kernels, fetch_kernel
 from tests.vm.runner import check_host, run_in_vm
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_TESTS = ("tests/vm/guest", "tests/e2e")
+DEFAULT_TESTS = ("tests/vm/guest", "tests/e2e/test_lab.py")
 TIMEOUT = float(os.environ.get("PWRU_VM_TIMEOUT", "900"))
 
 
@@ -58,6 +58,7 @@ def test_kernel(line: str, tmp_path: Path) -> None:
     env = {
         "PWRU_TEST_BACKENDS": ",".join(KERNEL_LINES[line].backends),
         "PYTHONPATH": pythonpath,
+        "PWRU_TEST_SLOWDOWN": os.environ.get("PWRU_TEST_SLOWDOWN", "10"),
     }
     result = run_in_vm(kernel, guest_pytest_command(tests), TIMEOUT, env=env, cwd=REPO, results_dir=tmp_path)
     junit = tmp_path / "junit.xml"
