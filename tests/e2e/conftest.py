@@ -87,9 +87,7 @@ def veth_pair(netns_factory: object) -> tuple[Netns, Netns]:
     return a, b
 
 
-def udp_send(
-    ns: Netns, host: str, port: int, count: int = 1, payload: bytes = b"pwru", interval: float = 0.01
-) -> None:
+def udp_send(ns: Netns, host: str, port: int, count: int = 1, payload: bytes = b"pwru", interval: float = 0.01) -> None:
     family = "AF_INET6" if ":" in host else "AF_INET"
     ns.python(
         "import socket,time\n"
@@ -192,6 +190,30 @@ def pwru(tmp_path: Path, backend: str) -> Iterator[object]:
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run pwru to completion (for bad-input and listing tests)."""
-    return subprocess.run(
-        [sys.executable, "-m", "pwru", *args], capture_output=True, text=True, timeout=timeout * SLOW
-    )
+    return subprocess.run([sys.executable, "-m", "pwru", *args], capture_output=True, text=True, timeout=timeout * SLOW)
+
+
+#: Program names of pwru's kernel side (``bpf_prog_info.name`` is the C function name, cut to 15 characters).
+PWRU_PROG_PREFIXES = ("kprobe_skb", "fentry_skb", "tp_skb")
+
+
+def pwru_bpf_objects() -> set[str]:
+    """ids of BPF programs of pwru's kernel side, and of the links that hold them, as bpftool lists them."""
+    progs = json.loads(sh("bpftool", "-j", "prog", "show").stdout or "[]")
+    ids = {p["id"] for p in progs if str(p.get("name", "")).startswith(PWRU_PROG_PREFIXES)}
+    links = json.loads(sh("bpftool", "-j", "link", "show").stdout or "[]")
+    return {f"prog:{i}" for i in ids} | {f"link:{ln['id']}" for ln in links if ln.get("prog_id") in ids}
+
+
+def left_behind(before: set[str], timeout: float = 10) -> set[str]:
+    """pwru's BPF objects that appeared since ``before`` and are still there after ``timeout`` seconds.
+
+    The kernel frees a program whose last reference went away a little later (RCU, a work queue), so a
+    program can show in ``bpftool prog show`` for a moment after pwru exited.
+    """
+    deadline = time.monotonic() + timeout * SLOW
+    while True:
+        left = pwru_bpf_objects() - before
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BACKENDS, SLOW, Netns, sh, tcp_connect, udp_send
+from .conftest import BACKENDS, SLOW, Netns, left_behind, pwru_bpf_objects, sh, tcp_connect, udp_send
 
 pytestmark = pytest.mark.root
 
@@ -54,14 +54,6 @@ class LabRun:
         return m
 
 
-def _ours() -> set[str]:
-    progs = json.loads(sh("bpftool", "-j", "prog", "show").stdout or "[]")
-    prefixes = ("kprobe_skb", "fentry_skb", "tp_skb")
-    ids = {p["id"] for p in progs if str(p.get("name", "")).startswith(prefixes)}
-    links = json.loads(sh("bpftool", "-j", "link", "show").stdout or "[]")
-    return {f"prog:{i}" for i in ids} | {f"link:{ln['id']}" for ln in links if ln.get("prog_id") in ids}
-
-
 @pytest.fixture(scope="module", params=BACKENDS)
 def lab_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
     backend = str(request.param)
@@ -80,7 +72,7 @@ def lab_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 def _run_scenario(backend: str, ns: Netns, tmp: Path) -> LabRun:
     ready = tmp / "ready"
-    before = _ours()
+    before = pwru_bpf_objects()
     cmd = [
         sys.executable,
         "-m",
@@ -117,7 +109,7 @@ def _run_scenario(backend: str, ns: Netns, tmp: Path) -> LabRun:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    left = _ours() - before
+    left = left_behind(before)
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     m = re.search(r"Attaching \d+ \w+ \(([\w-]+)\)", err)
     run = LabRun(m.group(1) if m else backend, events, err, proc.returncode, ready_seconds, left)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Netns, PwruRun, sh, tcp_connect, udp_send
+from .conftest import Netns, PwruRun, left_behind, pwru_bpf_objects, tcp_connect, udp_send
 
 pytestmark = pytest.mark.root
 
@@ -171,30 +171,15 @@ def test_ready_file_and_stack(pwru: object, netns: Netns) -> None:
 
 
 def test_sigint_and_sigterm_leave_nothing_in_kernel(pwru: object, netns: Netns) -> None:
-    before = ours_in_kernel()
+    before = pwru_bpf_objects()
     for sig in (signal.SIGINT, signal.SIGTERM):
         run: PwruRun = pwru("--filter-netns", netns.path, "udp")  # type: ignore[operator]
         run.start()
-        assert ours_in_kernel() - before, "pwru attached nothing?"
+        assert pwru_bpf_objects() - before, "pwru attached nothing?"
         run.stop(sig)
         assert run.returncode == 0, run.stderr
         assert "Traceback" not in run.stderr
-        assert ours_in_kernel() - before == set()
-
-
-def ours_in_kernel() -> set[str]:
-    """ids of BPF programs and links that belong to a pwru process (by program name prefix)."""
-    found: set[str] = set()
-    progs = json.loads(sh("bpftool", "-j", "prog", "show").stdout or "[]")
-    prog_ids = {p["id"] for p in progs if str(p.get("name", "")).startswith(PROG_PREFIXES)}
-    found |= {f"prog:{i}" for i in prog_ids}
-    links = json.loads(sh("bpftool", "-j", "link", "show").stdout or "[]")
-    found |= {f"link:{ln['id']}" for ln in links if ln.get("prog_id") in prog_ids}
-    return found
-
-
-# Program names of the kernel side (bpf_prog_info.name is the C function name, at most 15 characters).
-PROG_PREFIXES = ("kprobe_skb", "fentry_skb", "tp_skb", "kprobe_", "fentry_", "tp_btf")
+        assert left_behind(before) == set()
 
 
 def test_summary_line_counts_events(pwru: object, netns: Netns) -> None:
@@ -233,9 +218,7 @@ def test_listing_and_version() -> None:
     ],
 )
 def test_bad_input_one_line_exit_2(args: list[str], needle: str) -> None:
-    r = subprocess.run(
-        [__import__("sys").executable, "-m", "pwru", *args], capture_output=True, text=True, timeout=60
-    )
+    r = subprocess.run([__import__("sys").executable, "-m", "pwru", *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
