@@ -15,7 +15,6 @@ Each backend lists its targets (discovery narrowed by ``--filter-func``) and att
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -28,7 +27,6 @@ from pwru.discovery import Target
 from pwru.ebpf import features, link
 from pwru.ebpf.btf import Spec
 from pwru.ebpf.collection import Collection
-from pwru.ebpf.kallsyms import Kallsyms
 from pwru.ebpf.prog import Program
 from pwru.ebpf.syscall import AttachType, BPFError, ProgType
 from pwru.errors import UserError
@@ -100,9 +98,7 @@ def choose(requested: str) -> str:
     raise UserError("no backend works on this kernel: " + "; ".join(reasons), exit_code=1)
 
 
-def targets_for(
-    backend: str, spec: Spec, config: Config, modules: Sequence[str], ksyms: Kallsyms | None = None
-) -> list[Target]:
+def targets_for(backend: str, spec: Spec, config: Config, modules: Sequence[str]) -> list[Target]:
     """Discovery for one backend, narrowed by ``--filter-func`` and, for functions, to what can be probed."""
     if backend == "tracepoint":
         found = discovery.skb_tracepoints(spec, modules)
@@ -118,21 +114,8 @@ def targets_for(
         if key in seen or (not config.func_allowed(display_name(t)) and not config.func_allowed(t.name)):
             continue
         seen.add(key)
-        if t.kind == "func" and t.reason_pos is not None:
-            ksyms = ksyms or Kallsyms.load()
-            if not _is_global(ksyms, t):
-                t = dataclasses.replace(t, reason_pos=None)
         out.append(t)
     return out
-
-
-def _is_global(ksyms: Kallsyms, t: Target) -> bool:
-    """Whether a function keeps the C calling convention (a global ``T`` symbol in kallsyms; BTF marks every
-    function static). The compiler may drop or reorder a static function's unused arguments, so a drop reason is
-    read only from global functions (``kfree_skb_reason``, ``sk_skb_reason_drop``), never from a static one
-    like ``skb_release_data``."""
-    syms = [s for s in ksyms.symbols(t.name) if s.module == t.module]
-    return len(syms) == 1 and syms[0].type == "T"
 
 
 def display_name(t: Target) -> str:
@@ -167,7 +150,6 @@ def attach(
     backend: str,
     coll: Collection,
     targets: list[Target],
-    ksyms: Kallsyms,
     progress: Progress,
     stop: StopCheck,
 ) -> Attachment:
@@ -179,7 +161,7 @@ def attach(
     }[backend]
     att = Attachment()
     try:
-        fn(att, coll, targets, ksyms, progress, stop)
+        fn(att, coll, targets, progress, stop)
     except BaseException:
         att.close()
         raise
@@ -190,7 +172,6 @@ def _attach_tracepoints(
     att: Attachment,
     coll: Collection,
     targets: list[Target],
-    _k: Kallsyms,
     progress: Progress,
     stop: StopCheck,
 ) -> None:
@@ -227,7 +208,6 @@ def _attach_fentry(
     att: Attachment,
     coll: Collection,
     targets: list[Target],
-    _k: Kallsyms,
     progress: Progress,
     stop: StopCheck,
 ) -> None:
@@ -293,7 +273,6 @@ def _attach_kprobe(
     att: Attachment,
     coll: Collection,
     targets: list[Target],
-    _k: Kallsyms,
     progress: Progress,
     stop: StopCheck,
 ) -> None:
@@ -324,54 +303,41 @@ def _attach_kprobe(
 
 
 def _attach_kprobe_multi(
-    att: Attachment,
-    coll: Collection,
-    targets: list[Target],
-    ksyms: Kallsyms,
-    progress: Progress,
-    stop: StopCheck,
+    att: Attachment, coll: Collection, targets: list[Target], progress: Progress, stop: StopCheck
 ) -> None:
+    """One link per program variant, by symbol name: the kernel resolves all names in one walk of its symbol
+    table, so pwru need not read kallsyms before it is ready. A batch the kernel refuses is split in halves
+    until the function it cannot take is found and ignored."""
     programs = _load_kprobe_programs(coll, targets, AttachType.TRACE_KPROBE_MULTI)
     att.programs.extend(programs.values())
     names = set(programs)
-    groups: dict[str, list[tuple[Target, int]]] = defaultdict(list)
+    groups: dict[str, list[Target]] = defaultdict(list)
     for t in targets:
-        syms = [s for s in ksyms.symbols(t.name) if s.module == t.module and s.type in "tT"]
-        if len(syms) != 1:
-            att.ignored.append((t, "no such symbol" if not syms else "ambiguous symbol in kallsyms"))
-            continue
-        groups[kprobe_program_name(t, names)].append((t, syms[0].address))
-    done = len(att.ignored)
+        groups[kprobe_program_name(t, names)].append(t)
+    done = 0
 
-    def attach_batch(prog: Program, batch: list[tuple[Target, int]]) -> None:
+    def attach_batch(prog: Program, batch: list[Target]) -> None:
         nonlocal done
         if stop():
             return
         try:
-            lk = link.attach_kprobe_multi(prog, addrs=[a for _, a in batch])
+            lk = link.attach_kprobe_multi(prog, syms=[t.name for t in batch])
         except OSError as e:
             if len(batch) == 1:
-                att.ignored.append((batch[0][0], e.strerror or str(e)))
+                att.ignored.append((batch[0], e.strerror or str(e)))
                 done += 1
                 progress(done, len(targets))
                 return
-            if e.errno not in (
-                errno.ENOMEM,
-                errno.E2BIG,
-                errno.EINVAL,
-                errno.ENOENT,
-                errno.ESRCH,
-                errno.EBUSY,
-            ):
+            if e.errno not in (errno.ENOMEM, errno.E2BIG, errno.EINVAL, errno.ENOENT, errno.ESRCH, errno.EBUSY):
                 raise
             half = len(batch) // 2
             attach_batch(prog, batch[:half])
             attach_batch(prog, batch[half:])
             return
         att.links.append(lk)
-        att.attached.extend(t for t, _ in batch)
+        att.attached.extend(batch)
         done += len(batch)
         progress(done, len(targets))
 
     for name, batch in groups.items():
-        attach_batch(programs[name], batch)
+        attach_batch(programs[name], sorted(batch, key=lambda t: t.name))

@@ -97,6 +97,10 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+#: Functions through which the kernel runs a BPF program; they sit on top of every stack the program takes.
+_BPF_FRAME_PREFIXES = ("bpf_trace_run", "__bpf_trace_", "bpf_trampoline", "__bpf_prog_enter", "bpf_dispatcher")
+
+
 class Names:
     """Turns an event's numbers into words: kallsyms for functions, the probe table for tracepoints."""
 
@@ -129,9 +133,16 @@ class Names:
         return f"{sym.name}+{sym.offset:#x}{mod}"
 
     def stack(self, stack_id: int) -> list[int]:
+        """The kernel stack of an event, starting at the traced function: the frames of pwru's own program and
+        of the BPF machinery that called it (``bpf_trace_run*``, trampolines, ``[bpf]`` symbols) are dropped."""
         if self._stacks is None or stack_id < 0:
             return []
-        return self._stacks.stack_trace(stack_id)
+        frames = self._stacks.stack_trace(stack_id)
+        for i, addr in enumerate(frames):
+            sym = self._ksyms.lookup(addr)
+            if sym is None or not (sym.module == "bpf" or sym.name.startswith(_BPF_FRAME_PREFIXES)):
+                return frames[i:]
+        return frames
 
     def process(self, pid: int, comm: bytes) -> str:
         return self._procs(pid, comm)
@@ -269,7 +280,7 @@ def _run_loaded(
     progress, _ = _progress_printer(backend, len(targets))
     t_attach = time.monotonic()
     try:
-        att = backends.attach(backend, coll, targets, ksyms, progress, lambda: stopper.stopped)
+        att = backends.attach(backend, coll, targets, progress, lambda: stopper.stopped)
     except BPFError as e:
         raise _verifier_error(e) from None
     attach_time = time.monotonic() - t_attach
@@ -284,6 +295,8 @@ def _run_loaded(
         print(f"Attached {len(att.attached)} {what} (ignored {len(att.ignored)})", file=sys.stderr)
         for t, why in att.ignored:
             log.debug("ignored %s: %s", backends.display_name(t), why)
+        if backend != "tracepoint" or config.output_stack or config.output_caller:
+            ksyms.preload()  # function names for the events, read while waiting for the first ones
         probes = targets if backend == "tracepoint" else []
         names = Names(ksyms, probes, reasons, coll.maps.get("stacks") if config.output_stack else None)
         printed = _read_loop(config, obj, coll, names, stopper, t_start)

@@ -7,6 +7,7 @@ naming the backends that kernel supports, and fails with each failed guest test'
 
 from __future__ import annotations
 
+import compileall
 import os
 import sys
 import time
@@ -60,6 +61,10 @@ def test_kernel(line: str, tmp_path: Path) -> None:
         "PYTHONPATH": pythonpath,
         "PWRU_TEST_SLOWDOWN": os.environ.get("PWRU_TEST_SLOWDOWN", "10"),
     }
+    # The guest sees the repository read-only through an overlay that vanishes at power-off: without byte code
+    # compiled here, every Python process in the guest would compile pwru from source (seconds under emulation).
+    for tree in ("src", "tests"):
+        compileall.compile_dir(REPO / tree, quiet=1)
     result = run_in_vm(kernel, guest_pytest_command(tests), TIMEOUT, env=env, cwd=REPO, results_dir=tmp_path)
     junit = tmp_path / "junit.xml"
     cases: list[GuestCase] = parse_junit(junit) if junit.is_file() else []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import operator
+import threading
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from pathlib import Path
 KALLSYMS = Path("/proc/kallsyms")
 TEXT_TYPES = frozenset("tT")
 _TEXT_TYPE_CODES = frozenset(b"tT")
+#: Serialises the first read of lazily loaded tables (a background preload and a look-up may race).
+_LOAD_LOCK = threading.Lock()
 #: Bytes of kallsyms text split at a time while parsing (bounds the temporary token lists).
 PARSE_SLICE = 256 * 1024
 
@@ -76,8 +79,16 @@ class Kallsyms:
 
     def _ready(self) -> None:
         if self._source is not None:
-            source, self._source = self._source, None
-            self._columns(_Columns.read(source))
+            with _LOAD_LOCK:
+                if self._source is not None:  # not loaded meanwhile by another thread
+                    self._columns(_Columns.read(self._source))
+                    self._source = None
+
+    def preload(self) -> threading.Thread:
+        """Start reading a lazy table in a background thread (look-ups wait for it, never see it half-read)."""
+        thread = threading.Thread(target=self._ready, name="kallsyms", daemon=True)
+        thread.start()
+        return thread
 
     @classmethod
     def load(cls, path: str | Path = KALLSYMS, *, lazy: bool = False) -> Kallsyms:
