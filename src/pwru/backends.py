@@ -26,6 +26,7 @@ from pwru.config import Config
 from pwru.discovery import Target
 from pwru.ebpf import features, link
 from pwru.ebpf.btf import Spec
+from pwru.ebpf.btf_kernel import btf_fd_of_module
 from pwru.ebpf.collection import Collection
 from pwru.ebpf.prog import Program
 from pwru.ebpf.syscall import AttachType, BPFError, ProgType
@@ -211,10 +212,9 @@ def _attach_fentry(
     progress: Progress,
     stop: StopCheck,
 ) -> None:
-    done = 0
     names = set(coll.program_names())
 
-    def one(t: Target) -> tuple[Target, link.Link | None, str]:
+    def one(t: Target) -> tuple[link.Link | None, str]:
         try:
             prog = coll.load_program(
                 fentry_program_name(t, names),
@@ -223,26 +223,39 @@ def _attach_fentry(
                 expected_attach_type=AttachType.TRACE_FENTRY,
             )
         except BPFError as e:
-            return t, None, f"load: {e.strerror}"
+            return None, f"load: {e.strerror}"
         try:
-            return t, link.attach_tracing(prog), ""
+            return link.attach_tracing(prog), ""
         except OSError as e:
-            return t, None, f"attach: {e.strerror}"
+            return None, f"attach: {e.strerror}"
         finally:
-            prog.close()
+            prog.close()  # the link holds the program
+
+    _attach_each(att, targets, one, progress, stop)
+
+
+def _attach_each(
+    att: Attachment,
+    targets: list[Target],
+    one: Callable[[Target], tuple[link.Link | None, str]],
+    progress: Progress,
+    stop: StopCheck,
+) -> None:
+    """Attach target by target with :data:`ATTACH_WORKERS` threads; after a stop request the remaining
+    targets are passed over (every link made so far is kept in ``att``, so it is released)."""
+
+    def guarded(t: Target) -> tuple[link.Link | None, str]:
+        return (None, "") if stop() else one(t)
 
     with ThreadPoolExecutor(ATTACH_WORKERS) as pool:
-        for t, lk, why in pool.map(one, targets):
-            done += 1
-            if lk is None:
-                att.ignored.append((t, why))
-            else:
+        for done, (t, (lk, why)) in enumerate(zip(targets, pool.map(guarded, targets), strict=True), 1):
+            if lk is not None:
                 att.links.append(lk)
                 att.attached.append(t)
-            progress(done, len(targets))
-            if stop():
-                pool.shutdown(cancel_futures=True)
-                return
+            elif why:
+                att.ignored.append((t, why))
+            if done % 16 == 0 or done == len(targets):
+                progress(done, len(targets))
 
 
 _module_btf_fds: dict[str, int] = {}
@@ -253,8 +266,6 @@ def module_btf_fd(module: str | None) -> int | None:
     if module is None:
         return None
     if module not in _module_btf_fds:
-        from pwru.ebpf.btf_kernel import btf_fd_of_module
-
         _module_btf_fds[module] = btf_fd_of_module(module)
     return _module_btf_fds[module]
 
@@ -279,27 +290,14 @@ def _attach_kprobe(
     programs = _load_kprobe_programs(coll, targets, None)
     att.programs.extend(programs.values())
     names = set(programs)
-    done = 0
 
-    def one(t: Target) -> tuple[Target, link.Link | None, str]:
+    def one(t: Target) -> tuple[link.Link | None, str]:
         try:
-            return t, link.attach_kprobe(programs[kprobe_program_name(t, names)], t.name), ""
+            return link.attach_kprobe(programs[kprobe_program_name(t, names)], t.name), ""
         except OSError as e:
-            return t, None, e.strerror or str(e)
+            return None, e.strerror or str(e)
 
-    with ThreadPoolExecutor(ATTACH_WORKERS) as pool:
-        for t, lk, why in pool.map(one, targets):
-            done += 1
-            if lk is None:
-                att.ignored.append((t, why))
-            else:
-                att.links.append(lk)
-                att.attached.append(t)
-            if done % 16 == 0 or done == len(targets):
-                progress(done, len(targets))
-            if stop():
-                pool.shutdown(cancel_futures=True)
-                return
+    _attach_each(att, targets, one, progress, stop)
 
 
 def _attach_kprobe_multi(
