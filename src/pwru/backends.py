@@ -28,6 +28,7 @@ from pwru.ebpf import features, link
 from pwru.ebpf.btf import Spec
 from pwru.ebpf.btf_kernel import btf_fd_of_module
 from pwru.ebpf.collection import Collection
+from pwru.ebpf.kallsyms import Kallsyms
 from pwru.ebpf.prog import Program
 from pwru.ebpf.syscall import AttachType, BPFError, ProgType
 from pwru.errors import UserError
@@ -213,14 +214,19 @@ def _attach_fentry(
     stop: StopCheck,
 ) -> None:
     names = set(coll.program_names())
+    # Before 5.15 a tracing program cannot ask for its function's address (bpf_get_func_ip): each load is told
+    # it as a constant instead, from kallsyms.
+    ksyms = None if features.get_func_ip().available else Kallsyms.load()
 
     def one(t: Target) -> tuple[link.Link | None, str]:
+        constants = None if ksyms is None else {"cfg_probe_id": ksyms.address(t.name, t.module) or 0}
         try:
             prog = coll.load_program(
                 fentry_program_name(t, names),
                 attach_btf_id=t.btf_id,
                 attach_btf_obj_fd=module_btf_fd(t.module),
                 expected_attach_type=AttachType.TRACE_FENTRY,
+                constants=constants,
             )
         except BPFError as e:
             return None, f"load: {e.strerror}"

@@ -144,12 +144,32 @@ def test_exits_cleanly_and_leaves_nothing(lab_run: LabRun) -> None:
     assert int(s.group(2)) == 0
 
 
+def kernel_has_drop_reasons() -> bool:
+    """Drop reasons came with 5.17; before, a drop is just ``kfree_skb`` (as cilium/pwru shows it there too)."""
+    from pwru.ebpf.btf import kernel_btf
+
+    return bool(kernel_btf().find("skb_drop_reason"))
+
+
+def drop_events(run: LabRun, dport: int, reason: str) -> list[dict[str, object]]:
+    """Events of the skb sent to ``dport`` at the point it was dropped: named by ``reason`` where the kernel has
+    drop reasons, else at ``kfree_skb`` (function or tracepoint)."""
+    found = []
+    for e in run.events:
+        t, func = e.get("tuple"), str(e.get("func", ""))
+        if not isinstance(t, dict) or t.get("dport") != dport:
+            continue
+        if reason in func if kernel_has_drop_reasons() else func.split("(")[0] in ("kfree_skb", "tp:kfree_skb"):
+            found.append(e)
+    return found
+
+
 def test_udp_closed_port_no_socket(lab_run: LabRun) -> None:
-    drops = [e for e in lab_run.events if "SKB_DROP_REASON_NO_SOCKET" in str(e.get("func"))]
+    drops = drop_events(lab_run, 9999, "SKB_DROP_REASON_NO_SOCKET")
     assert drops, lab_run.funcs()
     t = drops[0]["tuple"]
     assert isinstance(t, dict)
-    assert (t["daddr"], t["dport"], t["proto"]) == ("127.0.0.1", 9999, 17)
+    assert (t["saddr"], t["daddr"], t["proto"]) == ("127.0.0.1", "127.0.0.1", 17)
 
 
 def test_pcap_filter_rejects_other_port(lab_run: LabRun) -> None:
@@ -159,23 +179,25 @@ def test_pcap_filter_rejects_other_port(lab_run: LabRun) -> None:
 
 
 def test_firewall_drop_path(lab_run: LabRun) -> None:
+    drops = drop_events(lab_run, 8080, "SKB_DROP_REASON_NETFILTER_DROP")
     tcp = [e for e in lab_run.events if isinstance(e.get("tuple"), dict) and e["tuple"]["dport"] == 8080]  # type: ignore[index]
     funcs = [str(e["func"]) for e in tcp]
-    drop = [f for f in funcs if "SKB_DROP_REASON_NETFILTER_DROP" in f]
-    assert drop, funcs
-    t = tcp[0]["tuple"]
+    assert drops, funcs
+    t = drops[0]["tuple"]
     assert isinstance(t, dict) and t["proto"] == 6 and t["saddr"] == "127.0.0.1"
     if lab_run.backend in FUNCTION_BACKENDS:
-        assert re.match(r"(kfree_skb_reason|sk_skb_reason_drop)\(", drop[0]), drop[0]
+        drop = str(drops[0]["func"])
+        if kernel_has_drop_reasons():
+            assert re.match(r"(kfree_skb_reason|sk_skb_reason_drop)\(", drop), drop
         path = [f.split("(")[0] for f in funcs]
         for fn in ("ip_local_out", "__ip_local_out", "nf_hook_slow"):
             assert fn in path, path
-        assert path.index("nf_hook_slow") < path.index(drop[0].split("(")[0])
+        assert path.index("nf_hook_slow") < path.index(drop.split("(")[0])
 
 
 def test_stack_and_caller(lab_run: LabRun) -> None:
-    drops = [e for e in lab_run.events if "SKB_DROP_REASON_NO_SOCKET" in str(e.get("func"))]
-    assert drops
+    drops = drop_events(lab_run, 9999, "SKB_DROP_REASON_NO_SOCKET")
+    assert drops, lab_run.funcs()
     stack = drops[0].get("stack")
     assert isinstance(stack, list) and any("udp" in str(f) for f in stack), stack
     callers = [str(e.get("caller_func", "")) for e in lab_run.events]
