@@ -217,7 +217,7 @@ class EventDecoder:
         pick = operator.itemgetter(*order)
         if len(order) == 1:
             return lambda buf: (pick(unpack(buf)),)
-        return lambda buf: pick(unpack(buf))  # type: ignore[no-any-return]
+        return lambda buf: pick(unpack(buf))
 
     def decode(self, buf: Buffer) -> Event:
         """One record (at least :attr:`size` bytes) as an :class:`Event`.

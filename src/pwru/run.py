@@ -169,7 +169,8 @@ class Stopper:
                 signal.signal(s, h)
 
 
-def _progress_printer(backend: str, total: int) -> tuple[backends.Progress, object]:
+def _progress_printer(backend: str, total: int) -> backends.Progress:
+    """A progress bar on a terminal; one plain line otherwise."""
     tty = sys.stderr.isatty()
     what = "tracepoints" if backend == "tracepoint" else "functions"
     if not tty:
@@ -192,7 +193,7 @@ def _progress_printer(backend: str, total: int) -> tuple[backends.Progress, obje
             sys.stderr.write("\n")
         sys.stderr.flush()
 
-    return progress, None
+    return progress
 
 
 # --- run --------------------------------------------------------------------------------------------------
@@ -277,7 +278,7 @@ def _run_loaded(
     stopper: Stopper,
     t_start: float,
 ) -> int:
-    progress, _ = _progress_printer(backend, len(targets))
+    progress = _progress_printer(backend, len(targets))
     t_attach = time.monotonic()
     try:
         att = backends.attach(backend, coll, targets, progress, lambda: stopper.stopped)
@@ -330,6 +331,8 @@ def _read_loop(
     Each turn takes up to :data:`READ_BATCH` raw records and formats them with
     :meth:`~pwru.output.Formatter.format_records` (pieces cached by record bytes; no Event per record).
     """
+    if obj.btf is None:
+        raise UserError(f"{object_path()} has no BTF: rebuild it with `python3 -m pwru.bpf.build`", exit_code=1)
     decoder = EventDecoder(obj.btf)
     formatter = make_formatter(config, names)
     sink = open_sink(config)

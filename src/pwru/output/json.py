@@ -180,7 +180,7 @@ class JsonFormatter:
                 tup = remember(tuples, key, _members(self._tuple_part(ev)))
             parts = [f'"skb":"{skb:#x}"', proc, func, caller]
             if with_time:
-                parts.append(_members(self._time_part(skb, ts)))  # type: ignore[arg-type]
+                parts.append(_members(self._time_part(skb, ts)))
             parts += (meta, tup)
             append("{" + ",".join([p for p in parts if p]) + "}")
         return lines

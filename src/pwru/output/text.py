@@ -194,7 +194,7 @@ class TextFormatter:
                 if caller is None:
                     ev = ev or decode(buf)
                     caller = remember(callers, caller_addr, self._caller(ev))
-            head = f"{skb:<#18x}{proc}" if plain_head else self._head(skb, proc, ts)  # type: ignore[arg-type]
+            head = f"{skb:<#18x}{proc}" if plain_head else self._head(skb, proc, ts)
             if caller is None and tup is not None and len(tup) <= self._tuple_width:
                 append(f"{head}{meta} {tup.ljust(self._tuple_width)} {func}")  # _line's common case, inlined
             else:
