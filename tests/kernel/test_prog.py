@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import struct
-import time
 
 import pytest
 
@@ -121,10 +120,10 @@ def test_bad_instruction_bytes() -> None:
         Program.load(ProgType.SOCKET_FILTER, b"\x00" * 7)
 
 
-def test_many_loads_are_cheap() -> None:
+def test_many_loads_leave_no_descriptor_behind() -> None:
+    # The fentry backend loads the same instructions ~1,500 times; each close must release its fd.
     insns = _ret(0)
-    t = time.perf_counter()
+    before = len(os.listdir("/proc/self/fd"))
     for _ in range(200):
         Program.load(ProgType.SOCKET_FILTER, insns).close()
-    per = (time.perf_counter() - t) / 200
-    assert per < 0.01, f"{per * 1e6:.0f} us per load"
+    assert len(os.listdir("/proc/self/fd")) == before
