@@ -11,12 +11,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Self
 
 from pwru.ebpf import syscall
+from pwru.ebpf.fd import FDObject
 from pwru.ebpf.syscall import BPFError, Cmd, MapType
 
 _PERCPU_TYPES = frozenset(
@@ -67,12 +66,14 @@ class MapInfo:
     map_extra: int
 
 
-class Map:
+class Map(FDObject):
     """A kernel BPF map, owning its file descriptor.
 
     Build one with :meth:`create` (a new map), :meth:`from_fd` (adopt a descriptor) or :meth:`from_id`.
     ``close()`` may be called any number of times; the object is a context manager.
     """
+
+    _what = "map"
 
     def __init__(
         self,
@@ -84,7 +85,7 @@ class Map:
         flags: int = 0,
         name: str = "",
     ) -> None:
-        self._fd = fd
+        super().__init__(fd)
         self.type = MapType(map_type) if map_type in MapType._value2member_map_ else map_type
         self.key_size = key_size
         self.value_size = value_size
@@ -150,30 +151,7 @@ class Map:
         """Open the map with kernel id ``map_id``."""
         return cls.from_fd(syscall.get_fd_by_id(Cmd.MAP_GET_FD_BY_ID, map_id))
 
-    # --- life cycle --------------------------------------------------------------------------------
-
-    @property
-    def fd(self) -> int:
-        """The map's file descriptor; ValueError once closed."""
-        if self._fd < 0:
-            raise ValueError(f"map {self.name or '?'} is closed")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def close(self) -> None:
-        """Release the descriptor (idempotent). The kernel frees the map when nothing else holds it."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    # --- life cycle: fd, closed, close() and the context manager come from FDObject ---------------
 
     def __repr__(self) -> str:
         t = self.type.name if isinstance(self.type, MapType) else str(self.type)

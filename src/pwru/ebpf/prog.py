@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 from dataclasses import dataclass
-from typing import NamedTuple, Self
+from typing import NamedTuple
 
 from pwru.ebpf import syscall
+from pwru.ebpf.fd import FDObject
 from pwru.ebpf.maps import _object_name
 from pwru.ebpf.syscall import BPFError, Cmd, ProgType
 
@@ -53,8 +53,10 @@ class TestRunResult(NamedTuple):
     duration: int
 
 
-class Program:
+class Program(FDObject):
     """A loaded BPF program, owning its file descriptor (``close()`` is idempotent; context manager)."""
+
+    _what = "program"
 
     def __init__(
         self,
@@ -65,7 +67,7 @@ class Program:
         attach_btf_id: int | None = None,
         log: str = "",
     ) -> None:
-        self._fd = fd
+        super().__init__(fd)
         self.type = ProgType(prog_type) if prog_type in ProgType._value2member_map_ else prog_type
         self.name = name
         self.expected_attach_type = expected_attach_type
@@ -164,30 +166,7 @@ class Program:
     def from_id(cls, prog_id: int) -> Program:
         return cls.from_fd(syscall.get_fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id))
 
-    # --- life cycle --------------------------------------------------------------------------------
-
-    @property
-    def fd(self) -> int:
-        """The program's file descriptor; ValueError once closed."""
-        if self._fd < 0:
-            raise ValueError(f"program {self.name or '?'} is closed")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def close(self) -> None:
-        """Release the descriptor (idempotent). Attached links keep the program alive in the kernel."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    # --- life cycle: fd, closed, close() and the context manager come from FDObject ---------------
 
     def __repr__(self) -> str:
         t = self.type.name if isinstance(self.type, ProgType) else str(self.type)
