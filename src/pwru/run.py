@@ -63,7 +63,8 @@ def list_funcs(config: Config) -> int:
             f"{backends.display_name(t)} skb={t.skb_pos}"
             + (f" reason={t.reason_pos}" if t.reason_pos else "")
         )
-    print(f"{len(targets)} {'tracepoints' if backend == 'tracepoint' else 'functions'} ({backend})")
+    what = "tracepoint" if backend == "tracepoint" else "function"
+    print(f"{len(targets)} {what}{'' if len(targets) == 1 else 's'} ({backend})")
     return 0
 
 
