@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from pwru import discovery
 from pwru.config import Config
@@ -177,33 +178,37 @@ def _attach_tracepoints(
     progress: Progress,
     stop: StopCheck,
 ) -> None:
-    for i, t in enumerate(targets):
-        if stop():
-            return
+    """One load of ``tp_skb`` per tracepoint, told by per-load constants where its skb, drop reason and
+    location are and which probe id (index into ``targets``) to report."""
+    probe_id = {t: i for i, t in enumerate(targets)}
+
+    def one(t: Target) -> tuple[link.Link | None, str]:
         constants = {
             "cfg_tp_skb_pos": t.skb_pos,
             "cfg_tp_reason_pos": t.reason_pos or 0,
             "cfg_tp_location_pos": t.location_pos or 0,
-            "cfg_probe_id": i,
+            "cfg_probe_id": probe_id[t],
         }
-        try:
-            prog = coll.load_program(
-                TP_PROGRAM,
-                attach_btf_id=t.btf_id,
-                expected_attach_type=AttachType.TRACE_RAW_TP,
-                constants=constants,
-            )
-        except BPFError as e:
-            att.ignored.append((t, f"load: {e.strerror}"))
-            continue
-        try:
-            att.links.append(link.attach_tracing(prog))
-            att.attached.append(t)
-        except OSError as e:
-            att.ignored.append((t, f"attach: {e.strerror}"))
-        finally:
-            prog.close()  # the link keeps the program alive
-        progress(i + 1, len(targets))
+        return _load_and_attach(
+            coll, TP_PROGRAM, attach_btf_id=t.btf_id, expected_attach_type=AttachType.TRACE_RAW_TP,
+            constants=constants,
+        )  # fmt: skip
+
+    _attach_each(att, targets, one, progress, stop)
+
+
+def _load_and_attach(coll: Collection, name: str, **load: Any) -> tuple[link.Link | None, str]:
+    """Load one program for one target (fentry, tp_btf) and link it; the reason when either step fails."""
+    try:
+        prog = coll.load_program(name, **load)
+    except BPFError as e:
+        return None, f"load: {e.strerror}"
+    try:
+        return link.attach_tracing(prog), ""
+    except OSError as e:
+        return None, f"attach: {e.strerror}"
+    finally:
+        prog.close()  # the link holds the program
 
 
 def _attach_fentry(
@@ -220,22 +225,10 @@ def _attach_fentry(
 
     def one(t: Target) -> tuple[link.Link | None, str]:
         constants = None if ksyms is None else {"cfg_probe_id": ksyms.address(t.name, t.module) or 0}
-        try:
-            prog = coll.load_program(
-                fentry_program_name(t, names),
-                attach_btf_id=t.btf_id,
-                attach_btf_obj_fd=module_btf_fd(t.module),
-                expected_attach_type=AttachType.TRACE_FENTRY,
-                constants=constants,
-            )
-        except BPFError as e:
-            return None, f"load: {e.strerror}"
-        try:
-            return link.attach_tracing(prog), ""
-        except OSError as e:
-            return None, f"attach: {e.strerror}"
-        finally:
-            prog.close()  # the link holds the program
+        return _load_and_attach(
+            coll, fentry_program_name(t, names), attach_btf_id=t.btf_id, attach_btf_obj_fd=module_btf_fd(t.module),
+            expected_attach_type=AttachType.TRACE_FENTRY, constants=constants,
+        )  # fmt: skip
 
     _attach_each(att, targets, one, progress, stop)
 

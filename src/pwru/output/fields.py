@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from pwru.event import Event
+from pwru.event import Event, EventDecoder
 from pwru.output.names import Names, sanitize, shorten_left
 
 ETH_P_IP = 0x0800
@@ -131,6 +132,23 @@ class Timestamps:
         ns = ts + self._offset_ns
         dt = datetime.fromtimestamp(ns // 1_000_000_000)
         return f"{dt.strftime(ABSOLUTE_FORMAT)}.{(ns // 1_000_000) % 1000:03d}"
+
+
+#: The per-probe fields the fast paths unpack from every record, in this order.
+PROBE_FIELDS = ("ts", "addr", "skb", "caller", "location", "reason", "kind")
+
+Spans = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+def record_views(decoder: EventDecoder) -> tuple[Spans, Callable[[bytes], tuple[object, ...]]]:
+    """For the formatters' fast paths: the byte spans of a record whose formatted pieces are cached (process,
+    meta, tuple; offsets from the object's BTF) and an unpacker of :data:`PROBE_FIELDS`."""
+    spans = (
+        decoder.span("pid", "cpu", "comm"),
+        decoder.span(*META_FIELDS),
+        decoder.span(*TUPLE_FIELDS),
+    )
+    return spans, decoder.unpacker(*PROBE_FIELDS)
 
 
 def remember(cache: dict[Any, str], key: Any, value: str) -> str:

@@ -137,12 +137,7 @@ class JsonFormatter:
             return [self.format(e) for e in decoder.decode_many(records)]
         if self._decoder is not decoder:
             self._decoder = decoder
-            self._spans = (
-                decoder.span("pid", "cpu", "comm"),
-                decoder.span(*fields.META_FIELDS),
-                decoder.span(*fields.TUPLE_FIELDS),
-            )
-            self._unpack = decoder.unpacker("ts", "addr", "skb", "caller", "location", "reason", "kind")
+            self._spans, self._unpack = fields.record_views(decoder)
             for cache in self._caches:
                 cache.clear()
         (p0, p1), (m0, m1), (t0, t1) = self._spans
