@@ -279,7 +279,14 @@ static __always_inline int handle_skb(void *ctx, struct sk_buff *skb, __u64 addr
 	ev->pid = bpf_get_current_pid_tgid() >> 32;
 	ev->cpu = bpf_get_smp_processor_id();
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	ev->stack_id = cfg_output_stack ? bpf_get_stackid(ctx, &stacks, 0) : -1;
+	ev->stack_id = -1;
+	if (cfg_output_stack) {
+		/* Two different stacks can hash to one bucket: the second gets -EEXIST. Then take the bucket over
+		 * (the stack it held was most likely printed already) rather than print an event without a stack. */
+		ev->stack_id = bpf_get_stackid(ctx, &stacks, 0);
+		if (ev->stack_id == -EEXIST)
+			ev->stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_REUSE_STACKID);
+	}
 	if (cfg_output_caller)
 		ev->caller = get_caller(ctx, mode, addr);
 	if (cfg_output_meta)

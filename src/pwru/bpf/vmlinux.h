@@ -196,6 +196,8 @@ enum {
 
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
+#define EEXIST 17
+#define BPF_F_REUSE_STACKID (1ULL << 10)
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 
