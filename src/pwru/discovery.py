@@ -10,7 +10,7 @@ is a tracepoint target. Whether a function target can actually be probed is a se
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -319,8 +319,3 @@ def drop_reasons(spec: Spec, modules: Iterable[ModuleArg] = ()) -> dict[int, str
                     if v.value >> SKB_DROP_REASON_SUBSYS_SHIFT in subsystems and not v.name.startswith("__"):
                         reasons.setdefault(v.value, v.name)
     return reasons
-
-
-def drop_reason_name(reasons: Mapping[int, str], value: int) -> str:
-    """The name of a drop reason, or its number when unknown."""
-    return reasons.get(value, str(value))

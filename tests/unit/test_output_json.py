@@ -7,14 +7,13 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pwru.config import Config
-from pwru.event import KIND_TRACEPOINT
+from pwru.config import Config, OutputConfig
 from pwru.output.json import JsonFormatter
-from tests.unit.test_output_text import FakeNames, make_event, v6
+from tests.unit.test_output_text import INDEX, FakeNames, fmt, make_event, v6
 
 
 def _one(config: Config, **kw: object) -> dict[str, object]:
-    line = JsonFormatter(config, FakeNames()).format(make_event(**kw))
+    line = fmt(JsonFormatter(config, FakeNames()), make_event(**kw))
     assert "\n" not in line
     result = json.loads(line)
     assert isinstance(result, dict)
@@ -22,7 +21,7 @@ def _one(config: Config, **kw: object) -> dict[str, object]:
 
 
 def test_default_keys_and_values() -> None:
-    d = _one(Config(), tcp_flags=0x12, ifindex=2, ifname=b"eth0", protocol=0x0800, mark=0x10)
+    d = _one(OutputConfig(), tcp_flags=0x12, ifindex=2, ifname=b"eth0", protocol=0x0800, mark=0x10)
     assert d == {
         "skb": "0xff4804db4078a4e8",
         "cpu": 1,
@@ -40,7 +39,7 @@ def test_default_keys_and_values() -> None:
 
 def test_optional_keys() -> None:
     d = _one(
-        Config(output_tcp_flags=True, output_caller=True, output_stack=True, timestamp="current"),
+        OutputConfig(tcp_flags=True, caller=True, stack=True, timestamp="current"),
         tcp_flags=0x12,
         caller=0xB000,
         stack_id=5,
@@ -52,34 +51,34 @@ def test_optional_keys() -> None:
 
 
 def test_without_meta_and_tuple() -> None:
-    d = _one(Config(output_meta=False, output_tuple=False))
+    d = _one(OutputConfig(meta=False, tuple=False))
     assert set(d) == {"skb", "cpu", "process", "func"}
 
 
 def test_drop_reason_and_location() -> None:
-    d = _one(Config(), kind=KIND_TRACEPOINT, addr=7, reason=2, location=0xA000)
-    assert d["func"] == "skb:kfree_skb(SKB_DROP_REASON_NO_SOCKET)"
+    d = _one(OutputConfig(), probe_kind=INDEX, probe=7, reason=2, location=0xA000)
+    assert d["func"] == "tp:kfree_skb(SKB_DROP_REASON_NO_SOCKET)"
     assert d["reason"] == "SKB_DROP_REASON_NO_SOCKET"
     assert d["location"] == "__udp4_lib_rcv+0x5b1"
 
 
 def test_ipv6_icmp_and_non_ip() -> None:
-    d = _one(Config(), l3_proto=0x86DD, l4_proto=58, saddr=v6("fd00::1"), daddr=v6("fd00::2"))
+    d = _one(OutputConfig(), l3_proto=0x86DD, l4_proto=58, saddr=v6("fd00::1"), daddr=v6("fd00::2"))
     assert d["tuple"] == {"saddr": "fd00::1", "daddr": "fd00::2", "proto": 58}
-    assert "tuple" not in _one(Config(), l3_proto=0)
+    assert "tuple" not in _one(OutputConfig(), l3_proto=0)
 
 
 def test_timestamps() -> None:
-    f = JsonFormatter(Config(timestamp="relative"), FakeNames())
-    a = json.loads(f.format(make_event(ts=100)))
-    b = json.loads(f.format(make_event(ts=350)))
+    f = JsonFormatter(OutputConfig(timestamp="relative"), FakeNames())
+    a = json.loads(fmt(f, make_event(ts=100)))
+    b = json.loads(fmt(f, make_event(ts=350)))
     assert (a["time"], b["time"]) == (0, 250)
-    c = json.loads(JsonFormatter(Config(timestamp="absolute"), FakeNames()).format(make_event()))
+    c = json.loads(fmt(JsonFormatter(OutputConfig(timestamp="absolute"), FakeNames()), make_event()))
     assert isinstance(c["time"], str) and len(c["time"]) == 23
 
 
 def test_header_is_empty() -> None:
-    assert JsonFormatter(Config(), FakeNames()).header() == ""
+    assert JsonFormatter(OutputConfig(), FakeNames()).header() == ""
 
 
 @given(st.binary(max_size=16), st.binary(max_size=16))
@@ -90,8 +89,8 @@ def test_every_line_parses_whatever_the_kernel_sent(comm: bytes, ifname: bytes) 
 
             return sanitize(comm)
 
-    f = JsonFormatter(Config(output_stack=True, output_caller=True), HostileNames())
-    line = f.format(make_event(comm=comm, ifname=ifname, ifindex=3, stack_id=5))
+    f = JsonFormatter(OutputConfig(stack=True, caller=True), HostileNames())
+    line = fmt(f, make_event(comm=comm, ifname=ifname, ifindex=3, stack_id=5))
     assert "\n" not in line and "\x1b" not in line
     d = json.loads(line)
     assert d["iface"].endswith(":3") or d["iface"] == "3"

@@ -1,4 +1,6 @@
-"""The formatters' fast path (raw records, cached pieces) prints exactly what format(decode(record)) prints."""
+"""The formatters' piece caches never change what is printed: a formatter fed records in batches, its caches
+warm, prints exactly what the same formatter prints with caches that never hold anything (every piece computed
+from the decoded record)."""
 
 from __future__ import annotations
 
@@ -9,25 +11,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pwru.bpf import build, object_path
-from pwru.config import Config
-from pwru.event import KIND_FUNC, KIND_TRACEPOINT, EventDecoder, object_btf
-from pwru.output import fields, make_formatter
-from tests.unit.test_event import pack
-from tests.unit.test_output_text import FakeNames
+from pwru.config import Config, OutputConfig
+from pwru.output import Formatter, fields, make_formatter
+from pwru.records import Batch
+from tests.unit.test_output_text import STACKS, FakeNames, schema
 
 CONFIGS = [
-    Config(),
-    Config(output_json=True),
-    Config(output_meta=False, output_tuple=False),
-    Config(output_tcp_flags=True, output_caller=True),
-    Config(output_json=True, output_tcp_flags=True, output_caller=True, timestamp="relative"),
-    Config(timestamp="relative"),
-    Config(timestamp="current", output_meta=False),
-    Config(timestamp="absolute", output_caller=True),
-    Config(output_json=True, timestamp="absolute", output_meta=False),
-    Config(output_stack=True),
-    Config(output_json=True, output_stack=True),
+    OutputConfig(),
+    OutputConfig(json=True),
+    OutputConfig(meta=False, tuple=False),
+    OutputConfig(tcp_flags=True, caller=True),
+    OutputConfig(json=True, tcp_flags=True, caller=True, timestamp="relative"),
+    OutputConfig(timestamp="relative"),
+    OutputConfig(timestamp="current", meta=False),
+    OutputConfig(timestamp="absolute", caller=True),
+    OutputConfig(json=True, timestamp="absolute", meta=False),
+    OutputConfig(stack=True),
+    OutputConfig(json=True, stack=True),
 ]
 
 V4 = [socket.inet_aton(a) + bytes(12) for a in ("10.0.0.1", "10.0.0.2")]
@@ -37,8 +37,9 @@ V6 = [socket.inet_pton(socket.AF_INET6, a) for a in ("fd00::1", "fd00::2")]
 record_values = st.fixed_dictionaries(
     {
         "ts": st.integers(0, 10**12),
-        "addr": st.sampled_from([0x1000, 0x2000, 0x3000, 7, 0xDEAD]),
-        "kind": st.sampled_from([KIND_FUNC, KIND_TRACEPOINT]),
+        "probe": st.sampled_from([0x1000, 0x2000, 0x3000, 7, 0xDEAD]),
+        "probe_kind": st.sampled_from([0, 1]),
+        "type": st.sampled_from([1, 1, 1, 2]),
         "skb": st.sampled_from([0xFF4804DB4078A4E8, 0xFF4804DB4078A500, 1]),
         "caller": st.sampled_from([0, 0xB000, 0xC000]),
         "location": st.sampled_from([0, 0xA000]),
@@ -65,59 +66,54 @@ record_values = st.fixed_dictionaries(
 )
 
 
-@pytest.fixture(scope="module")
-def decoder() -> EventDecoder:
-    build.build()
-    return EventDecoder(object_btf(object_path()))
+class NoCache(dict[Any, str]):
+    """A piece cache that never holds anything."""
+
+    def __setitem__(self, key: Any, value: str) -> None:
+        pass
 
 
-def _both(config: Config, decoder: EventDecoder, records: list[Any]) -> tuple[list[str], list[str]]:
-    slow = make_formatter(config, FakeNames())
-    fast = make_formatter(config, FakeNames())
-    expected = [slow.format(decoder.decode(r)) for r in records]
+def _formatter(config: OutputConfig) -> Formatter:
+    return make_formatter(Config(output=config), FakeNames())
+
+
+def _both(config: OutputConfig, records: list[Any]) -> tuple[list[str], list[str]]:
+    uncached = _formatter(config)
+    uncached._caches = tuple(NoCache() for _ in range(5))  # type: ignore[attr-defined]
+    expected = uncached.format_batch(Batch(schema(), records, dict(STACKS)))
+    cached = _formatter(config)
     got: list[str] = []
     for i in range(0, len(records), 7):  # several batches: caches and column widths carry over
-        got += fast.format_records(records[i : i + 7], decoder)
+        got += cached.format_batch(Batch(schema(), records[i : i + 7], dict(STACKS)))
     return got, expected
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=range(len(CONFIGS)))
-def test_fast_path_prints_what_format_prints(config: Config, decoder: EventDecoder) -> None:
-    spec = object_btf(object_path())
+def test_cached_pieces_print_what_fresh_ones_print(config: OutputConfig) -> None:
+    layout = schema().layout("event")
 
     @settings(max_examples=40, deadline=None)
     @given(st.lists(record_values, min_size=1, max_size=40), st.booleans())
     def check(values: list[dict[str, Any]], views: bool) -> None:
-        records: list[Any] = [pack(spec, v) for v in values]
+        records: list[Any] = [layout.encode(v) for v in values]
         if views:  # the ring buffer reader's records are bytes; views must work too
             records = [memoryview(r) for r in records]
-        got, expected = _both(config, decoder, records)
+        got, expected = _both(config, records)
         assert got == expected
+        assert len(got) == sum(1 for v in values if v["type"] == 1)  # other record types print nothing
 
     check()
 
 
-def test_caches_stay_bounded_and_right(decoder: EventDecoder, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_caches_stay_bounded_and_right(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fields, "CACHE_LIMIT", 2)
-    spec = object_btf(object_path())
-    records = [pack(spec, {"skb": i, "addr": 0x1000 + i % 3 * 0x1000, "pid": i % 5, "comm": b"c",
-                           "len": i, "sport": i % 4, "l3_proto": 0x0800, "l4_proto": 17})
+    layout = schema().layout("event")
+    records = [layout.encode({"type": 1, "skb": i, "probe": 0x1000 + i % 3 * 0x1000, "pid": i % 5, "comm": b"c",
+                              "len": i, "sport": i % 4, "l3_proto": 0x0800, "l4_proto": 17})
                for i in range(50)]  # fmt: skip
-    for config in (Config(output_caller=True), Config(output_json=True)):
-        f = make_formatter(config, FakeNames())
-        got, expected = _both(config, decoder, records)
+    for config in (OutputConfig(caller=True), OutputConfig(json=True)):
+        got, expected = _both(config, records)
         assert got == expected
-        f.format_records(records, decoder)
+        f = _formatter(config)
+        f.format_batch(Batch(schema(), records))
         assert all(len(c) <= 2 for c in f._caches)  # type: ignore[attr-defined]
-
-
-def test_span_and_unpacker(decoder: EventDecoder) -> None:
-    spec = object_btf(object_path())
-    rec = pack(spec, {"pid": 7, "cpu": 3, "comm": b"abc", "skb": 0x55, "ts": 9})
-    a, b = decoder.span("pid", "comm")
-    assert a == decoder.offset("pid") and b == decoder.offset("comm") + 16
-    assert decoder.unpacker("skb", "ts", "cpu")(rec) == (0x55, 9, 3)
-    assert decoder.unpacker("ts", "skb")(rec) == (9, 0x55)
-    assert decoder.unpacker("cpu")(rec) == (3,)
-    with pytest.raises(KeyError):
-        decoder.span("nope")

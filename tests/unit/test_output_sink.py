@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pwru.config import Config
+from pwru.config import Config, OutputConfig
 from pwru.errors import UserError
 from pwru.output.sink import BLOCK_SIZE, RotatingFileSink, StdoutSink, open_sink
 
@@ -198,11 +198,11 @@ def test_no_extension(tmp_path: Path) -> None:
 
 def test_open_sink(tmp_path: Path) -> None:
     assert isinstance(open_sink(Config()), StdoutSink)
-    sink = open_sink(Config(output_file=str(tmp_path / "o.log"), output_file_max_size=1))
+    sink = open_sink(Config(output=OutputConfig(file=str(tmp_path / "o.log"), file_max_size=1)))
     assert isinstance(sink, RotatingFileSink) and sink.max_bytes == 1024 * 1024
     sink.close()
     ro = tmp_path / "ro"
     ro.mkdir()
     (ro / "o.log").mkdir()  # a directory where the file should be
     with pytest.raises(UserError, match=r"^--output-file: "):
-        open_sink(Config(output_file=str(ro / "o.log")))
+        open_sink(Config(output=OutputConfig(file=str(ro / "o.log"))))

@@ -1,6 +1,6 @@
 """Text columns: pwru's header and widths, tuples (v4, v6, ICMP, TCP flags), drop reasons, stacks, timestamps.
 
-``FakeNames`` and ``make_event`` are also used by the other output tests.
+``FakeNames``, ``make_event`` and ``fmt`` are also used by the other output tests.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import time
 from datetime import datetime
 from typing import Any
 
-from pwru.config import Config
-from pwru.event import KIND_FUNC, KIND_TRACEPOINT, Event
-from pwru.output import TextFormatter, make_formatter
+from pwru.config import Config, OutputConfig
+from pwru.bpf import build, object_path
+from pwru.ebpf.elf import ObjectSpec
+from pwru.output import Formatter, TextFormatter, make_formatter
 from pwru.output.json import JsonFormatter
+from pwru.records import Batch, Schema
 
 SKB = 0xFF4804DB4078A4E8
 
@@ -22,21 +24,19 @@ SKB = 0xFF4804DB4078A4E8
 class FakeNames:
     """Names with fixed tables, as the run loop would resolve them."""
 
-    funcs = {0x1000: "ip_local_out", 0x2000: "kfree_skb_reason", 0x3000: "ip_rcv", 7: "skb:kfree_skb"}
+    funcs = {0x1000: "ip_local_out", 0x2000: "kfree_skb_reason", 0x3000: "ip_rcv", 7: "tp:kfree_skb"}
     reasons = {2: "SKB_DROP_REASON_NO_SOCKET", 6: "SKB_DROP_REASON_NETFILTER_DROP"}
     symbols = {0xA000: "__udp4_lib_rcv+0x5b1", 0xB000: "ip_finish_output2+0x1c", 0xC000: "tcp_v4_rcv+0x10"}
 
-    def func_name(self, event: Event) -> str:
-        return self.funcs.get(event.addr, f"{event.addr:#x}")
+    def probe_name(self, probe_kind: int, probe: int) -> str:
+        table = self.probes if probe_kind == INDEX else self.funcs
+        return table.get(probe, f"{probe:#x}")
 
     def reason_name(self, reason: int) -> str:
         return self.reasons.get(reason, "")
 
     def symbol(self, addr: int) -> str:
         return self.symbols.get(addr, f"{addr:#x}")
-
-    def stack(self, stack_id: int) -> list[int]:
-        return [0xA000, 0, 0xC000] if stack_id == 5 else []
 
     def process(self, pid: int, comm: bytes) -> str:
         return {621: "~sr/bin/curl:621"}.get(pid, f"{comm.decode()}:{pid}")
@@ -50,10 +50,12 @@ def v6(a: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6, a)
 
 
-def make_event(**kw: Any) -> Event:
+def make_event(**kw: Any) -> dict[str, Any]:
+    """The values of an event record (ip_local_out seen for a curl TCP packet), ``kw`` overriding them."""
     d: dict[str, Any] = dict(
+        type=1,
         ts=1_000_000_000,
-        addr=0x1000,
+        probe=0x1000,
         skb=SKB,
         caller=0,
         location=0,
@@ -61,7 +63,7 @@ def make_event(**kw: Any) -> Event:
         reason=-1,
         pid=621,
         cpu=1,
-        kind=KIND_FUNC,
+        probe_kind=0,
         comm=b"curl",
         netns=4026531840,
         mark=0,
@@ -79,7 +81,7 @@ def make_event(**kw: Any) -> Event:
         tcp_flags=0,
     )
     d.update(kw)
-    return Event(**d)
+    return d
 
 
 PWRU_EXAMPLE = """\
@@ -91,119 +93,119 @@ SKB                CPU PROCESS          NETNS      MARK/x        IFACE       PRO
 
 
 def test_matches_pwru_example_byte_for_byte() -> None:
-    f = TextFormatter(Config(), FakeNames())
+    f = TextFormatter(OutputConfig(), FakeNames())
     lines = [
         f.header(),
-        f.format(make_event()),
-        f.format(make_event(addr=0x2000, reason=6, protocol=0x0800)),
+        fmt(f, make_event()),
+        fmt(f, make_event(probe=0x2000, reason=6, protocol=0x0800)),
     ]
     assert "\n".join(lines) == PWRU_EXAMPLE
 
 
 def test_iface_mark_and_hex() -> None:
-    f = TextFormatter(Config(), FakeNames())
-    line = f.format(make_event(ifindex=3, ifname=b"eth0", mark=0xA00))
+    f = TextFormatter(OutputConfig(), FakeNames())
+    line = fmt(f, make_event(ifindex=3, ifname=b"eth0", mark=0xA00))
     assert " a00      " in line
     assert "     eth0:3     " in line  # centered in 16 columns
-    long = f.format(make_event(ifindex=12345, ifname=b"verylongname123"))
+    long = fmt(f, make_event(ifindex=12345, ifname=b"verylongname123"))
     assert " ~ngname123:12345 " in long  # the last 16 characters, the first replaced by ~
 
 
 def test_ifindex_without_name() -> None:
-    line = TextFormatter(Config(), FakeNames()).format(make_event(ifindex=7, ifname=b""))
+    line = fmt(TextFormatter(OutputConfig(), FakeNames()), make_event(ifindex=7, ifname=b""))
     assert "       7        " in line
 
 
 def test_ipv6_tuple() -> None:
-    f = TextFormatter(Config(), FakeNames())
+    f = TextFormatter(OutputConfig(), FakeNames())
     addrs = {"saddr": v6("fd00::1"), "daddr": v6("fd00::2")}
     e = make_event(l3_proto=0x86DD, l4_proto=17, sport=4242, dport=80, **addrs)
-    assert "[fd00::1]:4242->[fd00::2]:80(udp)" in f.format(e)
+    assert "[fd00::1]:4242->[fd00::2]:80(udp)" in fmt(f, e)
 
 
 def test_icmp_has_no_ports() -> None:
-    f = TextFormatter(Config(), FakeNames())
-    assert " 10.99.0.1->10.99.0.2(icmp) " in f.format(make_event(l4_proto=1, sport=0, dport=0))
+    f = TextFormatter(OutputConfig(), FakeNames())
+    assert " 10.99.0.1->10.99.0.2(icmp) " in fmt(f, make_event(l4_proto=1, sport=0, dport=0))
     e6 = make_event(l3_proto=0x86DD, l4_proto=58, saddr=v6("::1"), daddr=v6("::1"))
-    assert "[::1]->[::1](icmp6)" in f.format(e6)
+    assert "[::1]->[::1](icmp6)" in fmt(f, e6)
 
 
 def test_other_l4_and_non_ip() -> None:
-    f = TextFormatter(Config(), FakeNames())
-    assert "10.99.0.1->10.99.0.2(47)" in f.format(make_event(l4_proto=47))
-    line = f.format(make_event(l3_proto=0x0806, l4_proto=0))
+    f = TextFormatter(OutputConfig(), FakeNames())
+    assert "10.99.0.1->10.99.0.2(47)" in fmt(f, make_event(l4_proto=47))
+    line = fmt(f, make_event(l3_proto=0x0806, l4_proto=0))
     assert re.search(r" 60    -\s+ip_local_out$", line)
 
 
 def test_tcp_flags_pwru_style() -> None:
     e = make_event(tcp_flags=0x12)
-    assert "(tcp:SYN|ACK)" in TextFormatter(Config(output_tcp_flags=True), FakeNames()).format(e)
-    assert "(tcp) " in TextFormatter(Config(), FakeNames()).format(e)
-    every = TextFormatter(Config(output_tcp_flags=True), FakeNames()).format(make_event(tcp_flags=0xFF))
+    assert "(tcp:SYN|ACK)" in fmt(TextFormatter(OutputConfig(tcp_flags=True), FakeNames()), e)
+    assert "(tcp) " in fmt(TextFormatter(OutputConfig(), FakeNames()), e)
+    every = fmt(TextFormatter(OutputConfig(tcp_flags=True), FakeNames()), make_event(tcp_flags=0xFF))
     assert "(tcp:FIN|SYN|RST|PSH|ACK|URG|ECE|CWR)" in every
     # no flags set: no colon
-    assert "(tcp) " in TextFormatter(Config(output_tcp_flags=True), FakeNames()).format(make_event())
+    assert "(tcp) " in fmt(TextFormatter(OutputConfig(tcp_flags=True), FakeNames()), make_event())
 
 
 def test_tuple_column_padded_to_widest_seen() -> None:
-    f = TextFormatter(Config(), FakeNames())
-    f.format(make_event())
-    short = f.format(make_event(l4_proto=1))
+    f = TextFormatter(OutputConfig(), FakeNames())
+    fmt(f, make_event())
+    short = fmt(f, make_event(l4_proto=1))
     widest = len("10.99.0.1:55378->10.99.0.2:8080(tcp)")
     assert " " + "10.99.0.1->10.99.0.2(icmp)".ljust(widest) + " ip_local_out" in short
 
 
 def test_tracepoint_drop_with_location() -> None:
-    e = make_event(kind=KIND_TRACEPOINT, addr=7, reason=2, location=0xA000)
-    line = TextFormatter(Config(), FakeNames()).format(e)
-    assert line.endswith(" skb:kfree_skb(SKB_DROP_REASON_NO_SOCKET) at __udp4_lib_rcv+0x5b1")
+    e = make_event(probe_kind=INDEX, probe=7, reason=2, location=0xA000)
+    line = fmt(TextFormatter(OutputConfig(), FakeNames()), e)
+    assert line.endswith(" tp:kfree_skb(SKB_DROP_REASON_NO_SOCKET) at __udp4_lib_rcv+0x5b1")
 
 
 def test_unknown_reason_shows_number() -> None:
-    line = TextFormatter(Config(), FakeNames()).format(make_event(addr=0x2000, reason=999))
+    line = fmt(TextFormatter(OutputConfig(), FakeNames()), make_event(probe=0x2000, reason=999))
     assert line.endswith(" kfree_skb_reason(999)")
 
 
 def test_no_meta_no_tuple() -> None:
-    f = TextFormatter(Config(output_meta=False, output_tuple=False), FakeNames())
+    f = TextFormatter(OutputConfig(meta=False, tuple=False), FakeNames())
     assert f.header() == "SKB                CPU PROCESS          FUNC"
-    assert f.format(make_event()) == "0xff4804db4078a4e8 1   ~sr/bin/curl:621 ip_local_out"
+    assert fmt(f, make_event()) == "0xff4804db4078a4e8 1   ~sr/bin/curl:621 ip_local_out"
 
 
 def test_caller_column() -> None:
-    f = TextFormatter(Config(output_caller=True, output_meta=False, output_tuple=False), FakeNames())
+    f = TextFormatter(OutputConfig(caller=True, meta=False, tuple=False), FakeNames())
     assert f.header().endswith(" FUNC CALLER")
-    f.format(make_event(addr=0x2000, reason=6, caller=0xB000))
-    line = f.format(make_event(caller=0xB000))
+    fmt(f, make_event(probe=0x2000, reason=6, caller=0xB000))
+    line = fmt(f, make_event(caller=0xB000))
     widest = len("kfree_skb_reason(SKB_DROP_REASON_NETFILTER_DROP)")
     assert line.endswith(" " + "ip_local_out".ljust(widest) + " ip_finish_output2+0x1c")
 
 
 def test_stack_lines() -> None:
-    f = TextFormatter(Config(output_stack=True), FakeNames())
-    out = f.format(make_event(stack_id=5)).split("\n")
+    f = TextFormatter(OutputConfig(stack=True), FakeNames())
+    out = fmt(f, make_event(stack_id=5)).split("\n")
     assert out[1:] == ["__udp4_lib_rcv+0x5b1", "tcp_v4_rcv+0x10"]
-    assert len(f.format(make_event(stack_id=-1)).split("\n")) == 1
-    assert len(TextFormatter(Config(), FakeNames()).format(make_event(stack_id=5)).split("\n")) == 1
+    assert len(fmt(f, make_event(stack_id=-1)).split("\n")) == 1
+    assert len(fmt(TextFormatter(OutputConfig(), FakeNames()), make_event(stack_id=5)).split("\n")) == 1
 
 
 def test_timestamp_current_and_relative() -> None:
-    f = TextFormatter(Config(timestamp="current"), FakeNames())
+    f = TextFormatter(OutputConfig(timestamp="current"), FakeNames())
     assert f.header().startswith("SKB                CPU PROCESS          TIMESTAMP        NETNS")
-    assert " 1000000000       4026531840" in f.format(make_event())
-    f = TextFormatter(Config(timestamp="relative", output_meta=False, output_tuple=False), FakeNames())
-    first = f.format(make_event(ts=5_000))
-    other = f.format(make_event(ts=6_000, skb=0x1234))
-    second = f.format(make_event(ts=12_500))
+    assert " 1000000000       4026531840" in fmt(f, make_event())
+    f = TextFormatter(OutputConfig(timestamp="relative", meta=False, tuple=False), FakeNames())
+    first = fmt(f, make_event(ts=5_000))
+    other = fmt(f, make_event(ts=6_000, skb=0x1234))
+    second = fmt(f, make_event(ts=12_500))
     assert first.split()[3] == "0" and other.split()[3] == "0"
     assert second.split()[3] == "7500"  # since this skb was last seen
 
 
 def test_timestamp_absolute() -> None:
-    f = TextFormatter(Config(timestamp="absolute"), FakeNames())
+    f = TextFormatter(OutputConfig(timestamp="absolute"), FakeNames())
     assert f.header().startswith("TIME                    SKB")
     now_mono = time.monotonic_ns()
-    line = f.format(make_event(ts=now_mono))
+    line = fmt(f, make_event(ts=now_mono))
     stamp = line[:23]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}", stamp)
     t = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f")
@@ -213,4 +215,11 @@ def test_timestamp_absolute() -> None:
 
 def test_make_formatter() -> None:
     assert isinstance(make_formatter(Config(), FakeNames()), TextFormatter)
-    assert isinstance(make_formatter(Config(output_json=True), FakeNames()), JsonFormatter)
+    assert isinstance(make_formatter(Config(output=OutputConfig(json=True)), FakeNames()), JsonFormatter)
+
+
+def test_other_record_types_are_skipped() -> None:
+    f = TextFormatter(OutputConfig(), FakeNames())
+    layout = schema().layout("event")
+    other = layout.encode({**make_event(), "type": 99})
+    assert f.format_batch(Batch(schema(), [other, layout.encode(make_event()), other])) == [fmt(f, make_event())]

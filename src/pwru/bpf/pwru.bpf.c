@@ -4,7 +4,7 @@
  *
  * Every program below is a thin wrapper that finds the skb (and drop reason, location, address) for its hook
  * type and calls the one shared handler, handle_skb(), which filters, then reserves and fills a struct event
- * (pwru.h). Program families:
+ * (pwru.h), a record with the common header. Program families:
  *   kprobe/skb_N           skb at argument N (1..5); also loaded as kprobe-multi by the loader
  *                          (expected attach type BPF_TRACE_KPROBE_MULTI), same code
  *   kprobe/skb_1_reason_2  kfree_skb_reason(skb, reason)
@@ -45,10 +45,10 @@ const volatile __u8 cfg_output_caller = 0;
 const volatile __u32 cfg_tp_skb_pos = 1;
 const volatile __u32 cfg_tp_reason_pos = 0;   /* 0: the tracepoint has no drop reason */
 const volatile __u32 cfg_tp_location_pos = 0; /* 0: no location argument */
-const volatile __u64 cfg_probe_id = 0;        /* tp_btf: event.addr; fentry: address when no get_func_ip */
-/* tp_btf caller: kernel stack frames before the function that fired the tracepoint. On 6.18 the stack is
- * [this program, bpf_trace_run<N>, function with the tracepoint, ...]; user space may change it per kernel. */
-const volatile __u32 cfg_tp_caller_skip = 2;
+const volatile __u64 cfg_probe_id = 0;        /* tp_btf: header.probe; fentry: address when no get_func_ip */
+/* tp_btf caller: kernel stack frames before the function that fired the tracepoint: the stack is
+ * [this program, bpf_trace_run<N>, function with the tracepoint, ...]. */
+#define TP_CALLER_SKIP 2
 
 /* ---- maps ---- */
 struct {
@@ -71,7 +71,10 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
-/* Keeps struct event in the object's BTF for user space's decoder (a null constant in .rodata, never read). */
+/* Keep the record types and layouts in the object's BTF for user space's decoder (null constants in .rodata,
+ * never read). */
+const enum pwru_record_type *const pwru_record_types = 0;
+const enum pwru_probe_kind *const pwru_probe_kinds = 0;
 const struct event *const pwru_event_layout = 0;
 
 /* ---- packet filter stubs ---- */
@@ -219,7 +222,7 @@ static __always_inline void set_tuple(struct sk_buff *skb, struct skb_tuple *tup
 enum caller_mode {
 	CALLER_KPROBE, /* at function entry the return address is the word at the stack pointer */
 	CALLER_FENTRY, /* bpf_get_stack: the frame after the traced function's own (func_ip .. func_ip+16) */
-	CALLER_TP,     /* bpf_get_stack skipping cfg_tp_caller_skip frames: the function that fired the tracepoint */
+	CALLER_TP,     /* bpf_get_stack skipping TP_CALLER_SKIP frames: the function that fired the tracepoint */
 };
 
 static __always_inline __u64 get_caller(void *ctx, enum caller_mode mode, __u64 func_ip)
@@ -234,7 +237,7 @@ static __always_inline __u64 get_caller(void *ctx, enum caller_mode mode, __u64 
 	}
 
 	if (mode == CALLER_TP) {
-		n = bpf_get_stack(ctx, frames, sizeof(frames[0]), cfg_tp_caller_skip & BPF_F_SKIP_FIELD_MASK);
+		n = bpf_get_stack(ctx, frames, sizeof(frames[0]), TP_CALLER_SKIP & BPF_F_SKIP_FIELD_MASK);
 		return n > 0 ? frames[0] : 0;
 	}
 
@@ -251,7 +254,7 @@ static __always_inline __u64 get_caller(void *ctx, enum caller_mode mode, __u64 
 }
 
 /* ---- the shared handler ---- */
-static __always_inline int handle_skb(void *ctx, struct sk_buff *skb, __u64 addr, __u32 kind, __s64 reason,
+static __always_inline int handle_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
 				      __u64 location, enum caller_mode mode)
 {
 	struct event *ev;
@@ -270,12 +273,14 @@ static __always_inline int handle_skb(void *ctx, struct sk_buff *skb, __u64 addr
 	}
 	__builtin_memset(ev, 0, sizeof(*ev));
 
-	ev->ts = bpf_ktime_get_ns();
-	ev->addr = addr;
-	ev->skb = (__u64)skb;
+	ev->hdr.ts = bpf_ktime_get_ns();
+	ev->hdr.skb = (__u64)skb;
+	ev->hdr.probe = probe;
+	ev->hdr.type = PWRU_RECORD_EVENT;
+	ev->hdr.size = sizeof(*ev);
+	ev->hdr.probe_kind = probe_kind;
 	ev->location = location;
 	ev->reason = reason;
-	ev->kind = kind;
 	ev->pid = bpf_get_current_pid_tgid() >> 32;
 	ev->cpu = bpf_get_smp_processor_id();
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
@@ -288,7 +293,7 @@ static __always_inline int handle_skb(void *ctx, struct sk_buff *skb, __u64 addr
 			ev->stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_REUSE_STACKID);
 	}
 	if (cfg_output_caller)
-		ev->caller = get_caller(ctx, mode, addr);
+		ev->caller = get_caller(ctx, mode, probe);
 	if (cfg_output_meta)
 		set_meta(skb, &ev->meta);
 	if (cfg_output_tuple)
@@ -313,7 +318,7 @@ static __always_inline __u64 kprobe_func_ip(struct pt_regs *ctx)
 	int kprobe_skb_##n(struct pt_regs *ctx)                                                              \
 	{                                                                                                    \
 		struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM##n(ctx);                                \
-		return handle_skb(ctx, skb, kprobe_func_ip(ctx), PWRU_KIND_FUNC, -1, 0, CALLER_KPROBE);      \
+		return handle_skb(ctx, skb, kprobe_func_ip(ctx), PWRU_PROBE_ADDR, -1, 0, CALLER_KPROBE);      \
 	}
 
 KPROBE_SKB(1)
@@ -328,7 +333,7 @@ KPROBE_SKB(5)
 	{                                                                                                    \
 		struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM##n(ctx);                                \
 		__s64 reason = (__u32)PT_REGS_PARM##r(ctx);                                                  \
-		return handle_skb(ctx, skb, kprobe_func_ip(ctx), PWRU_KIND_FUNC, reason, 0, CALLER_KPROBE);  \
+		return handle_skb(ctx, skb, kprobe_func_ip(ctx), PWRU_PROBE_ADDR, reason, 0, CALLER_KPROBE);  \
 	}
 
 KPROBE_SKB_REASON(1, 2) /* kfree_skb_reason */
@@ -347,7 +352,7 @@ static __always_inline __u64 fentry_func_ip(void *ctx)
 	int fentry_skb_##n(__u64 *ctx)                                                                       \
 	{                                                                                                    \
 		struct sk_buff *skb = (struct sk_buff *)ctx[(n) - 1];                                        \
-		return handle_skb(ctx, skb, fentry_func_ip(ctx), PWRU_KIND_FUNC, -1, 0, CALLER_FENTRY);      \
+		return handle_skb(ctx, skb, fentry_func_ip(ctx), PWRU_PROBE_ADDR, -1, 0, CALLER_FENTRY);      \
 	}
 
 FENTRY_SKB(1)
@@ -362,7 +367,7 @@ FENTRY_SKB(5)
 	{                                                                                                    \
 		struct sk_buff *skb = (struct sk_buff *)ctx[(n) - 1];                                        \
 		__s64 reason = (__u32)ctx[(r) - 1];                                                          \
-		return handle_skb(ctx, skb, fentry_func_ip(ctx), PWRU_KIND_FUNC, reason, 0, CALLER_FENTRY);  \
+		return handle_skb(ctx, skb, fentry_func_ip(ctx), PWRU_PROBE_ADDR, reason, 0, CALLER_FENTRY);  \
 	}
 
 FENTRY_SKB_REASON(1, 2)
@@ -399,5 +404,5 @@ int tp_skb(__u64 *ctx)
 	__s64 reason = cfg_tp_reason_pos ? (__s64)(__u32)tp_arg(ctx, cfg_tp_reason_pos, 0) : -1;
 	__u64 location = tp_arg(ctx, cfg_tp_location_pos, 0);
 
-	return handle_skb(ctx, skb, cfg_probe_id, PWRU_KIND_TRACEPOINT, reason, location, CALLER_TP);
+	return handle_skb(ctx, skb, cfg_probe_id, PWRU_PROBE_INDEX, reason, location, CALLER_TP);
 }

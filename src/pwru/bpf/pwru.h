@@ -1,16 +1,36 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The event pwru's kernel side sends to user space, and its configuration.
- * This header is the only place the layout is written: Python reads member offsets from the BTF that clang
- * emits for the compiled object (see pwru/event.py). */
+/* The records pwru's kernel side sends to user space.
+ * This header is the only place their layouts are written: Python reads record types, member names and
+ * offsets from the BTF that clang emits for the compiled object (see pwru/records.py).
+ *
+ * Every record starts with struct record_header; its type says which struct follows (the struct's name is
+ * the enum member's name without PWRU_RECORD_, lower-cased: PWRU_RECORD_EVENT -> struct event). A record may
+ * be longer than its struct: the bytes past it, up to header.size, are its variable-sized tail. */
 #ifndef PWRU_H
 #define PWRU_H
 
 #define PWRU_COMM_LEN 16
 #define PWRU_IFNAME_LEN 16
 
-/* event.kind */
-#define PWRU_KIND_FUNC 0       /* kprobe, kprobe-multi, fentry: addr is the traced function's address */
-#define PWRU_KIND_TRACEPOINT 1 /* tp_btf: addr is the probe id user space gave the program */
+enum pwru_record_type {
+	PWRU_RECORD_EVENT = 1, /* struct event: one skb seen at one probe */
+};
+
+/* What record_header.probe holds. */
+enum pwru_probe_kind {
+	PWRU_PROBE_ADDR = 0,  /* kprobe, kprobe-multi, fentry: the traced function's address */
+	PWRU_PROBE_INDEX = 1, /* an index into user space's probe table, given to the program at load */
+};
+
+struct record_header {
+	__u64 ts;       /* bpf_ktime_get_ns */
+	__u64 skb;      /* struct sk_buff address, 0 when the record is about no skb */
+	__u64 probe;    /* see probe_kind */
+	__u16 type;     /* enum pwru_record_type */
+	__u16 size;     /* the whole record, header included */
+	__u8 probe_kind; /* enum pwru_probe_kind */
+	__u8 pad[3];
+};
 
 struct skb_meta {
 	__u32 netns;
@@ -34,17 +54,13 @@ struct skb_tuple {
 };
 
 struct event {
-	__u64 ts;       /* bpf_ktime_get_ns */
-	__u64 addr;     /* see kind */
-	__u64 skb;      /* struct sk_buff address */
+	struct record_header hdr;
 	__u64 caller;   /* return address into the caller, 0 unless output_caller */
 	__u64 location; /* drop location (kfree_skb tracepoint), else 0 */
 	__s64 stack_id; /* stack trace map id, -1 unless output_stack */
 	__s64 reason;   /* drop reason, -1 when the hook has none */
 	__u32 pid;
 	__u32 cpu;
-	__u32 kind;
-	__u32 pad;
 	char comm[PWRU_COMM_LEN];
 	struct skb_meta meta;
 	struct skb_tuple tuple;

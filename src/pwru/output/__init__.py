@@ -1,50 +1,47 @@
-"""Output: events -> text columns or JSON lines -> standard output or a rotating file.
+"""Output: batches of records -> text columns or JSON lines -> standard output or a rotating file.
 
-Typical use by the run loop::
+Nothing here calls into the kernel: what an output shows beyond the records themselves (stack frames) has
+been added to the :class:`~pwru.records.Batch` by a stage before. Typical use (see :mod:`pwru.pipeline`)::
 
     formatter = make_formatter(config, names)
     sink = open_sink(config)
     if formatter.header():
         sink.write_lines([formatter.header()])
-    sink.write_lines(formatter.format_records(records, decoder))  # or [formatter.format(e) for e in events]
+    sink.write_lines(formatter.format_batch(batch))
     ...
     sink.close()
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Protocol
 
 from pwru.config import Config
-from pwru.event import Buffer, Event, EventDecoder
 from pwru.output.json import JsonFormatter
 from pwru.output.names import Names, ProcessNames, sanitize
 from pwru.output.sink import RotatingFileSink, Sink, StdoutSink, open_sink
 from pwru.output.text import TextFormatter
+from pwru.records import Batch
 
 
 class Formatter(Protocol):
-    """Turns events into output lines."""
+    """Turns batches of records into output lines."""
 
     def header(self) -> str:
         """A header line, or an empty string when the format has none."""
         ...
 
-    def format(self, event: Event) -> str:
-        """One event as text without a trailing newline (it may span lines, e.g. stacks)."""
-        ...
-
-    def format_records(self, records: Sequence[Buffer], decoder: EventDecoder) -> list[str]:
-        """Raw ring-buffer records as lines, the same as ``format(decoder.decode(r))`` for each, faster."""
+    def format_batch(self, batch: Batch) -> list[str]:
+        """The batch's records as text, one string per event without a trailing newline (a string may span
+        lines, e.g. stacks)."""
         ...
 
 
 def make_formatter(config: Config, names: Names) -> Formatter:
     """The formatter --output-json asks for."""
-    if config.output_json:
-        return JsonFormatter(config, names)
-    return TextFormatter(config, names)
+    if config.output.json:
+        return JsonFormatter(config.output, names)
+    return TextFormatter(config.output, names)
 
 
 __all__ = [

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from pwru.event import Event, EventDecoder
 from pwru.output.names import Names, sanitize, shorten_left
+from pwru.records import Record, RecordLayout
 
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
@@ -21,7 +21,7 @@ L4_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp", 136: "udpl
 PORT_PROTOS = frozenset({6, 17, 132, 136})
 TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
 ABSOLUTE_FORMAT = "%Y-%m-%dT%H:%M:%S"
-#: The :class:`Event` fields of ``struct skb_meta`` and ``struct skb_tuple`` (keys of the formatters' caches).
+#: The :class:`Record` fields of ``struct skb_meta`` and ``struct skb_tuple`` (keys of the formatters' caches).
 META_FIELDS = ("netns", "mark", "ifindex", "len", "mtu", "protocol", "ifname")
 TUPLE_FIELDS = ("saddr", "daddr", "sport", "dport", "l3_proto", "l4_proto", "tcp_flags")
 #: Entries a formatter's piece cache holds before it is emptied (a bound on memory, not a tuning knob:
@@ -48,12 +48,12 @@ def l4_name(proto: int) -> str:
     return L4_NAMES.get(proto, str(proto))
 
 
-def has_ports(event: Event) -> bool:
+def has_ports(event: Record) -> bool:
     """Whether the tuple's L4 protocol carries ports."""
     return event.l4_proto in PORT_PROTOS
 
 
-def tuple_text(event: Event, with_tcp_flags: bool) -> str:
+def tuple_text(event: Record, with_tcp_flags: bool) -> str:
     """``10.0.0.1:4242->10.0.0.2:80(tcp)``; ICMP without ports; ``(tcp:SYN|ACK)`` with TCP flags (pwru's
     way); ``-`` when the skb carries neither IPv4 nor IPv6.
     """
@@ -69,7 +69,7 @@ def tuple_text(event: Event, with_tcp_flags: bool) -> str:
     return f"{src}->{dst}({l4})"
 
 
-def iface_text(event: Event) -> str:
+def iface_text(event: Record) -> str:
     """IFACE: ``name:ifindex`` shortened to 16 columns as pwru does, the bare ifindex when the name is
     unknown (``0`` when the skb has no device).
     """
@@ -79,16 +79,16 @@ def iface_text(event: Event) -> str:
     return shorten_left(f"{name}:{event.ifindex}", IFACE_WIDTH)
 
 
-def func_text(event: Event, names: Names) -> str:
+def func_text(event: Record, names: Names) -> str:
     """FUNC: the function or tracepoint, with ``(DROP_REASON)`` when the hook reports one."""
-    name = sanitize(names.func_name(event))
+    name = sanitize(names.probe_name(event.probe_kind, event.probe))
     if event.reason >= 0:
         reason = sanitize(names.reason_name(event.reason)) or str(event.reason)
         name = f"{name}({reason})"
     return name
 
 
-def location_text(event: Event, names: Names) -> str:
+def location_text(event: Record, names: Names) -> str:
     """Where the kernel dropped the packet (``__udp4_lib_rcv+0x5b1``), empty when unknown."""
     return sanitize(names.symbol(event.location)) if event.location else ""
 
@@ -108,7 +108,7 @@ class Timestamps:
         self._max = max_skbs
         self._offset_ns = time.time_ns() - time.monotonic_ns()
 
-    def value(self, event: Event) -> int:
+    def value(self, event: Record) -> int:
         """The TIMESTAMP column's number; records the skb as seen. Call once per event."""
         return self.value_at(event.skb, event.ts)
 
@@ -123,7 +123,7 @@ class Timestamps:
             return 0 if last is None else ts - last
         return ts
 
-    def wall_clock(self, event: Event) -> str:
+    def wall_clock(self, event: Record) -> str:
         """The event's local wall-clock time with milliseconds."""
         return self.wall_clock_at(event.ts)
 
@@ -135,20 +135,20 @@ class Timestamps:
 
 
 #: The per-probe fields the fast paths unpack from every record, in this order.
-PROBE_FIELDS = ("ts", "addr", "skb", "caller", "location", "reason", "kind")
+PROBE_FIELDS = ("type", "ts", "skb", "probe", "probe_kind", "caller", "location", "reason", "stack_id")
 
 Spans = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 
-def record_views(decoder: EventDecoder) -> tuple[Spans, Callable[[bytes], tuple[object, ...]]]:
-    """For the formatters' fast paths: the byte spans of a record whose formatted pieces are cached (process,
-    meta, tuple; offsets from the object's BTF) and an unpacker of :data:`PROBE_FIELDS`."""
+def record_views(layout: RecordLayout) -> tuple[Spans, Callable[[bytes], tuple[Any, ...]]]:
+    """For the formatters' fast paths: the byte spans of an event record whose formatted pieces are cached
+    (process, meta, tuple; offsets from the object's BTF) and an unpacker of :data:`PROBE_FIELDS`."""
     spans = (
-        decoder.span("pid", "cpu", "comm"),
-        decoder.span(*META_FIELDS),
-        decoder.span(*TUPLE_FIELDS),
+        layout.span("pid", "cpu", "comm"),
+        layout.span(*META_FIELDS),
+        layout.span(*TUPLE_FIELDS),
     )
-    return spans, decoder.unpacker(*PROBE_FIELDS)
+    return spans, layout.unpacker(*PROBE_FIELDS)
 
 
 def remember(cache: dict[Any, str], key: Any, value: str) -> str:

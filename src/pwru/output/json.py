@@ -13,14 +13,13 @@ for protocols without ports, ``flags`` when no TCP flag is set. Addresses carry 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
-from pwru.config import Config
-from pwru.event import Buffer, Event, EventDecoder
+from pwru.config import OutputConfig
 from pwru.output import fields
 from pwru.output.fields import remember
 from pwru.output.names import Names, sanitize
+from pwru.records import Batch, Record, RecordLayout
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -28,11 +27,12 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 class JsonFormatter:
     """Formats events as JSON objects, one per line."""
 
-    def __init__(self, config: Config, names: Names) -> None:
+    def __init__(self, config: OutputConfig, names: Names) -> None:
         self._config = config
         self._names = names
         self._ts = fields.Timestamps(config.timestamp)
-        self._decoder: EventDecoder | None = None
+        self._layout: RecordLayout | None = None
+        self._event_type = -1
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
         self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {})
@@ -41,13 +41,13 @@ class JsonFormatter:
         """JSON output has no header: an empty string."""
         return ""
 
-    # -- parts of a record, each computed from an Event (used by record() and on cache misses) --
+    # -- parts of an object, each computed from a decoded event record (on cache misses) --
 
-    def _proc_part(self, event: Event) -> dict[str, Any]:
+    def _proc_part(self, event: Record) -> dict[str, Any]:
         """``cpu`` and ``process``: depends on cpu, pid and comm."""
         return {"cpu": event.cpu, "process": self._names.process(event.pid, event.comm)}
 
-    def _func_part(self, event: Event) -> dict[str, Any]:
+    def _func_part(self, event: Record) -> dict[str, Any]:
         """``func``, ``reason``, ``location``: depends on addr, kind, reason and location."""
         names = self._names
         d: dict[str, Any] = {"func": fields.func_text(event, names)}
@@ -58,9 +58,9 @@ class JsonFormatter:
             d["location"] = location
         return d
 
-    def _caller_part(self, event: Event) -> dict[str, Any]:
+    def _caller_part(self, event: Record) -> dict[str, Any]:
         """``caller_func`` (--output-caller): depends on caller only."""
-        if not self._config.output_caller:
+        if not self._config.caller:
             return {}
         return {"caller_func": sanitize(self._names.symbol(event.caller)) if event.caller else ""}
 
@@ -74,9 +74,9 @@ class JsonFormatter:
             return {"time": self._ts.value_at(skb, ts)}
         return {}
 
-    def _meta_part(self, event: Event) -> dict[str, Any]:
+    def _meta_part(self, event: Record) -> dict[str, Any]:
         """``netns`` .. ``len`` (--output-meta): depends on the meta fields only."""
-        if not self._config.output_meta:
+        if not self._config.meta:
             return {}
         return {
             "netns": event.netns,
@@ -87,10 +87,10 @@ class JsonFormatter:
             "len": event.len,
         }
 
-    def _tuple_part(self, event: Event) -> dict[str, Any]:
+    def _tuple_part(self, event: Record) -> dict[str, Any]:
         """``tuple`` (--output-tuple, IPv4/IPv6 only): depends on the tuple fields only."""
         c = self._config
-        if not (c.output_tuple and event.l3_proto in (fields.ETH_P_IP, fields.ETH_P_IPV6)):
+        if not (c.tuple and event.l3_proto in (fields.ETH_P_IP, fields.ETH_P_IPV6)):
             return {}
         t: dict[str, Any] = {
             "saddr": fields.address(event.l3_proto, event.saddr).strip("[]"),
@@ -99,62 +99,47 @@ class JsonFormatter:
         if fields.has_ports(event):
             t.update(sport=event.sport, dport=event.dport)
         t["proto"] = event.l4_proto
-        if c.output_tcp_flags and event.l4_proto == 6 and event.tcp_flags:
+        if c.tcp_flags and event.l4_proto == 6 and event.tcp_flags:
             t["flags"] = fields.tcp_flags(event.tcp_flags)
         return {"tuple": t}
 
-    def record(self, event: Event) -> dict[str, Any]:
-        """The event as a dict of JSON-ready values."""
-        d: dict[str, Any] = {"skb": f"{event.skb:#x}"}
-        d.update(self._proc_part(event))
-        d.update(self._func_part(event))
-        d.update(self._caller_part(event))
-        d.update(self._time_part(event.skb, event.ts))
-        d.update(self._meta_part(event))
-        d.update(self._tuple_part(event))
-        if self._config.output_stack and event.stack_id >= 0:
-            names = self._names
-            d["stack"] = [sanitize(names.symbol(a)) for a in names.stack(event.stack_id) if a]
-        return d
-
-    def format(self, event: Event) -> str:
-        """One event as one line of JSON (no trailing newline)."""
-        return _encoder.encode(self.record(event))
-
-    def format_records(self, records: Sequence[Buffer], decoder: EventDecoder) -> list[str]:
-        """Lines for raw ring-buffer records: the same as ``[self.format(decoder.decode(r)) for r in records]``.
+    def format_batch(self, batch: Batch) -> list[str]:
+        """One JSON object per event record of the batch; the only formatting path.
 
         Fast path: each part of the object (``cpu``+``process``, ``func``+``reason``+``location``,
         ``caller_func``, the meta keys, ``tuple``) is cached as its encoded JSON text (the members without the
-        braces), keyed by the record bytes it is computed from (spans from :meth:`EventDecoder.span`, i.e.
+        braces), keyed by the record bytes it is computed from (spans from :meth:`RecordLayout.span`, i.e.
         from the object's BTF) or by the integers it depends on. The compact encoder writes an object as its
         members joined by ``,``, so joining the parts gives the same bytes as encoding the whole dict. A miss
-        decodes the record once and computes the part with the same method :meth:`record` uses. Caches are
-        emptied at :data:`~pwru.output.fields.CACHE_LIMIT` entries. With --output-stack records go through
-        :meth:`format`.
+        decodes the record once and computes the part from it. Caches are emptied at
+        :data:`~pwru.output.fields.CACHE_LIMIT` entries. ``stack`` comes from ``batch.stacks``.
         """
-        if self._config.output_stack:
-            return [self.format(e) for e in decoder.decode_many(records)]
-        if self._decoder is not decoder:
-            self._decoder = decoder
-            self._spans, self._unpack = fields.record_views(decoder)
+        layout = batch.schema.layout("event")
+        if self._layout is not layout:
+            self._layout = layout
+            self._event_type = batch.schema.type_id("event")
+            self._spans, self._unpack = fields.record_views(layout)
             for cache in self._caches:
                 cache.clear()
         (p0, p1), (m0, m1), (t0, t1) = self._spans
         procs, metas, tuples, funcs, callers = self._caches
-        unpack, decode = self._unpack, decoder.decode
+        unpack, decode, event_type = self._unpack, layout.decode, self._event_type
         with_time = self._config.timestamp != "none"
+        with_stack = self._config.stack
+        stacks, symbol = batch.stacks, self._names.symbol
         lines: list[str] = []
         append = lines.append
-        for buf in records:
-            ev: Event | None = None
-            ts, addr, skb, caller_addr, location, reason, kind = unpack(buf)
+        for buf in batch.records:
+            ev: Record | None = None
+            rtype, ts, skb, probe, probe_kind, caller_addr, location, reason, stack_id = unpack(buf)
+            if rtype != event_type:
+                continue
             key = buf[p0:p1]
             proc = procs.get(key)
             if proc is None:
                 ev = decode(buf)
                 proc = remember(procs, key, _members(self._proc_part(ev)))
-            fk = (addr, kind, reason, location)
+            fk = (probe, probe_kind, reason, location)
             func = funcs.get(fk)
             if func is None:
                 ev = ev or decode(buf)
@@ -177,6 +162,9 @@ class JsonFormatter:
             if with_time:
                 parts.append(_members(self._time_part(skb, ts)))
             parts += (meta, tup)
+            if with_stack and stack_id >= 0:
+                frames = [sanitize(symbol(a)) for a in stacks.get(stack_id, ()) if a]
+                parts.append(_members({"stack": frames}))
             append("{" + ",".join([p for p in parts if p]) + "}")
         return lines
 

@@ -1,7 +1,7 @@
 """Names the formatters need, and safe text.
 
-:class:`Names` is what a formatter is given to turn numbers into words (the run loop implements it with
-kallsyms, discovery and the stack map). :class:`ProcessNames` is the process part, shared by every
+:class:`Names` is what a formatter is given to turn numbers into words (:class:`pwru.symbols.Symbols`
+implements it with kallsyms, the probe table and the drop reasons). :class:`ProcessNames` is the process part, shared by every
 implementation. :func:`sanitize` makes kernel- or process-provided text safe to print on a terminal.
 """
 
@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
-from pwru.event import Event
-
 PROCESS_WIDTH = 16
 
 
 class Names(Protocol):
-    """Resolves the numbers in an :class:`~pwru.event.Event` to names."""
+    """Resolves the numbers in a record to names."""
 
-    def func_name(self, event: Event) -> str:
-        """The traced function (``ip_rcv``) or tracepoint (``skb:kfree_skb``) the event came from."""
+    def probe_name(self, probe_kind: int, probe: int) -> str:
+        """The traced function (``ip_rcv``) or tracepoint (``tp:kfree_skb``) a record's header names."""
         ...
 
     def reason_name(self, reason: int) -> str:
@@ -28,10 +26,6 @@ class Names(Protocol):
 
     def symbol(self, addr: int) -> str:
         """A kernel address as ``name+0x1c`` (or hex when no symbol covers it)."""
-        ...
-
-    def stack(self, stack_id: int) -> list[int]:
-        """The return addresses of a stack id reported in an event, innermost first; [] when gone."""
         ...
 
     def process(self, pid: int, comm: bytes) -> str:

@@ -1,6 +1,7 @@
 """Where formatted lines go: standard output, or a rotating file (lumberjack's rules, as pwru uses it).
 
-Both sinks take lines in batches (:meth:`Sink.write_lines`) and buffer them: a terminal gets every batch at
+Both sinks take lines in batches (:meth:`Sink.write_lines`), or whole units of bytes (:meth:`Sink.write`, for
+binary outputs such as pcapng blocks), and buffer them: a terminal gets every batch at
 once (line buffered); a pipe or a file gets blocks of :data:`BLOCK_SIZE` bytes, but never waits more than
 ``max_latency`` seconds between flushes while lines keep coming. Call ``flush()`` when the reader goes idle
 and ``close()`` at exit.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import logging
 import os
 import re
 import shutil
@@ -34,12 +36,18 @@ BACKUP_TIME_FORMAT = "%Y-%m-%dT%H-%M-%S"
 _BACKUP_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{3}")
 COMPRESS_SUFFIX = ".gz"
 
+log = logging.getLogger("pwru")
+
 
 class Sink(Protocol):
-    """A destination for output lines."""
+    """A destination for output: text lines or units of bytes."""
 
     def write_lines(self, lines: Sequence[str]) -> None:
         """Write each string as one line (a newline is added after each)."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` as one unit (a rotating file never splits it)."""
         ...
 
     def flush(self) -> None:
@@ -111,7 +119,11 @@ class StdoutSink(_Buffered):
 
     def write_lines(self, lines: Sequence[str]) -> None:
         """Buffer the lines; flush per the buffering rules."""
-        self._buf += _encode(lines)
+        self.write(_encode(lines))
+
+    def write(self, data: bytes) -> None:
+        """Buffer ``data``; flush per the buffering rules."""
+        self._buf += data
         self._after_write()
 
     def _emit(self, data: bytearray) -> None:
@@ -169,13 +181,19 @@ class RotatingFileSink(_Buffered):
         if self._size + len(data) <= self.max_bytes:
             self._buf += data
             self._size += len(data)
+            self._after_write()
         else:
             for line in lines:
-                b = (line + "\n").encode("utf-8", "replace")
-                if self._size + len(b) > self.max_bytes and self._size > 0:
-                    self.rotate()
-                self._buf += b
-                self._size += len(b)
+                self.write((line + "\n").encode("utf-8", "replace"))
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` whole, rotating first when it would not fit."""
+        if self._fd < 0:
+            raise ValueError("write to a closed sink")
+        if self._size + len(data) > self.max_bytes and self._size > 0:
+            self.rotate()
+        self._buf += data
+        self._size += len(data)
         self._after_write()
 
     def _emit(self, data: bytearray) -> None:
@@ -190,6 +208,9 @@ class RotatingFileSink(_Buffered):
                 os.close(self._fd)
                 self._fd = -1
         self.wait_mill()
+        for problem in self.mill_errors:
+            log.warning("--output-file: cleaning up rotated files: %s", problem)
+        self.mill_errors = []
 
     # -- rotation --
 
@@ -349,15 +370,15 @@ def compress_file(path: str) -> str:
 
 def open_sink(config: Config) -> Sink:
     """The sink the configuration asks for: the rotating --output-file, else standard output."""
-    if not config.output_file:
+    if not config.output.file:
         return StdoutSink()
     try:
         return RotatingFileSink(
-            config.output_file,
-            max_bytes=config.output_file_max_bytes,
-            max_backups=config.output_file_max_backups,
-            max_age_days=config.output_file_max_age,
-            compress=config.output_file_compress,
+            config.output.file,
+            max_bytes=config.output.file_max_bytes,
+            max_backups=config.output.file_max_backups,
+            max_age_days=config.output.file_max_age,
+            compress=config.output.file_compress,
         )
     except OSError as e:
-        raise UserError(f"--output-file: {config.output_file}: {e.strerror}") from None
+        raise UserError(f"--output-file: {config.output.file}: {e.strerror}") from None

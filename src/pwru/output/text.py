@@ -7,14 +7,13 @@ after the function as ``at symbol+0xNN``. Stack frames (--output-stack) follow o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from pwru.config import Config
-from pwru.event import Buffer, Event, EventDecoder
+from pwru.config import OutputConfig
 from pwru.output import fields
 from pwru.output.fields import remember
 from pwru.output.names import Names, sanitize
+from pwru.records import Batch, Record, RecordLayout
 
 
 def _center(text: str, width: int) -> str:
@@ -27,13 +26,14 @@ def _center(text: str, width: int) -> str:
 class TextFormatter:
     """Formats events as pwru's text lines."""
 
-    def __init__(self, config: Config, names: Names) -> None:
+    def __init__(self, config: OutputConfig, names: Names) -> None:
         self._config = config
         self._names = names
         self._ts = fields.Timestamps(config.timestamp)
         self._tuple_width = 0
         self._func_width = 0
-        self._decoder: EventDecoder | None = None
+        self._layout: RecordLayout | None = None
+        self._event_type = -1
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
         self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {})
@@ -47,25 +47,25 @@ class TextFormatter:
         parts.append(f"{'SKB':<18} {'CPU':<3} {'PROCESS':<16}")
         if c.timestamp != "none":
             parts.append(f" {'TIMESTAMP':<16}")
-        if c.output_meta:
+        if c.meta:
             parts.append(
                 f" {'NETNS':<10} {'MARK/x':<8} {_center('IFACE', fields.IFACE_WIDTH):>16}"
                 f" {'PROTO':<6} {'MTU':<5} {'LEN':<5}"
             )
-        if c.output_tuple:
+        if c.tuple:
             parts.append(" TUPLE")
         parts.append(" FUNC")
-        if c.output_caller:
+        if c.caller:
             parts.append(" CALLER")
         return "".join(parts)
 
-    # -- pieces of a line, each computed from an Event (used by format() and on cache misses) --
+    # -- pieces of a line, each computed from a decoded event record (on cache misses) --
 
-    def _proc(self, event: Event) -> str:
+    def _proc(self, event: Record) -> str:
         """CPU and PROCESS columns (with their leading spaces): depends on cpu, pid and comm."""
         return f" {event.cpu:<3} {self._names.process(event.pid, event.comm):<16}"
 
-    def _meta(self, event: Event) -> str:
+    def _meta(self, event: Record) -> str:
         """NETNS .. LEN columns (with the leading space): depends on the meta fields only."""
         iface = _center(fields.iface_text(event), fields.IFACE_WIDTH)
         return (
@@ -73,17 +73,17 @@ class TextFormatter:
             f" 0x{event.protocol:04x} {event.mtu:<5} {event.len:<5}"
         )
 
-    def _tuple(self, event: Event) -> str:
+    def _tuple(self, event: Record) -> str:
         """TUPLE, unpadded: depends on the tuple fields only."""
-        return fields.tuple_text(event, self._config.output_tcp_flags)
+        return fields.tuple_text(event, self._config.tcp_flags)
 
-    def _func(self, event: Event) -> str:
+    def _func(self, event: Record) -> str:
         """FUNC with drop reason and location: depends on addr, kind, reason and location."""
         func = fields.func_text(event, self._names)
         location = fields.location_text(event, self._names)
         return f"{func} at {location}" if location else func
 
-    def _caller(self, event: Event) -> str:
+    def _caller(self, event: Record) -> str:
         """CALLER: depends on caller only."""
         return sanitize(self._names.symbol(event.caller)) if event.caller else "-"
 
@@ -109,55 +109,40 @@ class TextFormatter:
             self._func_width = len(func)
         return f"{head}{meta}{tup} {func.ljust(self._func_width)} {caller}"
 
-    # -- formatting --
+    # -- formatting: the only path --
 
-    def format(self, event: Event) -> str:
-        """One event as a line (plus one line per stack frame), without a trailing newline."""
-        c = self._config
-        line = self._line(
-            self._head(event.skb, self._proc(event), event.ts),
-            self._meta(event) if c.output_meta else "",
-            self._tuple(event) if c.output_tuple else None,
-            self._func(event),
-            self._caller(event) if c.output_caller else None,
-        )
-        if c.output_stack and event.stack_id >= 0:
-            names = self._names
-            frames = [sanitize(names.symbol(a)) for a in names.stack(event.stack_id) if a]
-            if frames:
-                line += "\n" + "\n".join(frames)
-        return line
+    def format_batch(self, batch: Batch) -> list[str]:
+        """The lines of a batch's event records (other record types are not text-column material).
 
-    def format_records(self, records: Sequence[Buffer], decoder: EventDecoder) -> list[str]:
-        """Lines for raw ring-buffer records: the same as ``[self.format(decoder.decode(r)) for r in records]``.
-
-        Fast path: no :class:`Event` is built for most records. Each piece of a line (CPU+PROCESS, the meta
+        Fast path: no record object is built for most records. Each piece of a line (CPU+PROCESS, the meta
         columns, TUPLE, FUNC, CALLER) is cached, keyed by the record bytes it is computed from (spans located
-        by :meth:`EventDecoder.span`, i.e. from the object's BTF) or by the integers it depends on; a miss
-        decodes the record once and computes the piece with the same method :meth:`format` uses. One skb
-        passing many probes repeats all of them but FUNC. Caches are emptied when they reach
-        :data:`~pwru.output.fields.CACHE_LIMIT` entries. With --output-stack (a map lookup per event) records go through
-        :meth:`format`.
+        by :meth:`RecordLayout.span`, i.e. from the object's BTF) or by the integers it depends on; a miss
+        decodes the record once and computes the piece from it. One skb passing many probes repeats all of them
+        but FUNC. Caches are emptied when they reach :data:`~pwru.output.fields.CACHE_LIMIT` entries. Stack
+        frames (--output-stack) come from ``batch.stacks``, read by the stack stage.
         """
         c = self._config
-        if c.output_stack:
-            return [self.format(e) for e in decoder.decode_many(records)]
-        if self._decoder is not decoder:
-            self._decoder = decoder
-            self._spans, self._unpack = fields.record_views(decoder)
+        layout = batch.schema.layout("event")
+        if self._layout is not layout:
+            self._layout = layout
+            self._event_type = batch.schema.type_id("event")
+            self._spans, self._unpack = fields.record_views(layout)
             for cache in self._caches:
                 cache.clear()
         (p0, p1), (m0, m1), (t0, t1) = self._spans
         procs, metas, tuples, funcs, callers = self._caches
-        unpack, decode = self._unpack, decoder.decode
-        with_meta, with_tuple, with_caller = c.output_meta, c.output_tuple, c.output_caller
+        unpack, decode, event_type = self._unpack, layout.decode, self._event_type
+        with_meta, with_tuple, with_caller, with_stack = c.meta, c.tuple, c.caller, c.stack
         plain_head = c.timestamp == "none"
+        stacks, symbol = batch.stacks, self._names.symbol
         line_of = self._line
         lines: list[str] = []
         append = lines.append
-        for buf in records:
-            ev: Event | None = None
-            ts, addr, skb, caller_addr, location, reason, kind = unpack(buf)
+        for buf in batch.records:
+            ev: Record | None = None
+            rtype, ts, skb, probe, probe_kind, caller_addr, location, reason, stack_id = unpack(buf)
+            if rtype != event_type:
+                continue
             key = buf[p0:p1]
             proc = procs.get(key)
             if proc is None:
@@ -178,7 +163,7 @@ class TextFormatter:
                 if tup is None:
                     ev = ev or decode(buf)
                     tup = remember(tuples, key, self._tuple(ev))
-            fk = (addr, kind, reason, location)
+            fk = (probe, probe_kind, reason, location)
             func = funcs.get(fk)
             if func is None:
                 ev = ev or decode(buf)
@@ -191,8 +176,12 @@ class TextFormatter:
                     caller = remember(callers, caller_addr, self._caller(ev))
             head = f"{skb:<#18x}{proc}" if plain_head else self._head(skb, proc, ts)
             if caller is None and tup is not None and len(tup) <= self._tuple_width:
-                append(f"{head}{meta} {tup.ljust(self._tuple_width)} {func}")  # _line's common case, inlined
+                line = f"{head}{meta} {tup.ljust(self._tuple_width)} {func}"  # _line's common case, inlined
             else:
-                append(line_of(head, meta, tup, func, caller))
+                line = line_of(head, meta, tup, func, caller)
+            if with_stack and stack_id >= 0:
+                frames = [sanitize(symbol(a)) for a in stacks.get(stack_id, ()) if a]
+                if frames:
+                    line += "\n" + "\n".join(frames)
+            append(line)
         return lines
-

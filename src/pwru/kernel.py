@@ -1,0 +1,107 @@
+"""The kernel one run traces, read once: vmlinux and module BTF, kallsyms, feature probes, module BTF fds.
+
+Everything here is parsed or opened on first use and kept for the run; :meth:`KernelContext.close` releases
+the file descriptors it owns (module BTF objects that fentry/fexit/tp_btf loads name).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from pwru.ebpf import btf, features
+from pwru.ebpf.btf import Spec
+from pwru.ebpf.btf_kernel import btf_fd_of_module
+from pwru.ebpf.kallsyms import Kallsyms
+from pwru.errors import UserError
+
+VMLINUX_BTF = btf.KERNEL_BTF_DIR / "vmlinux"
+
+
+class KernelContext:
+    """What one run knows about the running kernel. Not thread-safe to build; safe to read from attach
+    threads once :meth:`module_btf_fd` has been called for the modules they need (it locks anyway)."""
+
+    def __init__(self, kernel_btf: str | None = None, kmods: tuple[str, ...] = (), all_kmods: bool = False) -> None:
+        self._btf_path = Path(kernel_btf) if kernel_btf else VMLINUX_BTF
+        self._kmods = kmods
+        self._all_kmods = all_kmods
+        self._spec: Spec | None = None
+        self._module_specs: dict[str, Spec] = {}
+        self._module_fds: dict[str, int] = {}
+        self._fd_lock = threading.Lock()
+        self._ksyms: Kallsyms | None = None
+        self._features: dict[str, features.Feature] = {}
+
+    # -- BTF --
+
+    @property
+    def spec(self) -> Spec:
+        """vmlinux BTF (or --kernel-btf), parsed once."""
+        if self._spec is None:
+            path = self._btf_path
+            if not path.exists():
+                raise UserError(
+                    f"no kernel BTF at {path}: the kernel needs CONFIG_DEBUG_INFO_BTF=y, or give --kernel-btf FILE"
+                )
+            try:
+                self._spec = btf.kernel_btf() if path == VMLINUX_BTF else Spec.load(path)
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot read kernel BTF {path}: {e}") from None
+        return self._spec
+
+    def module_names(self) -> list[str]:
+        """The modules this run traces: --kmods, or all with BTF for --all-kmods."""
+        available = btf.module_names()
+        if self._all_kmods:
+            return available
+        missing = [m for m in self._kmods if m not in available]
+        if missing:
+            raise UserError(f"--kmods: no BTF for module {', '.join(missing)} (is it loaded?)")
+        return list(self._kmods)
+
+    def module_spec(self, name: str) -> Spec:
+        """A module's split BTF on top of :attr:`spec`, parsed once."""
+        spec = self._module_specs.get(name)
+        if spec is None:
+            spec = self._module_specs[name] = Spec.load(btf.KERNEL_BTF_DIR / name, base=self.spec)
+        return spec
+
+    def modules(self) -> list[tuple[str, Spec]]:
+        """``(name, split BTF)`` of every module this run traces (the form discovery takes)."""
+        return [(m, self.module_spec(m)) for m in self.module_names()]
+
+    def module_btf_fd(self, module: str | None) -> int | None:
+        """The kernel BTF object fd of ``module`` (None for vmlinux), opened once and owned by this context."""
+        if module is None:
+            return None
+        with self._fd_lock:
+            fd = self._module_fds.get(module)
+            if fd is None:
+                fd = self._module_fds[module] = btf_fd_of_module(module)
+            return fd
+
+    # -- symbols and features --
+
+    @property
+    def kallsyms(self) -> Kallsyms:
+        """/proc/kallsyms, read lazily (on the first lookup, or :meth:`Kallsyms.preload`)."""
+        if self._ksyms is None:
+            self._ksyms = Kallsyms.load(lazy=True)
+        return self._ksyms
+
+    def feature(self, name: str, probe: Callable[[], features.Feature]) -> features.Feature:
+        """The result of feature probe ``probe`` (named ``name``), run once per context."""
+        f = self._features.get(name)
+        if f is None:
+            f = self._features[name] = probe()
+        return f
+
+    def close(self) -> None:
+        """Close the module BTF fds this context opened; idempotent."""
+        with self._fd_lock:
+            fds, self._module_fds = list(self._module_fds.values()), {}
+        for fd in fds:
+            os.close(fd)

@@ -1,0 +1,286 @@
+"""The probe model: what is attached where, and how, declared as data; one attach loop executes a plan.
+
+A :class:`Probe` says *what* is attached (a kernel function, a tracepoint, a BPF program, a BPF helper, a
+netfilter hook), *which* program of pwru's object runs there, where the skb sits when there is one, and *how*
+it is attached (:class:`Attach`: kprobe-multi, kprobe, fentry, fexit, tp_btf). Features contribute probes to
+one :class:`Plan`; :func:`execute` groups the plan by attach method and hands each group to its executor
+(:data:`EXECUTORS`). Adding a feature's probes is a declaration; adding a new way to attach is one executor.
+
+Each probe gets an index in the plan: records whose header names a probe by index (tracepoints, and any
+program told its probe id at load time) are named through :meth:`Plan.names`.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pwru.ebpf import link
+from pwru.ebpf.collection import Collection
+from pwru.ebpf.errors import BPFError
+from pwru.ebpf.prog import Program
+from pwru.ebpf.syscall import AttachType, ProgType
+from pwru.kernel import KernelContext
+
+#: Threads attaching kprobes or tracing programs: the kernel serialises much of the work, but each attach also
+#: waits (text patching, trampoline updates) and spends time in Python around its syscalls.
+ATTACH_WORKERS = 8
+#: Threads closing links at exit (they sleep in the kernel waiting for RCU grace periods, not on a CPU).
+DETACH_WORKERS = 64
+
+Progress = Callable[[int, int], None]
+StopCheck = Callable[[], bool]
+#: What a probe is attached to.
+TargetKind = Literal["func", "tracepoint", "bpf_prog", "helper", "nf_hook"]
+
+
+class Attach(enum.Enum):
+    """How a probe's program is attached."""
+
+    KPROBE_MULTI = "kprobe-multi"  # one link for many functions, by symbol name
+    KPROBE = "kprobe"  # a perf kprobe per function
+    FENTRY = "fentry"  # a tracing program loaded per target (BTF id), linked
+    FEXIT = "fexit"
+    TP_BTF = "tp_btf"  # a BTF-typed raw tracepoint program loaded per tracepoint
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One attachment point of the plan.
+
+    ``btf_id`` is the target's BTF id (a FUNC, or a ``btf_trace_<name>`` TYPEDEF) in vmlinux or, with
+    ``module``, in that module's split BTF; ``attach_prog_fd`` names a loaded BPF program as the target
+    (fentry/fexit on tc or XDP programs). Positions are 1-based argument numbers. ``constants`` are per-load
+    ``volatile const`` overrides (only for methods that load once per probe).
+    """
+
+    kind: TargetKind
+    name: str
+    program: str
+    attach: Attach
+    module: str | None = None
+    btf_id: int | None = None
+    skb_pos: int | None = None
+    reason_pos: int | None = None
+    location_pos: int | None = None
+    attach_prog_fd: int | None = None
+    constants: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def display_name(self) -> str:
+        """How users see it: ``ip_rcv``, ``veth_xmit[veth]``, ``tp:kfree_skb``."""
+        base = f"tp:{self.name}" if self.kind == "tracepoint" else self.name
+        return f"{base}[{self.module}]" if self.module else base
+
+
+@dataclass
+class Plan:
+    """Every probe of a run, in order; a probe's index is its probe id."""
+
+    probes: list[Probe] = field(default_factory=list)
+
+    def add(self, probes: Sequence[Probe]) -> None:
+        self.probes.extend(probes)
+
+    def names(self) -> list[str]:
+        """Display names by probe id."""
+        return [p.display_name for p in self.probes]
+
+    def __len__(self) -> int:
+        return len(self.probes)
+
+
+@dataclass
+class Attachment:
+    """What executing a plan left in the kernel, to be released at exit."""
+
+    links: list[link.Link] = field(default_factory=list)
+    programs: list[Program] = field(default_factory=list)
+    attached: list[Probe] = field(default_factory=list)
+    ignored: list[tuple[Probe, str]] = field(default_factory=list)
+
+    def close(self, workers: int = DETACH_WORKERS) -> None:
+        """Detach every link. Many at once: tearing down a kprobe or a trampoline waits for an RCU grace
+        period, and the kernel lets concurrent waiters share one, so 64 closers finish about 64 times sooner than
+        one (pwru's one-by-one detach of 1,500 kprobes takes a minute)."""
+        links, self.links = self.links, []
+        if workers > 1 and len(links) > 16:
+            with ThreadPoolExecutor(min(workers, len(links))) as pool:
+                list(pool.map(lambda lk: lk.close(), links))
+        else:
+            for lk in links:
+                lk.close()
+        programs, self.programs = self.programs, []
+        for p in programs:
+            p.close()
+
+
+@dataclass
+class AttachContext:
+    """What an executor works with: the loaded object, the kernel, the plan (for probe ids), progress."""
+
+    coll: Collection
+    kernel: KernelContext
+    plan: Plan
+    att: Attachment
+    report: Callable[[int], None]  # `n` more probes done (attached or ignored)
+    stop: StopCheck
+    probe_ids: dict[int, int] = field(default_factory=dict)  # id(probe) -> index in the plan
+
+    def probe_id(self, probe: Probe) -> int:
+        return self.probe_ids[id(probe)]
+
+
+Executor = Callable[[AttachContext, list[Probe]], None]
+
+
+def execute(plan: Plan, coll: Collection, kernel: KernelContext, progress: Progress, stop: StopCheck) -> Attachment:
+    """Attach every probe of ``plan``, method by method. A probe that cannot be attached is ignored with its
+    reason; after a stop request the remaining probes are passed over. On an exception everything made so far
+    is released."""
+    att = Attachment()
+    done = 0
+    total = len(plan)
+
+    def report(n: int) -> None:
+        nonlocal done
+        done += n
+        if n and (done % 16 == 0 or done == total or n > 1):
+            progress(done, total)
+
+    ctx = AttachContext(coll, kernel, plan, att, report, stop, {id(p): i for i, p in enumerate(plan.probes)})
+    groups: dict[Attach, list[Probe]] = defaultdict(list)
+    for p in plan.probes:
+        groups[p.attach].append(p)
+    try:
+        for method, probes in groups.items():
+            if not stop():
+                EXECUTORS[method](ctx, probes)
+    except BaseException:
+        att.close()
+        raise
+    return att
+
+
+# --- executors ------------------------------------------------------------------------------------------------
+
+
+def _each(ctx: AttachContext, probes: list[Probe], one: Callable[[Probe], tuple[link.Link | None, str]]) -> None:
+    """Attach probe by probe on :data:`ATTACH_WORKERS` threads; after a stop request the remaining probes are
+    passed over (every link made so far is kept in the attachment, so it is released)."""
+
+    def guarded(p: Probe) -> tuple[link.Link | None, str]:
+        return (None, "") if ctx.stop() else one(p)
+
+    with ThreadPoolExecutor(ATTACH_WORKERS) as pool:
+        for p, (lk, why) in zip(probes, pool.map(guarded, probes), strict=True):
+            if lk is not None:
+                ctx.att.links.append(lk)
+                ctx.att.attached.append(p)
+            elif why:
+                ctx.att.ignored.append((p, why))
+            ctx.report(1)
+
+
+def _load_once_per_program(ctx: AttachContext, probes: list[Probe], attach_type: AttachType | None) -> dict[str, Program]:
+    """kprobe-type programs serve many targets: each program the probes name is loaded once."""
+    programs: dict[str, Program] = {}
+    for name in sorted({p.program for p in probes}):
+        programs[name] = ctx.coll.load_program(name, prog_type=ProgType.KPROBE, expected_attach_type=attach_type)
+        ctx.att.programs.append(programs[name])
+    return programs
+
+
+def _tracing(attach_type: AttachType) -> Executor:
+    """fentry, fexit, tp_btf: one load per probe (its target is fixed at load time), then a tracing link."""
+
+    def run(ctx: AttachContext, probes: list[Probe]) -> None:
+        def one(p: Probe) -> tuple[link.Link | None, str]:
+            constants = dict(p.constants)
+            if "cfg_probe_id" not in constants:
+                constants["cfg_probe_id"] = ctx.probe_id(p)
+            try:
+                prog = ctx.coll.load_program(
+                    p.program,
+                    attach_btf_id=p.btf_id,
+                    attach_btf_obj_fd=ctx.kernel.module_btf_fd(p.module),
+                    attach_prog_fd=p.attach_prog_fd,
+                    expected_attach_type=attach_type,
+                    constants=constants,
+                )
+            except BPFError as e:
+                return None, f"load: {e.strerror}"
+            try:
+                return link.attach_tracing(prog), ""
+            except OSError as e:
+                return None, f"attach: {e.strerror}"
+            finally:
+                prog.close()  # the link holds the program
+
+        _each(ctx, probes, one)
+
+    return run
+
+
+def _kprobe(ctx: AttachContext, probes: list[Probe]) -> None:
+    programs = _load_once_per_program(ctx, probes, None)
+
+    def one(p: Probe) -> tuple[link.Link | None, str]:
+        try:
+            return link.attach_kprobe(programs[p.program], p.name), ""
+        except OSError as e:
+            return None, e.strerror or str(e)
+
+    _each(ctx, probes, one)
+
+
+#: errnos with which the kernel refuses a kprobe-multi batch because of one of its functions.
+_BATCH_REFUSALS = (errno.ENOMEM, errno.E2BIG, errno.EINVAL, errno.ENOENT, errno.ESRCH, errno.EBUSY)
+
+
+def _kprobe_multi(ctx: AttachContext, probes: list[Probe]) -> None:
+    """One link per program, by symbol name: the kernel resolves all names in one walk of its symbol table, so
+    pwru need not read kallsyms before it is ready. A batch the kernel refuses is split in halves until the
+    function it cannot take is found and ignored."""
+    programs = _load_once_per_program(ctx, probes, AttachType.TRACE_KPROBE_MULTI)
+    groups: dict[str, list[Probe]] = defaultdict(list)
+    for p in probes:
+        groups[p.program].append(p)
+
+    def attach_batch(prog: Program, batch: list[Probe]) -> None:
+        if ctx.stop():
+            return
+        try:
+            lk = link.attach_kprobe_multi(prog, syms=[p.name for p in batch])
+        except OSError as e:
+            if len(batch) == 1:
+                ctx.att.ignored.append((batch[0], e.strerror or str(e)))
+                ctx.report(1)
+                return
+            if e.errno not in _BATCH_REFUSALS:
+                raise
+            half = len(batch) // 2
+            attach_batch(prog, batch[:half])
+            attach_batch(prog, batch[half:])
+            return
+        ctx.att.links.append(lk)
+        ctx.att.attached.extend(batch)
+        ctx.report(len(batch))
+
+    for name, batch in groups.items():
+        attach_batch(programs[name], sorted(batch, key=lambda p: p.name))
+
+
+#: The executor of each attach method.
+EXECUTORS: dict[Attach, Executor] = {
+    Attach.KPROBE_MULTI: _kprobe_multi,
+    Attach.KPROBE: _kprobe,
+    Attach.FENTRY: _tracing(AttachType.TRACE_FENTRY),
+    Attach.FEXIT: _tracing(AttachType.TRACE_FEXIT),
+    Attach.TP_BTF: _tracing(AttachType.TRACE_RAW_TP),
+}
