@@ -1,16 +1,16 @@
-"""Config: the one frozen object built from the command line, validated once, read by the rest of the tool.
+"""Config: the one frozen object built from the command line, in sections, read by the rest of the tool.
 
-The ``parse_*`` helpers turn a flag's text into a checked value and raise :class:`FlagError` (a
-:class:`~pwru.errors.UserError` whose message is ``--flag: problem``) when the text is unusable.
+The sections are filled from the flag table in :mod:`pwru.flags`; :mod:`pwru.resolve` then fills what needs the
+file system or a network namespace (netns inode, ifindex). The ``parse_*`` helpers here are pure: they turn a
+flag's text into a checked value and raise :class:`FlagError` (a :class:`~pwru.errors.UserError` whose message
+is ``--flag: problem``) when the text is unusable, without touching files or namespaces.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pwru import netns
 from pwru.errors import UserError
 
 BACKENDS = ("auto", "kprobe-multi", "kprobe", "fentry", "tracepoint")
@@ -31,47 +31,83 @@ class FlagError(UserError):
 
 
 @dataclass(frozen=True)
-class Config:
-    """Validated settings. Defaults match pwru's flag defaults."""
+class FilterConfig:
+    """Which packets and functions are traced."""
 
-    pcap_filter: str = ""
-    backend: str = "auto"
-    filter_func: re.Pattern[str] | None = None  # must match a whole function name
-    filter_netns: int | None = None  # netns inode; set with --filter-netns, or by --filter-ifname
-    filter_netns_path: str | None = None  # a file naming that netns, when known
-    filter_ifname: str | None = None
-    filter_ifindex: int | None = None
-    filter_mark: int = 0  # already masked
-    filter_mark_mask: int = 0  # 0: no mark filter
-    output_meta: bool = True
-    output_tuple: bool = True
-    output_tcp_flags: bool = False
-    output_stack: bool = False
-    output_caller: bool = False
-    output_json: bool = False
-    output_limit_lines: int = 0  # 0: unlimited
-    output_file: str | None = None
-    output_file_max_size: int = 100  # MB (MiB, as lumberjack)
-    output_file_max_backups: int = 0  # 0: keep all
-    output_file_max_age: int = 0  # days, 0: keep all
-    output_file_compress: bool = False
+    pcap: str = ""  # the pcap expression (words joined)
+    func: re.Pattern[str] | None = None  # --filter-func, must match a whole name
+    netns: int | None = None  # inode; --filter-netns, or set by --filter-ifname to the current netns
+    netns_path: str | None = None  # a file naming that netns, when known
+    ifname: str | None = None
+    ifindex: int | None = None  # filled by the resolve step from ifname
+    mark: int = 0  # already masked
+    mark_mask: int = 0  # 0: no mark filter
+
+    def func_allowed(self, name: str) -> bool:
+        """Whether --filter-func lets the function (or tracepoint) ``name`` be traced."""
+        return self.func is None or self.func.fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What each event shows and where it goes."""
+
+    meta: bool = True
+    tuple: bool = True
+    tcp_flags: bool = False
+    stack: bool = False
+    caller: bool = False
+    json: bool = False
+    limit_lines: int = 0  # 0: unlimited
+    file: str | None = None
+    file_max_size: int = 100  # MB (MiB, as lumberjack)
+    file_max_backups: int = 0  # 0: keep all
+    file_max_age: int = 0  # days, 0: keep all
+    file_compress: bool = False
     timestamp: str = "none"
+
+    @property
+    def file_max_bytes(self) -> int:
+        """--output-file-max-size in bytes."""
+        return self.file_max_size * MEGABYTE
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """skb tracking settings (issue 9 adds --filter-track-skb and friends here)."""
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """How pwru attaches: backend, kernel modules, kernel BTF."""
+
+    backend: str = "auto"
     kmods: tuple[str, ...] = ()
     all_kmods: bool = False
     kernel_btf: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings. Defaults match pwru's flag defaults."""
+
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    kernel: KernelConfig = field(default_factory=KernelConfig)
     ready_file: str | None = None
     debug: bool = False
     list_backends: bool = False
     list_funcs: bool = False
 
-    def func_allowed(self, name: str) -> bool:
-        """Whether --filter-func lets the function (or tracepoint) ``name`` be traced."""
-        return self.filter_func is None or self.filter_func.fullmatch(name) is not None
 
-    @property
-    def output_file_max_bytes(self) -> int:
-        """--output-file-max-size in bytes."""
-        return self.output_file_max_size * MEGABYTE
+#: The section dataclass of each sectioned field of :class:`Config`, by field name.
+SECTIONS: dict[str, type] = {
+    "filter": FilterConfig,
+    "output": OutputConfig,
+    "tracking": TrackingConfig,
+    "kernel": KernelConfig,
+}
 
 
 def parse_choice(flag: str, value: str, choices: tuple[str, ...]) -> str:
@@ -130,7 +166,10 @@ def parse_func_regex(value: str) -> re.Pattern[str] | None:
 
 
 def parse_netns(value: str) -> tuple[int | None, str | None]:
-    """--filter-netns ``/path/to/ns/net`` or ``inode:N`` -> (inode, path or None)."""
+    """--filter-netns ``/path/to/ns/net`` or ``inode:N`` -> (inode or None, path or None).
+
+    Only the form is checked: a path's inode is looked up later, by :func:`pwru.resolve.resolve`.
+    """
     if not value:
         return None, None
     if value.startswith("inode:"):
@@ -138,57 +177,16 @@ def parse_netns(value: str) -> tuple[int | None, str | None]:
         return inode, None
     if not value.startswith("/"):
         raise FlagError("filter-netns", f"invalid value {value!r} (use /proc/<pid>/ns/net or inode:<inode>)")
-    try:
-        inode = netns.netns_inode(value)
-    except netns.NetnsError as e:
-        raise FlagError("filter-netns", str(e)) from None
-    if inode > 0xFFFFFFFF:
-        raise FlagError("filter-netns", f"{value}: inode {inode} does not fit in 32 bits")
-    return inode, value
+    return None, value
 
 
-def resolve_ifname(name: str, netns_inode: int | None, netns_path: str | None) -> tuple[int, int, str | None]:
-    """--filter-ifname: look ``name`` up in the --filter-netns namespace, else the current one.
-
-    Returns (ifindex, netns inode, netns path). An ``inode:N`` namespace is found through ``/run/netns`` or a
-    process living in it.
-    """
-    if len(name.encode()) >= IFNAMSIZ or "/" in name or not name.strip():
-        raise FlagError("filter-ifname", f"invalid interface name {name!r}")
-    if netns_inode is None:
-        netns_path = "/proc/self/ns/net"
-        netns_inode = netns.netns_inode(netns_path)
-    elif netns_path is None:
-        netns_path = netns.find_netns_path(netns_inode)
-        if netns_path is None:
-            raise FlagError(
-                "filter-ifname",
-                f"cannot look up {name!r}: no /run/netns entry or process found in netns inode {netns_inode}",
-            )
-    try:
-        index = netns.ifindex(name, netns_path)
-    except netns.NetnsError as e:
-        raise FlagError("filter-ifname", str(e)) from None
-    return index, netns_inode, netns_path
-
-
-def check_existing_file(flag: str, path: str) -> str:
-    """``path`` when it names an existing regular file."""
-    if not os.path.exists(path):
-        raise FlagError(flag, f"{path}: no such file")
-    if os.path.isdir(path):
-        raise FlagError(flag, f"{path}: is a directory")
-    return path
-
-
-def check_output_path(flag: str, path: str) -> str:
-    """``path`` when a file can be created there (its directory exists), and it is not a directory."""
-    if os.path.isdir(path):
-        raise FlagError(flag, f"{path}: is a directory")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FlagError(flag, f"{parent}: no such directory")
-    return path
+def parse_ifname(value: str) -> str | None:
+    """--filter-ifname: a possible interface name (its index is looked up by :func:`pwru.resolve.resolve`)."""
+    if not value:
+        return None
+    if len(value.encode()) >= IFNAMSIZ or "/" in value or not value.strip():
+        raise FlagError("filter-ifname", f"invalid interface name {value!r}")
+    return value
 
 
 def split_list(values: list[str]) -> tuple[str, ...]:

@@ -62,21 +62,21 @@ pytestmark = pytest.mark.root
 
 def test_filter_netns_proc_path_resolves_to_inode(ns: Netns) -> None:
     c = cli.parse_args(["--filter-netns", f"/proc/{ns.pid}/ns/net"])
-    assert c.filter_netns == ns.inode
-    assert c.filter_netns != os.stat("/proc/self/ns/net").st_ino
-    assert cli.parse_args(["--filter-netns", ns.path]).filter_netns == ns.inode
+    assert c.filter.netns == ns.inode
+    assert c.filter.netns != os.stat("/proc/self/ns/net").st_ino
+    assert cli.parse_args(["--filter-netns", ns.path]).filter.netns == ns.inode
 
 
 def test_filter_ifname_inside_the_netns(ns: Netns) -> None:
     before = netns.current_netns_inode()
     c = cli.parse_args(["--filter-netns", f"/proc/{ns.pid}/ns/net", "--filter-ifname", "pwrut0"])
-    assert (c.filter_ifindex, c.filter_netns, c.filter_ifname) == (ns.ifindex, ns.inode, "pwrut0")
+    assert (c.filter.ifindex, c.filter.netns, c.filter.ifname) == (ns.ifindex, ns.inode, "pwrut0")
     assert netns.current_netns_inode() == before  # the main thread never moved
 
 
 def test_filter_ifname_with_inode_spec(ns: Netns) -> None:
     c = cli.parse_args([f"--filter-netns=inode:{ns.inode}", "--filter-ifname=pwrut0"])
-    assert (c.filter_ifindex, c.filter_netns) == (ns.ifindex, ns.inode)
+    assert (c.filter.ifindex, c.filter.netns) == (ns.ifindex, ns.inode)
 
 
 def test_filter_ifname_missing_in_that_netns(ns: Netns) -> None:

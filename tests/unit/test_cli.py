@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pwru import __version__, cli
-from pwru.config import Config
+from pwru import __version__, cli, flags
+from pwru.config import Config, FilterConfig, KernelConfig, OutputConfig
+from pwru.ebpf.errors import BPFError, EBPFError, NotSupported, VerifierError
 from pwru.errors import UserError
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -19,13 +20,13 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 def test_pcap_words_joined_and_flags_interspersed() -> None:
     c = cli.parse_args(["--output-json", "host", "10.0.0.1", "--debug", "and", "tcp", "port", "80"])
-    assert c.pcap_filter == "host 10.0.0.1 and tcp port 80"
-    assert c.output_json and c.debug
+    assert c.filter.pcap == "host 10.0.0.1 and tcp port 80"
+    assert c.output.json and c.debug
 
 
 def test_double_dash_ends_flags() -> None:
     c = cli.parse_args(["--output-stack", "--", "--not-a-flag", "x"])
-    assert c.output_stack and c.pcap_filter == "--not-a-flag x"
+    assert c.output.stack and c.filter.pcap == "--not-a-flag x"
 
 
 def test_defaults() -> None:
@@ -46,12 +47,12 @@ def test_defaults() -> None:
     ],
 )
 def test_boolean_styles(args: list[str], expected: bool) -> None:
-    assert cli.parse_args(args).output_meta is expected
+    assert cli.parse_args(args).output.meta is expected
 
 
 def test_boolean_does_not_eat_the_filter() -> None:
     c = cli.parse_args(["--output-tcp-flags", "tcp"])
-    assert c.output_tcp_flags and c.pcap_filter == "tcp"
+    assert c.output.tcp_flags and c.filter.pcap == "tcp"
 
 
 def test_all_value_flags(tmp_path: Path) -> None:
@@ -86,23 +87,60 @@ def test_all_value_flags(tmp_path: Path) -> None:
             "--list-funcs",
         ]
     )
-    assert c.backend == "tracepoint"
-    assert c.filter_func is not None and c.func_allowed("ip_rcv") and not c.func_allowed("tcp_v4_rcv")
-    assert (c.filter_mark, c.filter_mark_mask) == (0x10, 0xFF)
-    assert c.filter_netns == os.stat("/proc/self/ns/net").st_ino
-    assert (c.filter_ifname, c.filter_ifindex) == ("lo", 1)
-    assert c.output_limit_lines == 5
-    assert c.output_file == str(tmp_path / "out.log")
-    assert (c.output_file_max_size, c.output_file_max_backups, c.output_file_max_age) == (3, 4, 7)
-    assert c.output_file_compress and c.all_kmods and c.output_caller and c.output_tcp_flags and c.list_funcs
-    assert c.timestamp == "relative"
-    assert c.kmods == ("nf_tables", "veth", "bridge")
-    assert c.kernel_btf == str(btf) and c.ready_file == str(tmp_path / "ready")
+    f, o, k = c.filter, c.output, c.kernel
+    assert k.backend == "tracepoint"
+    assert f.func is not None and f.func_allowed("ip_rcv") and not f.func_allowed("tcp_v4_rcv")
+    assert (f.mark, f.mark_mask) == (0x10, 0xFF)
+    assert f.netns == os.stat("/proc/self/ns/net").st_ino and f.netns_path == "/proc/self/ns/net"
+    assert (f.ifname, f.ifindex) == ("lo", 1)
+    assert o.limit_lines == 5
+    assert o.file == str(tmp_path / "out.log")
+    assert (o.file_max_size, o.file_max_backups, o.file_max_age) == (3, 4, 7)
+    assert o.file_max_bytes == 3 * 1024 * 1024
+    assert o.file_compress and k.all_kmods and o.caller and o.tcp_flags and c.list_funcs
+    assert not (o.json or o.stack or c.list_backends or c.debug) and o.meta and o.tuple
+    assert o.timestamp == "relative"
+    assert k.kmods == ("nf_tables", "veth", "bridge")
+    assert k.kernel_btf == str(btf) and c.ready_file == str(tmp_path / "ready")
+    assert c == Config(
+        filter=FilterConfig(
+            pcap="",
+            func=f.func,
+            netns=os.stat("/proc/self/ns/net").st_ino,
+            netns_path="/proc/self/ns/net",
+            ifname="lo",
+            ifindex=1,
+            mark=0x10,
+            mark_mask=0xFF,
+        ),
+        output=OutputConfig(
+            caller=True,
+            tcp_flags=True,
+            limit_lines=5,
+            file=str(tmp_path / "out.log"),
+            file_max_size=3,
+            file_max_backups=4,
+            file_max_age=7,
+            file_compress=True,
+            timestamp="relative",
+        ),
+        kernel=KernelConfig(
+            backend="tracepoint", kmods=("nf_tables", "veth", "bridge"), all_kmods=True, kernel_btf=str(btf)
+        ),
+        ready_file=str(tmp_path / "ready"),
+        list_funcs=True,
+    )
 
 
 def test_ifname_alone_sets_current_netns() -> None:
     c = cli.parse_args(["--filter-ifname", "lo"])
-    assert c.filter_netns == os.stat("/proc/self/ns/net").st_ino and c.filter_ifindex == 1
+    assert c.filter.netns == os.stat("/proc/self/ns/net").st_ino and c.filter.ifindex == 1
+    assert c.filter.netns_path == "/proc/self/ns/net"
+
+
+def test_inode_spec_keeps_no_path() -> None:
+    c = cli.parse_args(["--filter-netns=inode:4026531840"])
+    assert (c.filter.netns, c.filter.netns_path, c.filter.ifindex) == (4026531840, None, None)
 
 
 ERRORS = [
@@ -112,6 +150,8 @@ ERRORS = [
     (["--filter-netns", "inode:x"], "pwru: --filter-netns: not a number"),
     (["--filter-netns", "netns1"], "pwru: --filter-netns: invalid value 'netns1'"),
     (["--filter-ifname", "nosuchif0"], "pwru: --filter-ifname: no interface named 'nosuchif0'"),
+    (["--filter-ifname", "a/b"], "pwru: --filter-ifname: invalid interface name 'a/b'"),
+    (["--filter-netns", "/proc/self/ns/uts"], "pwru: --filter-netns: /proc/self/ns/uts is not a network namespace"),
     (["--filter-mark", "0x1/zz"], "pwru: --filter-mark: invalid mask 'zz'"),
     (["--output-meta=maybe"], "pwru: --output-meta: invalid boolean 'maybe'"),
     (["--no-output-meta=true"], "pwru: --output-meta: --no-output-meta takes no value"),
@@ -124,6 +164,13 @@ ERRORS = [
     (["--output-file", "--debug"], "pwru: --output-file: needs a value"),
     (["--timestamp=later"], "pwru: --timestamp: invalid value 'later'"),
     (["--kernel-btf", "/no/such/btf"], "pwru: --kernel-btf: /no/such/btf: no such file"),
+    (["--kernel-btf", "/"], "pwru: --kernel-btf: /: is a directory"),
+    (["--ready-file", "/no/such/dir/ready"], "pwru: --ready-file: /no/such/dir: no such directory"),
+    (["--output-file", "/"], "pwru: --output-file: /: is a directory"),
+    (["--kmods"], "pwru: --kmods: needs a value"),
+    (["--no-debug=1"], "pwru: --debug: --no-debug takes no value"),
+    (["--no-frobnicate"], "pwru: --no-frobnicate: unknown flag"),
+    (["--pcap-filter=tcp"], "pwru: --pcap-filter: unknown flag"),
     (["--frobnicate"], "pwru: --frobnicate: unknown flag"),
     (["-x"], "pwru: -x: unknown flag"),
 ]
@@ -161,8 +208,9 @@ def test_version_and_help_in_a_real_process() -> None:
     assert (p.returncode, p.stdout) == (0, f"pwru {__version__}\n")
     p = _run("--help", "--backend", "nonsense")  # help wins, values are not validated
     assert p.returncode == 0 and p.stdout.startswith("Usage: pwru [options] [pcap-filter]")
-    for flag in cli.FLAGS:
-        assert f"--{flag.name}" in p.stdout
+    for flag in flags.FLAGS:
+        if flag.kind != flags.WORDS:
+            assert f"--{flag.name}" in p.stdout
 
 
 @pytest.fixture
@@ -191,7 +239,8 @@ def test_dispatch(fake_run: types.ModuleType) -> None:
     assert cli.main(["--list-funcs", "--filter-func", "ip_rcv"]) == 0
     names = [n for n, _ in fake_run.calls]
     assert names == ["run", "list_backends", "list_funcs"]
-    assert fake_run.calls[0][1].pcap_filter == "host 1.2.3.4"
+    assert fake_run.calls[0][1].filter.pcap == "host 1.2.3.4"
+    assert fake_run.calls[2][1].filter.func_allowed("ip_rcv")
 
 
 def test_user_error_from_run(fake_run: types.ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
@@ -222,3 +271,92 @@ def test_internal_error(fake_run: types.ModuleType, capsys: pytest.CaptureFixtur
     assert cli.main(["--debug"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and err.endswith("pwru: internal error: ValueError: bad thing\n")
+
+
+def _dispatch_raising(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    def dispatch(config: Config) -> int:
+        raise exc
+
+    monkeypatch.setattr(cli, "_dispatch", dispatch)
+
+
+VERIFIER_LOG = "\n".join(f"line {i}" for i in range(1, 31)) + "\n\n"
+
+
+@pytest.mark.parametrize(
+    ("exc", "rc", "err"),
+    [
+        (UserError("no BTF for this kernel"), 2, "pwru: no BTF for this kernel\n"),
+        (UserError("must run as root", exit_code=1), 1, "pwru: must run as root\n"),
+        (
+            VerifierError(13, "PROG_LOAD", VERIFIER_LOG, program="kprobe_skb_1"),
+            1,
+            "pwru: the kernel's verifier refused the program kprobe_skb_1: bpf(PROG_LOAD): Permission denied\n"
+            + "\n".join(f"line {i}" for i in range(16, 31))
+            + "\n",
+        ),
+        (
+            VerifierError(22, "PROG_LOAD", "", program="p"),
+            1,
+            "pwru: the kernel's verifier refused the program p: bpf(PROG_LOAD): Invalid argument\n",
+        ),
+        (
+            NotSupported("kprobe-multi", "needs CONFIG_FPROBE"),
+            1,
+            "pwru: kprobe-multi: not supported on this kernel: needs CONFIG_FPROBE\n",
+        ),
+        (BPFError(1, "MAP_CREATE"), 1, "pwru: [Errno 1] bpf(MAP_CREATE): Operation not permitted\n"),
+        (
+            BPFError(22, "BTF_LOAD", "magic bad\nbad type 7\n"),
+            1,
+            "pwru: [Errno 22] bpf(BTF_LOAD): Invalid argument\nmagic bad\nbad type 7\n",
+        ),
+        (EBPFError("relocation of foo failed"), 1, "pwru: relocation of foo failed\n"),
+        (KeyboardInterrupt(), 130, ""),
+        (RuntimeError("boom\nmore"), 1, "pwru: internal error: RuntimeError: boom\n"),
+    ],
+)
+def test_errors_become_exit_codes(
+    exc: BaseException, rc: int, err: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _dispatch_raising(monkeypatch, exc)
+    assert cli.main(["tcp"]) == rc
+    out, got = capsys.readouterr()
+    assert (out, got) == ("", err)
+
+
+def test_plain_bpf_error_is_not_a_verifier_refusal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _dispatch_raising(monkeypatch, BPFError(7, "BTF_LOAD", "x" * 10))
+    assert cli.main([]) == 1
+    assert "verifier" not in capsys.readouterr().err
+
+
+def test_ebpf_error_traceback_only_with_debug(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _dispatch_raising(monkeypatch, NotSupported("fentry", "no BTF"))
+    assert cli.main(["--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.endswith("pwru: fentry: not supported on this kernel: no BTF\n")
+
+
+def test_broken_pipe(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    quieted: list[bool] = []
+    monkeypatch.setattr(cli, "_quiet_stdout", lambda: quieted.append(True))
+    _dispatch_raising(monkeypatch, BrokenPipeError())
+    assert cli.main([]) == 141
+    assert quieted == [True] and capsys.readouterr() == ("", "")
+
+
+def test_main_resolves_before_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Config] = []
+
+    def dispatch(config: Config) -> int:
+        seen.append(config)
+        return 0
+
+    monkeypatch.setattr(cli, "_dispatch", dispatch)
+    assert cli.main(["--filter-ifname=lo", "--filter-netns=/proc/self/ns/net"]) == 0
+    assert (seen[0].filter.ifindex, seen[0].filter.netns) == (1, os.stat("/proc/self/ns/net").st_ino)

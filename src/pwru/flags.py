@@ -1,0 +1,533 @@
+"""Every command-line flag, declared once: the parser, ``--help``, :class:`~pwru.config.Config` and the kernel
+constants all come from :data:`FLAGS`.
+
+A :class:`Flag` names its kind (how its text is read), default, help text and help group, the Config field(s)
+it fills (``section`` + ``attr``), the function that turns its raw value into those fields' values, and the BPF
+constants (``cfg_*`` in pwru.bpf.c) it sets, each computed from the final, resolved Config.
+
+Parsing follows pwru's (pflag) conventions: ``--flag value`` or ``--flag=value``; booleans are ``--flag``,
+``--flag=true|false`` (also 1/0, t/f) or ``--no-flag``; list flags repeat and/or take commas. Every word that
+is not a flag goes to the one ``words`` entry (the pcap filter, joined with spaces); ``--`` ends the flags.
+Nothing here touches the file system or a namespace: :func:`pwru.resolve.resolve` does that afterwards.
+
+Adding a flag: add its field to a section dataclass in :mod:`pwru.config`, declare one :class:`Flag` below
+(with ``consts`` if the kernel side reads it), and use the field. The parser, ``--help``,
+:func:`build_config` and :func:`constants` pick it up; ``tests/unit/test_flags.py`` checks that the table and
+the dataclasses agree. :meth:`FlagTable.with_flags` builds an extended table (used by that test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pwru import config as cfg
+from pwru.config import Config, FlagError
+from pwru.errors import UserError
+
+#: Kinds: how a flag's text becomes its raw value (what :attr:`Flag.parse` then receives).
+BOOL = "bool"  # bool: --flag, --no-flag, --flag=true|false
+STR = "str"  # str: the last value given
+UINT = "uint"  # int: a decimal >= 0, checked while parsing
+LIST = "list"  # list[str]: every value given, in order (commas are split by the parse function)
+WORDS = "words"  # list[str]: the words that are not flags (at most one such entry; not a --flag)
+KINDS = (BOOL, STR, UINT, LIST, WORDS)
+
+#: Help groups, in --help order.
+FILTERS, OUTPUT, KERNEL, GENERAL = "Filters", "Output", "Kernel", "General"
+GROUPS = (FILTERS, OUTPUT, KERNEL, GENERAL)
+
+#: A parse/validate function: the flag's raw value -> its field's value (a tuple when it fills several).
+Parse = Callable[[Any], Any]
+#: A kernel constant's value, computed from the final (resolved) Config.
+KConst = Callable[[Config], int]
+
+_TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
+_FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
+
+
+@dataclass(frozen=True, eq=False)
+class Flag:
+    """One flag (or the pcap-filter words) and everything derived from it.
+
+    ``section`` is a :class:`Config` section (``"filter"``, ``"output"``, ...), ``""`` for a top-level Config
+    field, or None for a flag that fills nothing (``--help``, ``--version``: :func:`pwru.cli.main` acts on
+    them). ``attr`` is the field it fills, or a tuple of fields; then ``parse`` returns a tuple of values.
+    ``parse`` None keeps the raw value. ``consts`` maps each BPF constant the flag sets to its value.
+    """
+
+    name: str
+    kind: str
+    default: object
+    help: str
+    group: str
+    section: str | None
+    attr: str | tuple[str, ...] = ()
+    parse: Parse | None = None
+    consts: Mapping[str, KConst] = field(default_factory=dict)
+    metavar: str = ""
+
+    @property
+    def attrs(self) -> tuple[str, ...]:
+        """The Config fields this flag fills, in ``parse``'s order."""
+        return (self.attr,) if isinstance(self.attr, str) else self.attr
+
+    @property
+    def fills(self) -> tuple[str, ...]:
+        """Dotted paths of the fields it fills (``"filter.mark"``; ``"debug"`` for a top-level field)."""
+        if self.section is None:
+            return ()
+        return tuple(f"{self.section}.{a}" if self.section else a for a in self.attrs)
+
+    def initial(self) -> object:
+        """The raw value before any argument is read (a fresh list for list kinds)."""
+        if self.kind in (LIST, WORDS):
+            assert isinstance(self.default, list | tuple)
+            return list(self.default)
+        return self.default
+
+    def values(self, raw: object) -> tuple[object, ...]:
+        """The raw value -> one value per field in :attr:`attrs`; raises :class:`FlagError`."""
+        value = raw if self.parse is None else self.parse(raw)
+        if len(self.attrs) == 1:
+            return (value,)
+        assert isinstance(value, tuple) and len(value) == len(self.attrs), self.name
+        return value
+
+
+def _parse_bool(name: str, text: str) -> bool:
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise FlagError(name, f"invalid boolean {text!r} (use true or false)")
+
+
+@dataclass(frozen=True, eq=False)
+class FlagTable:
+    """A checked set of flags and the Config sections they fill: parser, help, Config and constants."""
+
+    flags: tuple[Flag, ...]
+    sections: Mapping[str, type] = field(default_factory=lambda: dict(cfg.SECTIONS))
+
+    def __post_init__(self) -> None:
+        names: set[str] = set()
+        fills: set[str] = set()
+        consts: set[str] = set()
+        for f in self.flags:
+            if f.name in names:
+                raise ValueError(f"flag {f.name!r} declared twice")
+            if f.kind not in KINDS or f.group not in GROUPS:
+                raise ValueError(f"flag {f.name!r}: unknown kind {f.kind!r} or group {f.group!r}")
+            if f.section not in (None, "", *self.sections):
+                raise ValueError(f"flag {f.name!r}: unknown section {f.section!r}")
+            if f.section is not None and not f.attrs:
+                raise ValueError(f"flag {f.name!r}: a section but no attr")
+            for what, seen, new in (("field", fills, f.fills), ("constant", consts, tuple(f.consts))):
+                for item in new:
+                    if item in seen:
+                        raise ValueError(f"flag {f.name!r}: {what} {item!r} is set by another flag too")
+                    seen.add(item)
+            names.add(f.name)
+        if sum(f.kind == WORDS for f in self.flags) > 1:
+            raise ValueError("at most one flag takes the words")
+
+    def with_flags(self, *flags: Flag, sections: Mapping[str, type] | None = None) -> FlagTable:
+        """This table plus ``flags`` (and, if given, other section dataclasses): how a new flag is tried out."""
+        return FlagTable(self.flags + flags, dict(self.sections if sections is None else sections))
+
+    def by_name(self, name: str) -> Flag | None:
+        """The ``--name`` flag, or None (the words entry is not a ``--flag``)."""
+        for f in self.flags:
+            if f.name == name and f.kind != WORDS:
+                return f
+        return None
+
+    @property
+    def words(self) -> Flag | None:
+        """The entry that takes the words that are not flags."""
+        return next((f for f in self.flags if f.kind == WORDS), None)
+
+    def parse_argv(self, argv: Sequence[str]) -> dict[str, object]:
+        """``argv`` -> every flag's raw value by name (defaults filled in); the words under the words entry."""
+        values: dict[str, object] = {f.name: f.initial() for f in self.flags}
+        words: list[str] = []
+        args = list(argv)
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            i += 1
+            if arg == "--":
+                words += args[i:]
+                break
+            if arg == "-h" and self.by_name("help") is not None:
+                values["help"] = True
+                continue
+            if not arg.startswith("-") or arg == "-":
+                words.append(arg)
+                continue
+            if not arg.startswith("--"):
+                raise UserError(f"{arg}: unknown flag (try --help)")
+            name, eq, inline = arg[2:].partition("=")
+            flag = self.by_name(name)
+            negated = False
+            if flag is None and name.startswith("no-"):
+                flag = self.by_name(name[3:])
+                if flag is not None:
+                    name, negated = name[3:], True
+            if flag is None:
+                raise UserError(f"--{name}: unknown flag (try --help)")
+            if flag.kind == BOOL:
+                if negated and eq:
+                    raise FlagError(name, f"--no-{name} takes no value")
+                values[name] = (not negated) if not eq else _parse_bool(name, inline)
+                continue
+            if negated:
+                raise UserError(f"--no-{name}: unknown flag (try --help)")
+            if eq:
+                text = inline
+            elif i < len(args) and not args[i].startswith("--"):
+                text = args[i]
+                i += 1
+            else:
+                raise FlagError(name, "needs a value")
+            if flag.kind == LIST:
+                current = values[name]
+                assert isinstance(current, list)
+                current.append(text)
+            elif flag.kind == UINT:
+                values[name] = cfg.parse_uint(name, text)
+            else:
+                values[name] = text
+        w = self.words
+        if w is not None:
+            values[w.name] = words
+        elif words:
+            raise UserError(f"{words[0]}: unexpected argument")
+        return values
+
+    def build_config(self, values: Mapping[str, object]) -> Config:
+        """Raw values (from :meth:`parse_argv`) -> a validated, not yet resolved :class:`Config`."""
+        top: dict[str, Any] = {}
+        sections: dict[str, dict[str, Any]] = {name: {} for name in self.sections}
+        for f in self.flags:
+            if f.section is None:
+                continue
+            target = top if f.section == "" else sections[f.section]
+            target.update(zip(f.attrs, f.values(values[f.name]), strict=True))
+        return Config(**top, **{name: cls(**sections[name]) for name, cls in self.sections.items()})
+
+    def constants(self, config: Config) -> dict[str, int]:
+        """Every kernel constant the flags set, from the final (resolved) ``config``."""
+        return {name: int(value(config)) for f in self.flags for name, value in f.consts.items()}
+
+    def usage(self) -> str:
+        """The --help text: pflag-like lines, grouped by help group."""
+        w = self.words
+        lines = ["Usage: pwru [options]" + (f" [{w.name}]" if w else "")]
+        if w is not None:
+            lines.append(f"    Available {w.name}: {w.help}")
+        lines.append("    Available options:")
+        for group in GROUPS:
+            members = [f for f in self.flags if f.group == group and f.kind != WORDS]
+            if not members:
+                continue
+            lines += ["", f"  {group}:"]
+            lines += [_usage_line(f) for f in members]
+        return "\n".join(lines) + "\n"
+
+
+def _usage_line(f: Flag) -> str:
+    left = ("  -h, " if f.name == "help" else "      ") + f"--{f.name}" + (f" {f.metavar}" if f.metavar else "")
+    default = ""
+    if f.kind == BOOL and f.default is True:
+        default = " (default true)"
+    elif f.kind == STR and f.default != "":
+        default = f' (default "{f.default}")'
+    elif f.kind == UINT and f.default != 0:
+        default = f" (default {f.default})"
+    return f"{left:<38} {f.help}{default}"
+
+
+# --- parse functions ------------------------------------------------------------------------------------------
+
+
+def _optional(value: str) -> str | None:
+    return value or None
+
+
+def _join(words: list[str]) -> str:
+    return " ".join(words).strip()
+
+
+def _mark(value: str) -> tuple[int, int]:
+    return cfg.parse_mark(value) if value else (0, 0)
+
+
+def _timestamp(value: str) -> str:
+    return cfg.parse_choice("timestamp", value, cfg.TIMESTAMP_MODES)
+
+
+def _max_size(value: int) -> int:
+    if value == 0:
+        raise FlagError("output-file-max-size", "must be at least 1 (MB)")
+    return value
+
+
+# --- the table --------------------------------------------------------------------------------------------------
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("pcap-filter", WORDS, [], 'see "man 7 pcap-filter"', FILTERS, "filter", "pcap", parse=_join),
+    # Filters
+    Flag(
+        "filter-func",
+        STR,
+        "",
+        "filter kernel functions to be probed by name (regular expression matching the whole name)",
+        FILTERS,
+        "filter",
+        "func",
+        parse=cfg.parse_func_regex,
+        metavar="string",
+    ),
+    Flag(
+        "filter-netns",
+        STR,
+        "",
+        'filter netns ("/proc/<pid>/ns/net", "inode:<inode>")',
+        FILTERS,
+        "filter",
+        ("netns", "netns_path"),
+        parse=cfg.parse_netns,
+        consts={"cfg_netns": lambda c: c.filter.netns or 0},
+        metavar="string",
+    ),
+    Flag(
+        "filter-mark",
+        STR,
+        "",
+        "filter skb mark (e.g. 0xa00/0xf00; exact without mask)",
+        FILTERS,
+        "filter",
+        ("mark", "mark_mask"),
+        parse=_mark,
+        consts={"cfg_mark": lambda c: c.filter.mark, "cfg_mark_mask": lambda c: c.filter.mark_mask},
+        metavar="mark[/mask]",
+    ),
+    Flag(
+        "filter-ifname",
+        STR,
+        "",
+        "filter skb ifname in --filter-netns (else the current netns)",
+        FILTERS,
+        "filter",
+        "ifname",
+        parse=cfg.parse_ifname,
+        consts={"cfg_ifindex": lambda c: c.filter.ifindex or 0},
+        metavar="name",
+    ),
+    # Output
+    Flag(
+        "output-meta",
+        BOOL,
+        True,
+        "print skb metadata",
+        OUTPUT,
+        "output",
+        "meta",
+        consts={"cfg_output_meta": lambda c: int(c.output.meta)},
+    ),
+    Flag(
+        "output-tuple",
+        BOOL,
+        True,
+        "print L4 tuple",
+        OUTPUT,
+        "output",
+        "tuple",
+        consts={"cfg_output_tuple": lambda c: int(c.output.tuple)},
+    ),
+    Flag("output-tcp-flags", BOOL, False, "print TCP flags", OUTPUT, "output", "tcp_flags"),
+    Flag(
+        "output-stack",
+        BOOL,
+        False,
+        "print stack",
+        OUTPUT,
+        "output",
+        "stack",
+        consts={"cfg_output_stack": lambda c: int(c.output.stack)},
+    ),
+    Flag(
+        "output-caller",
+        BOOL,
+        False,
+        "print caller function name",
+        OUTPUT,
+        "output",
+        "caller",
+        consts={"cfg_output_caller": lambda c: int(c.output.caller)},
+    ),
+    Flag("output-json", BOOL, False, "output traces in JSON format", OUTPUT, "output", "json"),
+    Flag(
+        "output-limit-lines",
+        UINT,
+        0,
+        "exit after this many events have been printed (0: no limit)",
+        OUTPUT,
+        "output",
+        "limit_lines",
+        metavar="N",
+    ),
+    Flag(
+        "output-file",
+        STR,
+        "",
+        "write traces to file (rotates at 100MB by default)",
+        OUTPUT,
+        "output",
+        "file",
+        parse=_optional,
+        metavar="string",
+    ),
+    Flag(
+        "output-file-max-size",
+        UINT,
+        100,
+        "max size in MB per file before rotation",
+        OUTPUT,
+        "output",
+        "file_max_size",
+        parse=_max_size,
+        metavar="int",
+    ),
+    Flag(
+        "output-file-max-backups",
+        UINT,
+        0,
+        "max number of rotated files to keep (0: no limit)",
+        OUTPUT,
+        "output",
+        "file_max_backups",
+        metavar="int",
+    ),
+    Flag(
+        "output-file-max-age",
+        UINT,
+        0,
+        "max age in days to keep rotated files (0: no limit)",
+        OUTPUT,
+        "output",
+        "file_max_age",
+        metavar="int",
+    ),
+    Flag("output-file-compress", BOOL, False, "compress rotated files with gzip", OUTPUT, "output", "file_compress"),
+    Flag(
+        "timestamp",
+        STR,
+        "none",
+        "print timestamp per skb (current, relative, absolute, none)",
+        OUTPUT,
+        "output",
+        "timestamp",
+        parse=_timestamp,
+        metavar="string",
+    ),
+    # Kernel
+    Flag(
+        "backend",
+        STR,
+        "auto",
+        f"tracing backend ({', '.join(cfg.BACKENDS)})",
+        KERNEL,
+        "kernel",
+        "backend",
+        parse=cfg.parse_backend,
+        metavar="string",
+    ),
+    Flag(
+        "list-backends",
+        BOOL,
+        False,
+        "list the backends and whether this kernel allows them, then exit",
+        KERNEL,
+        "",
+        "list_backends",
+    ),
+    Flag(
+        "list-funcs",
+        BOOL,
+        False,
+        "list the functions and tracepoints that would be traced, then exit",
+        KERNEL,
+        "",
+        "list_funcs",
+    ),
+    Flag(
+        "kernel-btf",
+        STR,
+        "",
+        "specify kernel BTF file",
+        KERNEL,
+        "kernel",
+        "kernel_btf",
+        parse=_optional,
+        metavar="string",
+    ),
+    Flag(
+        "kmods",
+        LIST,
+        [],
+        "list of kernel modules names to attach to",
+        KERNEL,
+        "kernel",
+        "kmods",
+        parse=cfg.split_list,
+        metavar="strings",
+    ),
+    Flag("all-kmods", BOOL, False, "attach to all available kernel modules", KERNEL, "kernel", "all_kmods"),
+    # General
+    Flag("help", BOOL, False, "display this message and exit", GENERAL, None),
+    Flag("version", BOOL, False, "show pwru version and exit", GENERAL, None),
+    Flag(
+        "ready-file",
+        STR,
+        "",
+        "create file after all BPF progs are attached",
+        GENERAL,
+        "",
+        "ready_file",
+        parse=_optional,
+        metavar="string",
+    ),
+    Flag("debug", BOOL, False, "enable debug logging", GENERAL, "", "debug"),
+)
+
+#: The table pwru uses.
+TABLE = FlagTable(FLAGS)
+
+
+def parse_argv(argv: Sequence[str]) -> dict[str, object]:
+    """``argv`` -> every flag's raw value by name (see :meth:`FlagTable.parse_argv`); pure."""
+    return TABLE.parse_argv(argv)
+
+
+def build_config(values: Mapping[str, object]) -> Config:
+    """Raw values -> a validated Config, not yet resolved (see :func:`pwru.resolve.resolve`); pure."""
+    return TABLE.build_config(values)
+
+
+def parse_config(argv: Sequence[str]) -> Config:
+    """``argv`` -> a validated Config, not yet resolved; ignores --help/--version."""
+    return TABLE.build_config(TABLE.parse_argv(argv))
+
+
+def usage() -> str:
+    """The --help text."""
+    return TABLE.usage()
+
+
+def constants(config: Config) -> dict[str, int]:
+    """Every kernel constant the flags set (all but ``cfg_has_pcap``), from the final (resolved) ``config``."""
+    return TABLE.constants(config)
