@@ -114,9 +114,12 @@ def skb_probes(backend: str, targets: Sequence[Target], programs: set[str], kern
     method = METHODS[backend]
     if method is Attach.TP_BTF:
         return [
-            Probe("tracepoint", t.name, TP_PROGRAM, method, t.module, t.btf_id, t.skb_pos, t.reason_pos,
-                  t.location_pos, constants={"cfg_tp_skb_pos": t.skb_pos, "cfg_tp_reason_pos": t.reason_pos or 0,
-                                             "cfg_tp_location_pos": t.location_pos or 0})  # fmt: skip
+            Probe(
+                "tracepoint", t.name, TP_PROGRAM, method, t.module, t.btf_id, t.skb_pos, t.reason_pos,
+                t.location_pos,
+                constants={"cfg_tp_skb_pos": t.skb_pos, "cfg_tp_reason_pos": t.reason_pos or 0,
+                           "cfg_tp_location_pos": t.location_pos or 0},
+            )
             for t in targets
         ]
     prefix = PROGRAM_PREFIX[method]
@@ -126,8 +129,7 @@ def skb_probes(backend: str, targets: Sequence[Target], programs: set[str], kern
     probes = []
     for t in targets:
         constants = {} if ksyms is None else {"cfg_probe_id": ksyms.address(t.name, t.module) or 0}
-        probes.append(
-            Probe("func", t.name, program_variant(prefix, t, programs), method, t.module, t.btf_id, t.skb_pos,
-                  t.reason_pos, constants=constants)  # fmt: skip
-        )
+        program = program_variant(prefix, t, programs)
+        probes.append(Probe("func", t.name, program, method, t.module, t.btf_id, t.skb_pos, t.reason_pos, None,
+                            constants=constants))  # fmt: skip
     return probes

@@ -187,7 +187,9 @@ def _each(ctx: AttachContext, probes: list[Probe], one: Callable[[Probe], tuple[
             ctx.report(1)
 
 
-def _load_once_per_program(ctx: AttachContext, probes: list[Probe], attach_type: AttachType | None) -> dict[str, Program]:
+def _load_once_per_program(
+    ctx: AttachContext, probes: list[Probe], attach_type: AttachType | None
+) -> dict[str, Program]:
     """kprobe-type programs serve many targets: each program the probes name is loaded once."""
     programs: dict[str, Program] = {}
     for name in sorted({p.program for p in probes}):

@@ -29,7 +29,7 @@ from pwru.output import make_formatter, open_sink
 from pwru.pipeline import LineOutput, Pipeline
 from pwru.probes import Attachment, Plan, Progress, execute
 from pwru.records import Schema
-from pwru.stages import LimitStage, Stage, StackStage
+from pwru.stages import LimitStage, StackStage, Stage
 from pwru.symbols import Symbols
 
 log = logging.getLogger("pwru")
@@ -167,7 +167,8 @@ def run(config: Config) -> int:
         reasons = discovery.drop_reasons(kernel.spec, kernel.modules())
         stopper = Stopper()
         with stopper.installed():
-            coll = Collection(obj, kernel_btf=kernel.spec, constants=flags.constants(config) | {"cfg_has_pcap": int(has_pcap)})
+            constants = flags.constants(config) | {"cfg_has_pcap": int(has_pcap)}
+            coll = Collection(obj, kernel_btf=kernel.spec, constants=constants)
             try:
                 return _run_loaded(config, backend, kernel, coll, plan, schema, reasons, stopper, t_start)
             finally:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from pwru.event import KIND_TRACEPOINT, Event, EventDecoder
 
 from pwru.bpf import build, object_path
 from pwru.ebpf import asm, btf
@@ -22,7 +23,6 @@ from pwru.ebpf.kallsyms import Kallsyms
 from pwru.ebpf.link import Link, attach_raw_tracepoint
 from pwru.ebpf.prog import Program
 from pwru.ebpf.ringbuf import RingBufReader
-from pwru.event import KIND_TRACEPOINT, Event, EventDecoder
 
 pytestmark = pytest.mark.root
 

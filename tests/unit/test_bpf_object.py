@@ -17,7 +17,7 @@ FENTRIES = [f"fentry_skb_{n}" for n in range(1, 6)] + ["fentry_skb_1_reason_2", 
 CONFIG = [
     "cfg_netns", "cfg_mark", "cfg_mark_mask", "cfg_ifindex", "cfg_has_pcap", "cfg_output_meta",
     "cfg_output_tuple", "cfg_output_stack", "cfg_output_caller", "cfg_tp_skb_pos", "cfg_tp_reason_pos",
-    "cfg_tp_location_pos", "cfg_probe_id", "cfg_tp_caller_skip",
+    "cfg_tp_location_pos", "cfg_probe_id",
 ]  # fmt: skip
 
 needs_clang = pytest.mark.skipif(
@@ -102,7 +102,9 @@ def test_event_struct_in_btf(spec: ObjectSpec) -> None:
     assert spec.btf is not None
     sid = spec.btf.find_one("event", btf.Kind.STRUCT)
     names = [m.name for m in spec.btf.members(sid)]
-    assert names[:3] == ["ts", "addr", "skb"]
+    assert names[0] == "hdr"
+    assert [m.name for m in spec.btf.members(spec.btf.find_one("record_header", btf.Kind.STRUCT))][:5] == [
+        "ts", "skb", "probe", "type", "size"]  # fmt: skip
     assert {"meta", "tuple", "comm", "reason", "location", "stack_id"} <= set(names)
     assert spec.btf.member_offset("event", "meta.ifindex") > spec.btf.member_offset("event", "comm")
 

@@ -62,11 +62,7 @@ def test_drop_reasons_vmlinux(vmlinux: Spec) -> None:
     for name in ("SKB_DROP_REASON_NO_SOCKET", "SKB_DROP_REASON_NETFILTER_DROP"):
         assert reasons[values[name]] == name
     assert "SKB_DROP_REASON_MAX" not in reasons.values()
-    assert (
-        discovery.drop_reason_name(reasons, values["SKB_DROP_REASON_NO_SOCKET"])
-        == "SKB_DROP_REASON_NO_SOCKET"
-    )
-    assert discovery.drop_reason_name(reasons, 0xFFFF_FFF0) == str(0xFFFF_FFF0)
+    assert 0xFFFF_FFF0 not in reasons
 
 
 def test_object_targets(objspec: Spec) -> None:
@@ -115,7 +111,6 @@ def test_subsystem_drop_reasons() -> None:
         (1 << 16) | 1: "RX_DROP_U_MIC_FAIL",
         (2 << 16) | 1: "OVS_DROP_LAST_ACTION",
     }
-    assert discovery.drop_reason_name(reasons, (2 << 16) | 1) == "OVS_DROP_LAST_ACTION"
 
 
 def test_module_targets_named_with_module(objspec: Spec) -> None:

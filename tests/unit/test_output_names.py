@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pwru.config import Config, OutputConfig
+from pwru.config import OutputConfig
 from pwru.output.names import ProcessNames, sanitize, shorten_left
 from pwru.output.text import TextFormatter
 from tests.unit.test_output_text import FakeNames, fmt, make_event
@@ -44,8 +44,8 @@ def test_shorten_left() -> None:
 
 
 def test_hostile_names_do_not_reach_the_terminal() -> None:
-    line = fmt(TextFormatter(OutputConfig(), FakeNames()), 
-        make_event(ifindex=4, ifname=b"e\x1b]0;p\x07", comm=b"\x1bc")
+    line = fmt(
+        TextFormatter(OutputConfig(), FakeNames()), make_event(ifindex=4, ifname=b"e\x1b]0;p\x07", comm=b"\x1bc")
     )
     assert "\x1b" not in line and "\x07" not in line
     assert "\\x1b" in line

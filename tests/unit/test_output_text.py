@@ -11,8 +11,8 @@ import time
 from datetime import datetime
 from typing import Any
 
-from pwru.config import Config, OutputConfig
 from pwru.bpf import build, object_path
+from pwru.config import Config, OutputConfig
 from pwru.ebpf.elf import ObjectSpec
 from pwru.output import Formatter, TextFormatter, make_formatter
 from pwru.output.json import JsonFormatter
@@ -21,10 +21,35 @@ from pwru.records import Batch, Schema
 SKB = 0xFF4804DB4078A4E8
 
 
+INDEX = 1  # PWRU_PROBE_INDEX: the record's probe is an index into the probe table
+#: Stack frames the stack stage would have read for stack id 5.
+STACKS = {5: (0xA000, 0, 0xC000)}
+_schema: Schema | None = None
+
+
+def schema() -> Schema:
+    """The real object's record schema (built once)."""
+    global _schema
+    if _schema is None:
+        build.build()
+        obj = ObjectSpec.load(object_path())
+        assert obj.btf is not None
+        _schema = Schema(obj.btf)
+    return _schema
+
+
+def fmt(f: Formatter, values: dict[str, Any]) -> str:
+    """One event record with ``values`` through ``f`` (the formatters' only path), as a string."""
+    record = schema().layout("event").encode(values)
+    (line,) = f.format_batch(Batch(schema(), [record], dict(STACKS)))
+    return line
+
+
 class FakeNames:
     """Names with fixed tables, as the run loop would resolve them."""
 
-    funcs = {0x1000: "ip_local_out", 0x2000: "kfree_skb_reason", 0x3000: "ip_rcv", 7: "tp:kfree_skb"}
+    funcs = {0x1000: "ip_local_out", 0x2000: "kfree_skb_reason", 0x3000: "ip_rcv"}
+    probes = {7: "tp:kfree_skb"}
     reasons = {2: "SKB_DROP_REASON_NO_SOCKET", 6: "SKB_DROP_REASON_NETFILTER_DROP"}
     symbols = {0xA000: "__udp4_lib_rcv+0x5b1", 0xB000: "ip_finish_output2+0x1c", 0xC000: "tcp_v4_rcv+0x10"}
 

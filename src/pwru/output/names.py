@@ -1,8 +1,8 @@
 """Names the formatters need, and safe text.
 
 :class:`Names` is what a formatter is given to turn numbers into words (:class:`pwru.symbols.Symbols`
-implements it with kallsyms, the probe table and the drop reasons). :class:`ProcessNames` is the process part, shared by every
-implementation. :func:`sanitize` makes kernel- or process-provided text safe to print on a terminal.
+implements it with kallsyms, the probe table and the drop reasons). :class:`ProcessNames` is the process part,
+shared by every implementation. :func:`sanitize` makes kernel- or process-provided text safe to print on a terminal.
 """
 
 from __future__ import annotations
