@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pwru.event import KIND_TRACEPOINT, Event, EventDecoder
 
 from pwru.bpf import build, object_path
 from pwru.ebpf import asm, btf
@@ -23,6 +22,7 @@ from pwru.ebpf.kallsyms import Kallsyms
 from pwru.ebpf.link import Link, attach_raw_tracepoint
 from pwru.ebpf.prog import Program
 from pwru.ebpf.ringbuf import RingBufReader
+from pwru.records import Record, RecordLayout, Schema
 
 pytestmark = pytest.mark.root
 
@@ -100,8 +100,17 @@ def tp_program(coll: Collection, tp: str, probe_id: int, **constants: int) -> Pr
     )
 
 
-def drain(reader: RingBufReader, decoder: EventDecoder, until: float) -> list[Event]:
-    events: list[Event] = []
+def event_layout() -> tuple[Schema, RecordLayout]:
+    """The record schema of the built object, and its event layout."""
+    build.build()
+    obj = ObjectSpec.load(object_path())
+    assert obj.btf is not None
+    schema = Schema(obj.btf)
+    return schema, schema.layout("event")
+
+
+def drain(reader: RingBufReader, decoder: RecordLayout, until: float) -> list[Record]:
+    events: list[Record] = []
     while time.monotonic() < until:
         batch = reader.poll(timeout=0.1)
         events += decoder.decode_many(batch)
@@ -122,7 +131,7 @@ def test_kfree_skb_catches_udp_drop(netns: str) -> None:
     )  # fmt: skip
     out = {"cfg_netns": inode, "cfg_output_meta": 1, "cfg_output_tuple": 1, "cfg_output_caller": 1,
            "cfg_output_stack": 1}  # fmt: skip
-    decoder = EventDecoder.from_object(object_path())
+    schema, decoder = event_layout()
     links: list[Link] = []
     with collection(1 << 16) as coll, RingBufReader(coll.maps["events"]) as reader:
         try:
@@ -136,12 +145,13 @@ def test_kfree_skb_catches_udp_drop(netns: str) -> None:
         stacks = coll.maps["stacks"]
         assert all(e.netns == inode for e in events), "the netns filter let foreign skbs through"
         ours = [e for e in events if e.dport == PORT and e.sport == sport]
-        drops = [e for e in ours if e.addr == 1]
-        received = [e for e in ours if e.addr == 2]
+        drops = [e for e in ours if e.probe == 1]
+        received = [e for e in ours if e.probe == 2]
         assert len(drops) == 1, events
         assert len(received) == 1, events
         drop = drops[0]
-        assert drop.kind == KIND_TRACEPOINT
+        assert drop.probe_kind == schema.probe_kind("index")
+        assert drop.type == schema.type_id("event") and drop.size == decoder.size
         assert drop.reason == no_socket_reason()
         assert drop.skb == received[0].skb, "the drop is not the skb that was received"
         assert drop.skb >= 0xFFFF800000000000
@@ -171,7 +181,7 @@ def test_stalled_reader_counts_every_lost_event(netns: str) -> None:
     """A one-page ring buffer, many drops, nothing read while they happen: delivered + lost == sent."""
     sent = 300
     inode = os.stat(f"/run/netns/{netns}").st_ino
-    decoder = EventDecoder.from_object(object_path())
+    _, decoder = event_layout()
     with collection(os.sysconf("SC_PAGE_SIZE")) as coll:
         prog = tp_program(coll, "kfree_skb", 1, cfg_netns=inode, cfg_mark=MARK, cfg_mark_mask=0xFFFFFFFF,
                           cfg_output_meta=1)  # fmt: skip
@@ -202,7 +212,7 @@ def test_spliced_packet_filter_decides(netns: str, verdict: int, expected: int) 
     body = [asm.ld_imm64(asm.Reg.R0, verdict), asm.exit_()]
     spec.replace_function("filter_pcap_l2", body)
     spec.replace_function("filter_pcap_l3", body)
-    decoder = EventDecoder.from_object(object_path())
+    _, decoder = event_layout()
     with Collection(spec) as coll, RingBufReader(coll.maps["events"]) as reader:
         prog = tp_program(coll, "kfree_skb", 1, cfg_netns=inode, cfg_has_pcap=1, cfg_mark=MARK,
                           cfg_mark_mask=0xFFFFFFFF)  # fmt: skip
