@@ -65,6 +65,8 @@ def ebpf_message(e: EBPFError) -> str:
         msg = f"the kernel's verifier refused the program{program}: {e.strerror}"
     elif isinstance(e, NotSupported):
         msg = f"{e.feature}: not supported on this kernel: {e.why}"
+    elif isinstance(e, BPFError):
+        msg = e.strerror or str(e)  # "bpf(MAP_CREATE): Operation not permitted", without OSError's "[Errno N]"
     else:
         msg = str(e)
     tail = e.log_tail(LOG_TAIL_LINES) if isinstance(e, BPFError) else ""

@@ -305,11 +305,11 @@ VERIFIER_LOG = "\n".join(f"line {i}" for i in range(1, 31)) + "\n\n"
             1,
             "pwru: kprobe-multi: not supported on this kernel: needs CONFIG_FPROBE\n",
         ),
-        (BPFError(1, "MAP_CREATE"), 1, "pwru: [Errno 1] bpf(MAP_CREATE): Operation not permitted\n"),
+        (BPFError(1, "MAP_CREATE"), 1, "pwru: bpf(MAP_CREATE): Operation not permitted\n"),
         (
             BPFError(22, "BTF_LOAD", "magic bad\nbad type 7\n"),
             1,
-            "pwru: [Errno 22] bpf(BTF_LOAD): Invalid argument\nmagic bad\nbad type 7\n",
+            "pwru: bpf(BTF_LOAD): Invalid argument\nmagic bad\nbad type 7\n",
         ),
         (EBPFError("relocation of foo failed"), 1, "pwru: relocation of foo failed\n"),
         (KeyboardInterrupt(), 130, ""),
