@@ -189,6 +189,33 @@ def test_compress_rotated_files(tmp_path: Path) -> None:
     assert sink.mill_errors == []
 
 
+def test_cleanup_problems_are_shown_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(path: str) -> str:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("pwru.output.sink.compress_file", refuse)
+    sink = RotatingFileSink(str(tmp_path / "out.log"), max_bytes=64, compress=True, now=Now())
+    for i in range(3):
+        sink.write_lines(_lines(1, i))
+    sink.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings and all("--output-file: cleaning up rotated files: compress" in w for w in warnings)
+    assert "Permission denied" in warnings[0]
+    assert sink.mill_errors == []
+
+
+def test_write_bytes_is_never_split_across_files(tmp_path: Path) -> None:
+    sink = RotatingFileSink(str(tmp_path / "out.bin"), max_bytes=10, now=Now())
+    sink.write(b"12345678")
+    sink.write(b"abcdefgh")  # does not fit after the first: a new file
+    sink.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2
+    assert (tmp_path / "out.bin").read_bytes() == b"abcdefgh"
+
+
 def test_no_extension(tmp_path: Path) -> None:
     sink = RotatingFileSink(str(tmp_path / "trace"), max_bytes=5, now=Now())
     sink.write_lines(["1234", "5678"])
