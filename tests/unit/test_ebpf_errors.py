@@ -9,14 +9,16 @@ import os
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import pwru.ebpf
-from pwru.ebpf import prog, syscall
+from pwru.ebpf import btf, prog, syscall
 from pwru.ebpf.asm import AsmError
 from pwru.ebpf.btf import BTFError
+from pwru.ebpf.btf_kernel import KernelBTFNotFound
 from pwru.ebpf.collection import ConstantError
 from pwru.ebpf.core import CoreError
 from pwru.ebpf.elf import ELFError
@@ -40,6 +42,7 @@ from pwru.ebpf.syscall import AttachType, Cmd, ProgType
         (SyscallError, OSError),
         (AttachError, OSError),
         (NotSupported, OSError),
+        (KernelBTFNotFound, LookupError),
     ],
 )
 def test_every_library_error_has_one_root(cls: type[Exception], also: type[Exception]) -> None:
@@ -59,6 +62,17 @@ def test_not_supported_says_what_and_why() -> None:
     a = AttachNotSupported(errno.ENOENT, "kprobe", "do_unlinkat", "no kprobe PMU")
     assert isinstance(a, NotSupported) and isinstance(a, AttachError)
     assert (a.errno, a.kind, a.feature, a.why) == (errno.ENOENT, "kprobe", "kprobe", "no kprobe PMU")
+
+
+def test_a_kernel_without_btf_is_not_supported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(btf, "KERNEL_BTF_DIR", tmp_path)
+    btf.kernel_btf.cache_clear()
+    try:
+        with pytest.raises(NotSupported, match="CONFIG_DEBUG_INFO_BTF") as e:
+            btf.kernel_btf()
+        assert e.value.feature == "kernel BTF" and isinstance(e.value, OSError)
+    finally:
+        btf.kernel_btf.cache_clear()
 
 
 class _FakeKernel:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from pwru.ebpf.errors import EBPFError
+from pwru.ebpf.errors import EBPFError, NotSupported
 
 BTF_MAGIC = 0xEB9F
 KERNEL_BTF_DIR = Path("/sys/kernel/btf")
@@ -1069,8 +1069,14 @@ def _index(data: bytes, start: int, end: int) -> tuple[array[int], bytes, array[
 
 @functools.cache
 def kernel_btf() -> Spec:
-    """The running kernel's vmlinux BTF (parsed once per process)."""
-    return Spec.load(KERNEL_BTF_DIR / "vmlinux")
+    """The running kernel's vmlinux BTF (parsed once per process).
+
+    Raises :class:`~pwru.ebpf.errors.NotSupported` (an OSError) when the kernel exposes none.
+    """
+    path = KERNEL_BTF_DIR / "vmlinux"
+    if not path.exists():
+        raise NotSupported("kernel BTF", f"{path} missing (a kernel without CONFIG_DEBUG_INFO_BTF)")
+    return Spec.load(path)
 
 
 def module_names() -> list[str]:
