@@ -15,7 +15,7 @@ from pwru.bpf import build, object_path
 from pwru.ebpf import btf
 from pwru.ebpf.collection import Collection
 from pwru.ebpf.elf import ObjectSpec
-from pwru.ebpf.syscall import AttachType, BPFError
+from pwru.ebpf.syscall import AttachType, BPFError, ProgType
 
 pytestmark = pytest.mark.root
 
@@ -97,5 +97,7 @@ def test_fentry_loads_where_allowed(coll: Collection) -> None:
         if e.errno == errno.EPERM:
             pytest.skip("fentry refused by this kernel (lockdown)")
         raise
-    print(f"fentry_skb_1@ip_rcv: verified_insns={prog.info().verified_insns}")
+    info = prog.info()
+    print(f"fentry_skb_1@ip_rcv: verified_insns={info.verified_insns}")
+    assert info.verified_insns > 0 and info.type == ProgType.TRACING
     prog.close()

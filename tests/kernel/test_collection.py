@@ -13,7 +13,8 @@ import pytest
 from pwru.ebpf import btf
 from pwru.ebpf.collection import Collection, ConstantError
 from pwru.ebpf.elf import ObjectSpec
-from pwru.ebpf.syscall import AttachType, BPFError, ProgType
+from pwru.ebpf.errors import BPFError, VerifierError
+from pwru.ebpf.syscall import AttachType, ProgType
 
 _BUILD = Path(__file__).resolve().parents[1] / "data" / "bpf" / "build.py"
 _spec = importlib.util.spec_from_file_location("bpf_test_build", _BUILD)
@@ -24,6 +25,16 @@ _spec.loader.exec_module(build)
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not build.have_clang(), reason="clang not installed")]
 
 PACKET = bytes(64)
+# What each program of objects.bpf.c that BPF_PROG_TEST_RUN can run returns on PACKET (constants answer=42).
+RETURNS = {
+    "sock_answer": 42,
+    "sock_calls": (len(PACKET) - 14 + 1) * 2 + 5,  # middle(skb->len) + data_counter; the skb starts at L3
+    "tc_filter": ord("d"),  # both filter stubs pass, then tag[0] of "default"
+    "tcx_in": 2,  # leaf(1)
+    "xdp_pass": 2,  # XDP_PASS
+    "rawtp": 0,
+    "rawtp2": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +63,17 @@ def test_every_program_type_loads(coll: Collection) -> None:
             with pytest.raises(BPFError) as e:
                 coll.load_program(name)
             assert e.value.errno == errno.EPERM  # locked-down kernel: refused before the verifier
+            assert not isinstance(e.value, VerifierError)
             continue
         prog = coll.load_program(name)
-        assert prog.fd >= 0
         info = prog.info()
+        assert (info.name, info.type) == (name, spec.prog_type)
         assert info.btf_id != 0  # func_info/line_info went with the load
+        if name in RETURNS:
+            ctx = bytes(8) if spec.prog_type == ProgType.RAW_TRACEPOINT else None
+            res = prog.test_run(b"" if ctx is not None else PACKET, ctx=ctx)
+            assert res.retval == RETURNS[name], name
+    assert set(RETURNS) <= set(coll.program_names())
 
 
 def test_maps_created_and_filled(coll: Collection) -> None:
@@ -153,16 +170,16 @@ def test_core_values_seen_by_the_program(objdir: Path) -> None:
 
 
 def test_reachable_poison_is_refused_with_source_line(objdir: Path) -> None:
-    with Collection(ObjectSpec.load(objdir / "core.o")) as c, pytest.raises(BPFError) as e:
+    with Collection(ObjectSpec.load(objdir / "core.o")) as c, pytest.raises(VerifierError) as e:
         c.load_program("core_missing_used")
     assert "core.bpf.c" in e.value.log
     assert "195896080" in e.value.log_tail(5)
 
 
 def test_verifier_error_shows_c_line(objdir: Path) -> None:
-    with Collection(ObjectSpec.load(objdir / "bad.o")) as c, pytest.raises(BPFError) as e:
+    with Collection(ObjectSpec.load(objdir / "bad.o")) as c, pytest.raises(VerifierError) as e:
         c.load_program("out_of_bounds")
-    assert e.value.errno == errno.EACCES
+    assert e.value.errno == errno.EACCES and e.value.program == "out_of_bounds"
     assert "PWRU_BAD_LINE" in e.value.log
     assert "invalid access to map value" in e.value.log
 
@@ -205,3 +222,22 @@ def test_pwru_object_programs_load() -> None:
     assert any(c.program_spec(n).prog_type == ProgType.KPROBE for n in loaded)
     assert any(c.program_spec(n).expected_attach_type == AttachType.TRACE_RAW_TP for n in loaded)
     assert len(loaded) + len(refused) == len(spec.programs)
+
+
+def test_fexit_on_a_loaded_program(coll: Collection) -> None:
+    """``attach_prog_fd``: an fexit program whose target is a function of a loaded tc program (its BTF)."""
+    from pwru.ebpf import features
+    from pwru.ebpf.link import attach_tracing
+
+    allowed = features.fentry("do_unlinkat")
+    if not allowed:
+        pytest.skip(f"fentry not available here: {allowed.reason}")
+    target = coll.load_program("tc_filter")
+    assert coll.spec.btf is not None
+    func_id = coll.spec.btf.find_one("tc_filter", btf.Kind.FUNC)  # the object's BTF is the target's BTF
+    fexit = coll.load_program(
+        "fexi", attach_prog_fd=target.fd, attach_btf_id=func_id, expected_attach_type=AttachType.TRACE_FEXIT
+    )
+    assert fexit.info().type == ProgType.TRACING
+    with attach_tracing(fexit):
+        assert target.test_run(PACKET).retval == RETURNS["tc_filter"]  # fexit sees the call, changes nothing

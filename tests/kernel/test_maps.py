@@ -95,6 +95,20 @@ def test_percpu_values() -> None:
         assert k == b"k" * 8 and v == [i.to_bytes(8, "little") for i in range(n)]
 
 
+def test_lookup_u64_sums_a_per_cpu_counter() -> None:
+    n = possible_cpus()
+    with Map.create(MapType.PERCPU_ARRAY, 4, 8, 1) as m:
+        m.update(0, [(1000 + cpu).to_bytes(8, "little") for cpu in range(n)])
+        assert m.lookup_u64(0) == sum(1000 + cpu for cpu in range(n))
+    with Map.create(MapType.PERCPU_ARRAY, 4, 16, 1) as wide:  # a counter followed by other data
+        wide.update(0, (7).to_bytes(8, "little") + b"\xff" * 8)
+        assert wide.lookup_u64(0) == 7 * n
+    with Map.create(MapType.HASH, 4, 8, 4) as h:
+        assert h.lookup_u64(3) is None
+        h.update(3, (1 << 63).to_bytes(8, "little"))
+        assert h.lookup_u64(3) == 1 << 63  # unsigned
+
+
 def test_queue_and_stack() -> None:
     with Map.create(MapType.QUEUE, 0, 4, 3) as q:
         assert q.pop() is None

@@ -1,11 +1,10 @@
-"""The ring buffer reader fed by a real program: order, content, discards, wrap-around, big batches,
-epoll wake-ups, and its speed against reading one event per system call."""
+"""The ring buffer reader fed by a real program: order, content, discards, wrap-around, big batches and
+epoll wake-ups. (Its speed is measured by bench/run.py, not by a test.)"""
 
 from __future__ import annotations
 
 import struct
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -173,14 +172,13 @@ def test_discarded_records_are_skipped() -> None:
 def test_wait_wakes_up_on_data(producer: Producer) -> None:
     with RingBufReader(producer.ring) as rd:
         t = threading.Timer(0.1, producer.produce, args=(5,))
-        start = time.monotonic()
         t.start()
         try:
-            assert rd.wait(5.0)
+            assert rd.wait(30.0)  # woken by the data, not the timeout
         finally:
             t.join()
-        assert time.monotonic() - start < 4.0
-        assert len(rd.poll(0)) == 5
+        assert check(rd.poll(0), 0) == 5
+        assert rd.pending() == 0
 
 
 def test_not_a_ring_buffer() -> None:
@@ -188,34 +186,25 @@ def test_not_a_ring_buffer() -> None:
         RingBufReader(m)
 
 
-def test_big_batch_same_records_as_syscall_per_event(capsys: pytest.CaptureFixture[str]) -> None:
+def test_big_batch_delivers_every_record_in_order_like_a_queue() -> None:
+    """20,000 records in one batch: exactly the records written, in order, the same as a queue map holds
+    when the same program writes there instead."""
     n = 20000
     p = Producer(ring_size=1 << 21)
     try:
         with RingBufReader(p.ring) as rd:
             p.produce(n)
-            t = time.perf_counter()
-            recs = rd.read_batch()
-            total = 0
-            for r in recs:
-                total += struct.unpack_from("<Q", r)[0]
-            ring_s = time.perf_counter() - t
-            assert len(recs) == n and total == n * (n - 1) // 2
+            ring = [bytes(r) for r in rd.read_batch()]
+            assert rd.read_batch() == [] and rd.discarded == 0
     finally:
         p.close()
+    assert len(ring) == n
+    check([memoryview(r) for r in ring], 0)
     seq = Map.create(MapType.ARRAY, 4, 8, 1)
     q = Map.create(MapType.QUEUE, 0, RECORD, n)
     with seq, q, Program.load(ProgType.SCHED_CLS, producer_insns(seq, q, queue=True)) as prog:
         prog.test_run(b"\x00" * 64, repeat=n)
-        t = time.perf_counter()
-        total = 0
+        queued = []
         while (v := q.pop()) is not None:
-            total += struct.unpack_from("<Q", v)[0]
-        pop_s = time.perf_counter() - t
-        assert total == n * (n - 1) // 2
-    with capsys.disabled():
-        print(
-            f"\nring buffer batch: {n / ring_s:,.0f} events/s; one syscall per event (queue pop): "
-            f"{n / pop_s:,.0f} events/s; x{pop_s / ring_s:.1f}"
-        )
-    # Informational only: speed is judged by bench/run.py, not by a timed test on a noisy machine.
+            queued.append(v)
+    assert queued == ring

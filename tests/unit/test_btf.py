@@ -167,6 +167,12 @@ def test_sk_buff_offsets_agree_with_bpftool(vmlinux: Spec, vmlinux_dump: dict[in
         else:
             assert vmlinux.member_offset("sk_buff", name) == bit_off // 8
     assert bitfields >= 5  # pkt_type, ip_summed, cloned, ...
+    sk = vmlinux.type(sid)
+    assert isinstance(sk, btf.Struct)
+    for name, (bit_off, _) in want.items():  # the one member search, also what CO-RE uses
+        hit = vmlinux.find_member(sk, name)
+        assert hit is not None and hit[0].name == name and hit[0].bit_offset + hit[1] == bit_off, name
+    assert vmlinux.find_member(sk, "no_such_member") is None
     assert vmlinux.size_of(sid) == int(dump[sid].attrs["size"])
     # dotted paths through a named member
     assert vmlinux.member_offset("sk_buff", "headers.protocol") == vmlinux.member_offset(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pwru.ebpf.maps import Map, _object_name, _parse_cpu_list
-from pwru.ebpf.syscall import MapType
+from pwru.ebpf.maps import Map, parse_cpu_list
+from pwru.ebpf.syscall import MapType, object_name
 
 
 @pytest.mark.parametrize(
@@ -13,14 +13,14 @@ from pwru.ebpf.syscall import MapType
     [("0", [0]), ("0-3\n", [0, 1, 2, 3]), ("0,2-3,7", [0, 2, 3, 7]), ("0-1,4-5", [0, 1, 4, 5])],
 )
 def test_parse_cpu_list(text: str, cpus: list[int]) -> None:
-    assert _parse_cpu_list(text) == cpus
+    assert parse_cpu_list(text) == cpus
 
 
 def test_object_name() -> None:
-    assert _object_name("ok_name.1") == b"ok_name.1"
-    assert _object_name("has-dash and space") == b"has_dash_and_sp"
-    assert _object_name("ünï") == b"_n_"
-    assert len(_object_name("x" * 40)) == 15
+    assert object_name("ok_name.1") == b"ok_name.1"
+    assert object_name("has-dash and space") == b"has_dash_and_sp"
+    assert object_name("ünï") == b"_n_"
+    assert len(object_name("x" * 40)) == 15
 
 
 def test_key_encoding_without_kernel() -> None:

@@ -114,3 +114,31 @@ def test_translator_refuses_what_it_cannot_express() -> None:
         translate(CProgram((CInsn(0x07 | 0x10), CInsn(0x06))))
     with pytest.raises(ValueError, match="unknown emission mode"):
         translate(CProgram((CInsn(0x06),)), "jit")  # type: ignore[arg-type]
+
+
+def test_classic_opcodes_have_their_own_enums() -> None:
+    from pwru.filter import cbpf
+
+    jeq = CInsn(0x15, 0, 1, 0x800)  # jmp | jeq | k
+    sub = CInsn(0x14, 0, 0, 3)  # alu | sub | k
+    assert jeq.jmp_op is cbpf.JmpOp.JEQ and jeq.alu_op is None
+    assert sub.alu_op is cbpf.AluOp.SUB and sub.jmp_op is None
+    assert jeq.jmp_op.name == "JEQ" and sub.alu_op.name == "SUB"  # the same 0x10, each its own name
+    assert str(jeq) == "jeq #0x800 jt +0 jf +1"
+    assert str(sub) == "sub #3"
+    assert str(CInsn(0x05, 0, 0, 2)) == "ja +2"
+    assert jeq.format(4) == "(004) jeq      #0x800           jt 5\tjf 6"
+    assert CInsn(0x87).misc_op is cbpf.MiscOp.TXA and str(CInsn(0x87)) == "txa"
+    assert CInsn(0x16).rval is cbpf.RetSrc.A and str(CInsn(0x16)) == "ret"
+    assert {type(m) for m in (cbpf.JmpOp.JA, cbpf.AluOp.ADD, cbpf.Class.LD, cbpf.Size.W, cbpf.Mode.IMM)} == {
+        cbpf.JmpOp, cbpf.AluOp, cbpf.Class, cbpf.Size, cbpf.Mode,
+    }  # fmt: skip
+    assert str(CInsn(0x07 | 0x10)) == "unimp 0x17"  # an opcode classic BPF does not have
+
+
+def test_backward_jump_is_found_once_and_refused_by_both_entry_points() -> None:
+    loop = CProgram((CInsn(0x06, 0, 0, 1), CInsn(0x05, 0, 0, 0xFFFFFFFE), CInsn(0x06)))
+    assert loop.first_backward_jump() == 1
+    assert CProgram((CInsn(0x05, 0, 0, 0), CInsn(0x06))).first_backward_jump() is None
+    with pytest.raises(TranslationError, match=r"loop \(protochain\)"):
+        translate(loop)

@@ -17,6 +17,8 @@ import enum
 import struct
 from collections.abc import Iterable, Sequence
 
+from pwru.ebpf.errors import EBPFError
+
 __all__ = [
     "LD_IMM64",
     "R0",
@@ -80,7 +82,7 @@ __all__ = [
 ]
 
 
-class AsmError(ValueError):
+class AsmError(EBPFError, ValueError):
     """Instructions that cannot be encoded, decoded or resolved (unknown label, offset out of range)."""
 
 

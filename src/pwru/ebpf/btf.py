@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from pwru.ebpf.errors import EBPFError, NotSupported
+
 BTF_MAGIC = 0xEB9F
 KERNEL_BTF_DIR = Path("/sys/kernel/btf")
 
@@ -42,7 +44,7 @@ _PARAM = struct.Struct("<II")
 _SECINFO = struct.Struct("<III")
 
 
-class BTFError(ValueError):
+class BTFError(EBPFError, ValueError):
     """Malformed or unsupported BTF, or a lookup that cannot be answered."""
 
 
@@ -670,7 +672,7 @@ class Spec:
         base_bits = 0
         found: Member | None = None
         for part in path.split("."):
-            hit = self._find_member(comp, part)
+            hit = self.find_member(comp, part)
             if hit is None:
                 raise BTFError(f"{comp.name or 'anonymous ' + comp.kind.name.lower()} has no member {part!r}")
             m, extra = hit
@@ -684,16 +686,18 @@ class Spec:
         assert found is not None
         return dataclasses.replace(found, bit_offset=base_bits)
 
-    def _find_member(self, comp: Struct | Union, name: str) -> tuple[Member, int] | None:
+    def find_member(self, comp: Struct | Union, name: str) -> tuple[Member, int] | None:
+        """Member ``name`` of ``comp``, looking through anonymous struct/union members: ``(member, extra bit
+        offset of the anonymous members it sits in)``, or None when there is no such member."""
         for m in comp.members:
             if m.name == name:
                 return m, 0
         for m in comp.members:
             if m.name:
                 continue
-            inner = self.type(self.resolve(m.type))
+            inner = self.resolve_type(m.type)
             if isinstance(inner, Struct | Union):
-                hit = self._find_member(inner, name)
+                hit = self.find_member(inner, name)
                 if hit is not None:
                     return hit[0], hit[1] + m.bit_offset
         return None
@@ -1065,8 +1069,14 @@ def _index(data: bytes, start: int, end: int) -> tuple[array[int], bytes, array[
 
 @functools.cache
 def kernel_btf() -> Spec:
-    """The running kernel's vmlinux BTF (parsed once per process)."""
-    return Spec.load(KERNEL_BTF_DIR / "vmlinux")
+    """The running kernel's vmlinux BTF (parsed once per process).
+
+    Raises :class:`~pwru.ebpf.errors.NotSupported` (an OSError) when the kernel exposes none.
+    """
+    path = KERNEL_BTF_DIR / "vmlinux"
+    if not path.exists():
+        raise NotSupported("kernel BTF", f"{path} missing (a kernel without CONFIG_DEBUG_INFO_BTF)")
+    return Spec.load(path)
 
 
 def module_names() -> list[str]:

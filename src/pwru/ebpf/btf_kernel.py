@@ -10,16 +10,24 @@ import ctypes
 import os
 
 from pwru.ebpf import syscall
+from pwru.ebpf.errors import EBPFError
 from pwru.ebpf.syscall import BtfInfo, Cmd
 
 
+class KernelBTFNotFound(EBPFError, LookupError):
+    """No kernel BTF object has the name asked for (the module is not loaded, or has no BTF)."""
+
+
 def btf_fd_of_module(name: str) -> int:
-    """An fd of the kernel BTF object named ``name`` (a module, or ``vmlinux``). Raises LookupError if absent."""
+    """An fd of the kernel BTF object named ``name`` (a module, or ``vmlinux``).
+
+    Raises :class:`KernelBTFNotFound` (a LookupError) when there is none.
+    """
     btf_id = 0
     while True:
         next_id = syscall.get_next_id(Cmd.BTF_GET_NEXT_ID, btf_id)
         if next_id is None:
-            raise LookupError(f"no kernel BTF object named {name!r}")
+            raise KernelBTFNotFound(f"no kernel BTF object named {name!r}")
         btf_id = next_id
         try:
             fd = syscall.get_fd_by_id(Cmd.BTF_GET_FD_BY_ID, btf_id)

@@ -29,6 +29,7 @@ from pwru.ebpf.elf import (
     ObjectSpec,
     ProgramSpec,
 )
+from pwru.ebpf.errors import EBPFError
 from pwru.ebpf.maps import Map
 from pwru.ebpf.prog import Program
 from pwru.ebpf.syscall import AttachType, BPFError, Cmd, ProgType
@@ -38,7 +39,7 @@ __all__ = ["Collection", "ConstantError", "load_btf"]
 Constants = Mapping[str, int | bytes]
 
 
-class ConstantError(ValueError):
+class ConstantError(EBPFError, ValueError):
     """A constant that names no ``.rodata`` variable, or whose value does not fit it."""
 
 
@@ -110,36 +111,28 @@ class Collection:
 
     def _create_map(self, ms: MapSpec, constants: Mapping[str, int | bytes]) -> Map:
         name = ms.name if not ms.is_global_data else ms.section
-        kw: dict[str, object] = {}
-        if self.btf_fd is not None and (ms.key_type_id or ms.value_type_id):
-            kw = {
-                "btf_fd": self.btf_fd,
-                "btf_key_type_id": ms.key_type_id,
-                "btf_value_type_id": ms.value_type_id,
-            }
+        btf_fd = self.btf_fd if ms.key_type_id or ms.value_type_id else None
+
+        def create(btf_fd: int | None) -> Map:
+            return Map.create(
+                ms.type,
+                ms.key_size,
+                ms.value_size,
+                ms.max_entries,
+                flags=ms.flags,
+                name=name,
+                map_extra=ms.map_extra,
+                btf_fd=btf_fd,
+                btf_key_type_id=ms.key_type_id,
+                btf_value_type_id=ms.value_type_id,
+            )
+
         try:
-            m = Map.create(
-                ms.type,
-                ms.key_size,
-                ms.value_size,
-                ms.max_entries,
-                flags=ms.flags,
-                name=name,
-                map_extra=ms.map_extra,
-                **kw,  # type: ignore[arg-type]
-            )
+            m = create(btf_fd)
         except BPFError:
-            if not kw:
+            if btf_fd is None:
                 raise
-            m = Map.create(
-                ms.type,
-                ms.key_size,
-                ms.value_size,
-                ms.max_entries,
-                flags=ms.flags,
-                name=name,
-                map_extra=ms.map_extra,
-            )
+            m = create(None)  # a kernel that refuses the map's BTF types still gets the map
         try:
             if ms.data is not None:
                 data = self._with_constants(ms, constants) if ms.readonly else ms.data
@@ -222,6 +215,7 @@ class Collection:
         *,
         attach_btf_id: int | None = None,
         attach_btf_obj_fd: int | None = None,
+        attach_prog_fd: int | None = None,
         expected_attach_type: int | None = None,
         prog_type: int | None = None,
         constants: Constants | None = None,
@@ -229,8 +223,12 @@ class Collection:
         """Load program ``name`` (a new kernel program each call; the collection closes it on close()).
 
         Tracing programs (fentry/fexit/tp_btf) whose section names a target get ``attach_btf_id`` looked up
-        in vmlinux BTF when it is not given. ``constants`` overrides ``.rodata`` variables for this load only.
-        Raises :class:`BPFError` (with the verifier log) when the kernel refuses.
+        in vmlinux BTF when no target is given. ``attach_btf_obj_fd`` names the module BTF that holds
+        ``attach_btf_id``; ``attach_prog_fd`` instead makes the target a function of that loaded BPF program
+        (``attach_btf_id`` is then the id of the function in that program's BTF, e.g. from its func_info), as
+        fentry/fexit on a tc or xdp program need. ``constants`` overrides ``.rodata`` variables for this load
+        only. Raises :class:`~pwru.ebpf.errors.VerifierError` (with the verifier log) when the verifier
+        refuses, :class:`~pwru.ebpf.errors.BPFError` when the kernel refuses before verifying (EPERM, ...).
         """
         if self._closed:
             raise ValueError("collection is closed")
@@ -258,7 +256,7 @@ class Collection:
                 patched[at : at + 8 * insn.slots] = insn.encode()
             ptype = ps.prog_type if prog_type is None else prog_type
             attach = ps.expected_attach_type if expected_attach_type is None else expected_attach_type
-            if attach_btf_id is None and attach_btf_obj_fd is None:
+            if attach_btf_id is None and attach_btf_obj_fd is None and attach_prog_fd is None:
                 attach_btf_id = _default_attach_btf_id(ps, ptype, attach)
             info: dict[str, object] = {}
             if self.btf_fd is not None and rel.func_info:
@@ -275,6 +273,7 @@ class Collection:
                 expected_attach_type=attach,
                 attach_btf_id=attach_btf_id,
                 attach_btf_obj_fd=attach_btf_obj_fd,
+                attach_prog_fd=attach_prog_fd,
                 **info,  # type: ignore[arg-type]
             )
         finally:

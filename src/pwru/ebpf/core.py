@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pwru.ebpf import asm, btf
 from pwru.ebpf.asm import Class, Instruction, Mode, Size
 from pwru.ebpf.elf import CoreRelo, CoreReloKind
+from pwru.ebpf.errors import EBPFError
 
 __all__ = ["POISON_HELPER", "CoreError", "CoreResult", "PoisonedLdImm64", "Target", "relocate"]
 
@@ -62,7 +63,7 @@ _EXISTS_KINDS = frozenset(
 )
 
 
-class CoreError(ValueError):
+class CoreError(EBPFError, ValueError):
     """A relocation that cannot be computed or applied (malformed record, ambiguous target, bad insn)."""
 
 
@@ -225,22 +226,6 @@ def _size(spec: btf.Spec, tid: int) -> int:
         raise CoreError(str(e)) from None
 
 
-def _find_member(spec: btf.Spec, comp: btf.Struct | btf.Union, name: str) -> tuple[btf.Member, int] | None:
-    """A member by name, looking through anonymous struct/union members (extra bit offset returned)."""
-    for m in comp.members:
-        if m.name == name:
-            return m, 0
-    for m in comp.members:
-        if m.name:
-            continue
-        inner = spec.resolve_type(m.type)
-        if isinstance(inner, btf.Struct | btf.Union):
-            hit = _find_member(spec, inner, name)
-            if hit is not None:
-                return hit[0], hit[1] + m.bit_offset
-    return None
-
-
 def _match_field(local: btf.Spec, accs: list[_Acc], target: btf.Spec, cand: int) -> _Field | None:
     cur = target.resolve(cand)
     bit_off = accs[0].index * _size(target, cur) * 8
@@ -250,7 +235,7 @@ def _match_field(local: btf.Spec, accs: list[_Acc], target: btf.Spec, cand: int)
         if acc.name is not None:
             if not isinstance(t, btf.Struct | btf.Union):
                 return None
-            hit = _find_member(target, t, acc.name)
+            hit = target.find_member(t, acc.name)
             if hit is None:
                 return None
             m, extra = hit

@@ -1,6 +1,6 @@
 """Reading a clang-compiled BPF ELF object: programs, maps, global data, relocations, BTF and .BTF.ext.
 
-Conventions follow libbpf's: a program's section name says its type (``kprobe/ip_rcv``, ``tp_btf/kfree_skb``,
+Conventions follow libbpf's: a program's section name says its type (``kprobe/do_unlinkat``, ``tp_btf/sched_switch``,
 ``tc``...), several programs may share a section (one per FUNC symbol), functions in ``.text`` are
 subprograms appended to every program that calls them (transitively), maps are BTF-defined in ``.maps``, and
 ``.rodata``/``.data``/``.bss`` (and their ``.name`` variants) become one-element array maps.
@@ -30,6 +30,7 @@ from elftools.elf.sections import Section, SymbolTableSection
 
 from pwru.ebpf import asm, btf
 from pwru.ebpf.asm import Instruction
+from pwru.ebpf.errors import EBPFError
 from pwru.ebpf.syscall import AttachType, MapType, ProgType
 
 __all__ = [
@@ -58,7 +59,7 @@ BPF_F_RDONLY_PROG = 1 << 7
 BPF_F_MMAPABLE = 1 << 10
 
 
-class ELFError(ValueError):
+class ELFError(EBPFError, ValueError):
     """An object file this loader cannot use (not BPF, unsupported construct, dangling reference)."""
 
 
@@ -102,8 +103,8 @@ _SECTIONS: tuple[_SectionDef, ...] = (
 def section_program_type(section: str) -> tuple[ProgType, AttachType | None, str, bool]:
     """``(program type, expected attach type, attach target, is return probe)`` for a section name.
 
-    The attach target is what follows the prefix (``ip_rcv`` for ``kprobe/ip_rcv``, ``skb/kfree_skb`` for
-    ``tracepoint/skb/kfree_skb``); it may be empty or a placeholder when targets are chosen at load time.
+    The attach target is what follows the prefix (``do_unlinkat`` for ``kprobe/do_unlinkat``, ``sched/sched_switch`` for
+    ``tracepoint/sched/sched_switch``); it may be empty or a placeholder when targets are chosen at load time.
     Raises :class:`ELFError` for sections no convention covers.
     """
     for d in _SECTIONS:

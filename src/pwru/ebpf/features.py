@@ -1,6 +1,11 @@
 """What the running kernel allows, decided by trying: each probe loads (and where it matters attaches) a
 trivial program, cleans up after itself, and returns a :class:`Feature` whose ``reason`` says in user terms
-what is missing when it is not available. Results are cached per process.
+what is missing when it is not available. Results are cached per process (per target, for probes that take
+one).
+
+Probes that must attach somewhere take the target from the caller: :func:`kprobe` and :func:`kprobe_multi`
+a kernel function (symbol), :func:`fentry` a function in vmlinux BTF, :func:`tp_btf` and :func:`raw_tp` a
+tracepoint name. The library picks none itself: which function is sure to exist is the caller's knowledge.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pwru.ebpf import asm
+from pwru.ebpf.errors import NotSupported
 from pwru.ebpf.link import (
     ENOTSUPP,
     KPROBE_PMU_DIR,
@@ -28,11 +34,6 @@ from pwru.ebpf.maps import Map
 from pwru.ebpf.prog import Program
 from pwru.ebpf.syscall import AttachType, ProgType
 
-# A function every kernel with networking has, used as a kprobe/fentry target.
-PROBE_FUNCTION = "ip_rcv"
-# A tracepoint every kernel with networking has (``btf_trace_<name>`` in vmlinux BTF).
-PROBE_TRACEPOINT = "kfree_skb"
-
 
 @dataclass(frozen=True)
 class Feature:
@@ -44,6 +45,11 @@ class Feature:
 
     def __bool__(self) -> bool:
         return self.available
+
+    def require(self) -> None:
+        """Raise :class:`~pwru.ebpf.errors.NotSupported` (with :attr:`reason`) when not available."""
+        if not self.available:
+            raise NotSupported(self.name, self.reason)
 
 
 def _why(e: OSError, step: str, what: str) -> str:
@@ -115,20 +121,18 @@ def ringbuf() -> Feature:
     return _attempt("ringbuf", body)
 
 
-@functools.cache
-def tp_btf() -> Feature:
-    """BTF-typed raw tracepoints: load and attach a program on ``kfree_skb``."""
+def _tracing(feature: str, what: str, attach: AttachType, btf_name: str, kind: str, target: str) -> Feature:
+    """Load a tracing program of ``attach`` type on vmlinux BTF entry ``btf_name`` (a ``kind``) and attach it."""
 
     def body() -> str:
-        btf_id = _kernel_btf_id(f"btf_trace_{PROBE_TRACEPOINT}", "TYPEDEF")
+        btf_id = _kernel_btf_id(btf_name, kind)
         if btf_id is None:
-            tp = f"btf_trace_{PROBE_TRACEPOINT}"
-            raise _Missing(f"no {tp} in kernel BTF (/sys/kernel/btf/vmlinux missing?)")
+            raise _Missing(f"no {btf_name} in kernel BTF (/sys/kernel/btf/vmlinux missing?)")
         prog = _load(
-            "BTF tracepoint programs",
+            what,
             prog_type=ProgType.TRACING,
             insns=_ret0(),
-            expected_attach_type=AttachType.TRACE_RAW_TP,
+            expected_attach_type=attach,
             attach_btf_id=btf_id,
             log_level=0,
         )
@@ -136,48 +140,62 @@ def tp_btf() -> Feature:
             try:
                 attach_tracing(prog).close()
             except OSError as e:
-                raise _Missing(_why(e, "attach", "BTF tracepoints")) from None
-        return f"attached to {PROBE_TRACEPOINT}"
+                raise _Missing(_why(e, "attach", f"{feature} on {target}")) from None
+        return f"{feature} on {target} attached"
 
-    return _attempt("tp_btf", body)
+    return _attempt(feature, body)
 
 
 @functools.cache
-def raw_tp() -> Feature:
-    """Raw tracepoints by name."""
+def tp_btf(tracepoint: str) -> Feature:
+    """BTF-typed raw tracepoints: load and attach a program on ``tracepoint`` (``btf_trace_<name>`` in BTF)."""
+    return _tracing(
+        "tp_btf", "BTF tracepoint programs", AttachType.TRACE_RAW_TP, f"btf_trace_{tracepoint}", "TYPEDEF", tracepoint
+    )
+
+
+@functools.cache
+def fentry(btf_func: str) -> Feature:
+    """fentry programs: load with the BTF id of vmlinux function ``btf_func`` and attach."""
+    return _tracing("fentry", "tracing programs", AttachType.TRACE_FENTRY, btf_func, "FUNC", btf_func)
+
+
+@functools.cache
+def raw_tp(tracepoint: str) -> Feature:
+    """Raw tracepoints by name: attach a program to ``tracepoint``."""
 
     def body() -> str:
         kw = {"prog_type": ProgType.RAW_TRACEPOINT, "insns": _ret0(), "log_level": 0}
         with _load("raw tracepoint programs", **kw) as p:
             try:
-                attach_raw_tracepoint(p, PROBE_TRACEPOINT).close()
+                attach_raw_tracepoint(p, tracepoint).close()
             except OSError as e:
                 raise _Missing(_why(e, "attach", "raw tracepoints")) from None
-        return f"attached to {PROBE_TRACEPOINT}"
+        return f"raw_tp on {tracepoint} attached"
 
     return _attempt("raw_tp", body)
 
 
 @functools.cache
-def kprobe() -> Feature:
-    """kprobes through the perf kprobe PMU, attached for real on a kernel function."""
+def kprobe(symbol: str) -> Feature:
+    """kprobes through the perf kprobe PMU, attached for real on kernel function ``symbol``."""
 
     def body() -> str:
         if not os.path.isdir(KPROBE_PMU_DIR):
             raise _Missing(f"no kprobe PMU ({KPROBE_PMU_DIR} missing: CONFIG_KPROBES off)")
         with _load("kprobe programs", prog_type=ProgType.KPROBE, insns=_ret0(), log_level=0) as p:
             try:
-                attach_kprobe(p, PROBE_FUNCTION).close()
+                attach_kprobe(p, symbol).close()
             except OSError as e:
-                raise _Missing(_why(e, "attach", f"a kprobe on {PROBE_FUNCTION}")) from None
-        return f"kprobe on {PROBE_FUNCTION} attached"
+                raise _Missing(_why(e, "attach", f"a kprobe on {symbol}")) from None
+        return f"kprobe on {symbol} attached"
 
     return _attempt("kprobe", body)
 
 
 @functools.cache
-def kprobe_multi() -> Feature:
-    """kprobe-multi links (fprobe, kernel >= 5.18)."""
+def kprobe_multi(symbol: str) -> Feature:
+    """kprobe-multi links (fprobe, kernel >= 5.18), attached for real on kernel function ``symbol``."""
 
     def body() -> str:
         prog = _load(
@@ -189,38 +207,12 @@ def kprobe_multi() -> Feature:
         )
         with prog:
             try:
-                attach_kprobe_multi(prog, syms=[PROBE_FUNCTION]).close()
+                attach_kprobe_multi(prog, syms=[symbol]).close()
             except OSError as e:
                 raise _Missing(_why(e, "link create", "kprobe-multi links (CONFIG_FPROBE)")) from None
-        return f"kprobe-multi link on {PROBE_FUNCTION} attached"
+        return f"kprobe-multi link on {symbol} attached"
 
     return _attempt("kprobe_multi", body)
-
-
-@functools.cache
-def fentry() -> Feature:
-    """fentry programs: load with the BTF id of a vmlinux function and attach."""
-
-    def body() -> str:
-        btf_id = _kernel_btf_id(PROBE_FUNCTION, "FUNC")
-        if btf_id is None:
-            raise _Missing(f"no {PROBE_FUNCTION} in kernel BTF (/sys/kernel/btf/vmlinux missing?)")
-        prog = _load(
-            "tracing programs",
-            prog_type=ProgType.TRACING,
-            insns=_ret0(),
-            expected_attach_type=AttachType.TRACE_FENTRY,
-            attach_btf_id=btf_id,
-            log_level=0,
-        )
-        with prog:
-            try:
-                attach_tracing(prog).close()
-            except OSError as e:
-                raise _Missing(_why(e, "attach", f"fentry on {PROBE_FUNCTION}")) from None
-        return f"fentry on {PROBE_FUNCTION} attached"
-
-    return _attempt("fentry", body)
 
 
 def _helper_in_kprobe(name: str, helper: str) -> Feature:
@@ -286,26 +278,34 @@ def netfilter_link() -> Feature:
     return _attempt("netfilter_link", body)
 
 
+#: The probes that need no target.
 PROBES: dict[str, Callable[[], Feature]] = {
     "ringbuf": ringbuf,
-    "tp_btf": tp_btf,
-    "raw_tp": raw_tp,
-    "kprobe": kprobe,
-    "kprobe_multi": kprobe_multi,
-    "fentry": fentry,
     "get_func_ip": get_func_ip,
     "bpf_cookie": bpf_cookie,
     "tcx": tcx,
     "netfilter_link": netfilter_link,
 }
+#: The probes that attach to a kernel function (its symbol, also its name in vmlinux BTF).
+FUNCTION_PROBES: dict[str, Callable[[str], Feature]] = {
+    "kprobe": kprobe,
+    "kprobe_multi": kprobe_multi,
+    "fentry": fentry,
+}
+#: The probes that attach to a tracepoint (its name without the ``btf_trace_`` prefix).
+TRACEPOINT_PROBES: dict[str, Callable[[str], Feature]] = {"tp_btf": tp_btf, "raw_tp": raw_tp}
 
 
-def probe_all() -> dict[str, Feature]:
-    """Every probe's result, by name."""
-    return {name: probe() for name, probe in PROBES.items()}
+def probe_all(function: str, tracepoint: str) -> dict[str, Feature]:
+    """Every probe's result, by name; the target probes try ``function`` and ``tracepoint``."""
+    results = {name: probe() for name, probe in PROBES.items()}
+    results |= {name: probe(function) for name, probe in FUNCTION_PROBES.items()}
+    results |= {name: probe(tracepoint) for name, probe in TRACEPOINT_PROBES.items()}
+    return results
 
 
 def clear_cache() -> None:
     """Forget cached results (tests; a kernel whose settings changed)."""
-    for probe in PROBES.values():
+    probes: list[object] = [*PROBES.values(), *FUNCTION_PROBES.values(), *TRACEPOINT_PROBES.values()]
+    for probe in probes:
         probe.cache_clear()  # type: ignore[attr-defined]

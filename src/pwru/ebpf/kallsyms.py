@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pwru.ebpf.errors import EBPFError
+
 KALLSYMS = Path("/proc/kallsyms")
 TEXT_TYPES = frozenset("tT")
 _TEXT_TYPE_CODES = frozenset(b"tT")
@@ -27,6 +29,10 @@ _TEXT_TYPE_CODES = frozenset(b"tT")
 _LOAD_LOCK = threading.Lock()
 #: Bytes of kallsyms text split at a time while parsing (bounds the temporary token lists).
 PARSE_SLICE = 256 * 1024
+
+
+class KallsymsError(EBPFError, ValueError):
+    """A kallsyms file that does not parse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +288,7 @@ class _Columns:
         if b"\t" not in data:
             tokens = data.split()
             if len(tokens) % 3:
-                raise ValueError("kallsyms: malformed line before the module symbols")
+                raise KallsymsError("kallsyms: malformed line before the module symbols")
             self.addrs.extend(map(int, tokens[0::3], itertools.repeat(16)))
             self.types += b"".join(t[:1] for t in tokens[1::3])
             self._names(tokens[2::3])

@@ -2,9 +2,10 @@
 
 Kinds: ``raw_tp`` and ``tp_btf`` (raw tracepoints), ``tracing`` (fentry/fexit/fmod_ret), ``kprobe`` (a perf
 kprobe event with the program on it), ``kprobe_multi``, ``tcx``, ``netfilter`` and ``xdp``. Failures raise
-:class:`AttachError`, an ``OSError`` whose ``errno`` is the kernel's and whose message says what was attached
-where, so callers can react to the errno (e.g. retry a kprobe-multi link with fewer functions on E2BIG or
-ENOMEM).
+:class:`AttachError`, an ``OSError`` (and :class:`~pwru.ebpf.errors.EBPFError`) whose ``errno`` is the kernel's
+and whose message says what was attached where, so callers can react to the errno (e.g. retry a kprobe-multi
+link with fewer functions on E2BIG or ENOMEM). When the kernel lacks the mechanism altogether (no kprobe PMU,
+no fprobe) it is an :class:`AttachNotSupported`, also a :class:`~pwru.ebpf.errors.NotSupported`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Self
 
 from pwru.ebpf import syscall
+from pwru.ebpf.errors import EBPFError, NotSupported
 from pwru.ebpf.prog import Program
 from pwru.ebpf.syscall import AttachType, BPFError, Cmd, LinkType
 
@@ -47,20 +49,30 @@ NF_INET_POST_ROUTING = 4
 BPF_F_NETFILTER_IP_DEFRAG = 1 << 0
 
 
-class AttachError(OSError):
+class AttachError(EBPFError, OSError):
     """Attaching failed. ``errno`` is the kernel's; ``kind`` and ``target`` say what and where."""
 
     def __init__(self, err: int, kind: str, target: str, detail: str = "") -> None:
         msg = f"{kind} attach to {target} failed: {os.strerror(err)}"
         if detail:
             msg += f" ({detail})"
-        super().__init__(err, msg)
+        OSError.__init__(self, err, msg)
         self.detail = detail
         self.kind = kind
         self.target = target
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class AttachNotSupported(AttachError, NotSupported):
+    """Attaching failed because the kernel lacks the mechanism itself (no kprobe PMU, no fprobe): both an
+    :class:`AttachError` (``errno``, ``kind``, ``target``) and a :class:`NotSupported` (``feature``, ``why``)."""
+
+    def __init__(self, err: int, kind: str, target: str, detail: str) -> None:
+        AttachError.__init__(self, err, kind, target, detail)
+        self.feature = kind
+        self.why = detail
 
 
 @dataclass(frozen=True)
@@ -155,7 +167,7 @@ def _fail(e: OSError, kind: str, target: str, detail: str = "") -> AttachError:
 
 
 def attach_raw_tracepoint(prog: Program, name: str | None) -> Link:
-    """Attach a raw_tp program to tracepoint ``name`` (e.g. ``"kfree_skb"``), or a tp_btf program
+    """Attach a raw_tp program to tracepoint ``name`` (e.g. ``"sched_switch"``), or a tp_btf program
     (``name`` None: the tracepoint is the one it was loaded for)."""
     kind = "raw_tp" if name is not None else "tp_btf"
     target = name if name is not None else f"btf id {prog.attach_btf_id}"
@@ -203,12 +215,12 @@ def attach_tracing(prog: Program, cookie: int = 0) -> Link:
 
 
 def kprobe_pmu_type() -> int:
-    """The kprobe PMU's perf type number; AttachError(ENOENT) when the kernel has no kprobe PMU."""
+    """The kprobe PMU's perf type number; :class:`AttachNotSupported` (ENOENT) when the kernel has none."""
     try:
         with open(os.path.join(KPROBE_PMU_DIR, "type")) as f:
             return int(f.read())
     except FileNotFoundError:
-        raise AttachError(
+        raise AttachNotSupported(
             errno.ENOENT, "kprobe", "kprobe PMU", f"{KPROBE_PMU_DIR} missing: CONFIG_KPROBES off"
         ) from None
 
@@ -249,8 +261,8 @@ def attach_kprobe(
     target = f"{symbol}+{offset:#x}" if offset else symbol
     try:
         pfd = _perf_kprobe_open(symbol, offset, retprobe)
-    except AttachError as e:  # no PMU: say so for this target
-        raise AttachError(e.errno or errno.ENOENT, kind, target, e.detail) from None
+    except AttachNotSupported as e:  # no PMU: say so for this target
+        raise AttachNotSupported(e.errno or errno.ENOENT, kind, target, e.detail) from None
     except OSError as e:  # perf_event_open refused the probe
         raise _fail(e, kind, target, "perf_event_open") from e
     try:
@@ -317,6 +329,8 @@ def attach_kprobe_multi(
             errno.ESRCH: "a function is not traceable",
             errno.ENOENT: "a function is not known",
         }.get(e.errno or 0, "")
+        if e.errno == errno.EOPNOTSUPP:
+            raise AttachNotSupported(e.errno, kind, target, detail) from e
         raise _fail(e, kind, target, detail) from e
     return Link(kind, fd, target=target)
 
@@ -362,6 +376,7 @@ def attach_xdp(prog: Program, ifindex: int, flags: int = 0) -> Link:
 
 __all__ = [
     "AttachError",
+    "AttachNotSupported",
     "Link",
     "LinkInfo",
     "LinkType",

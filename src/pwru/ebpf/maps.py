@@ -26,7 +26,7 @@ _KEYLESS_TYPES = frozenset({MapType.QUEUE, MapType.STACK, MapType.BLOOM_FILTER})
 Key = bytes | int
 
 
-def _parse_cpu_list(text: str) -> list[int]:
+def parse_cpu_list(text: str) -> list[int]:
     """Parse a kernel CPU list such as ``0-3,6,8-9`` into the CPU numbers it names."""
     cpus: list[int] = []
     for part in text.strip().split(","):
@@ -44,7 +44,7 @@ def _parse_cpu_list(text: str) -> list[int]:
 def possible_cpus() -> int:
     """How many CPUs the kernel counts as possible: the number of slots in a per-CPU map value."""
     with open("/sys/devices/system/cpu/possible") as f:
-        return len(_parse_cpu_list(f.read()))
+        return len(parse_cpu_list(f.read()))
 
 
 def _round8(n: int) -> int:
@@ -126,7 +126,7 @@ class Map(FDObject):
         if numa_node is not None:
             attr.map_flags |= 1 << 2  # BPF_F_NUMA_NODE
             attr.numa_node = numa_node
-        attr.map_name = _object_name(name)
+        attr.map_name = syscall.object_name(name)
         if btf_fd is not None:
             attr.btf_fd = btf_fd
             attr.btf_key_type_id = btf_key_type_id
@@ -224,16 +224,23 @@ class Map(FDObject):
             attr.value = syscall.addr(value)
         syscall.bpf(cmd, attr)
 
-    def lookup(self, key: Key | None) -> bytes | list[bytes] | None:
-        """The value at ``key``, or None when absent. Per-CPU maps return one value per possible CPU."""
-        buf = ctypes.create_string_buffer(max(self._value_buf_size(), 1))
+    def _elem_or_absent(self, cmd: Cmd, key: Key | None, value: object = None) -> bool:
+        """Run an element command; False when the kernel says there is no such element (ENOENT)."""
         try:
-            self._elem(Cmd.MAP_LOOKUP_ELEM, key, buf)
+            self._elem(cmd, key, value)
         except BPFError as e:
             if e.errno == errno.ENOENT:
-                return None
+                return False
             raise
-        return self._decode_value(buf)
+        return True
+
+    def _read(self, cmd: Cmd, key: Key | None) -> bytes | list[bytes] | None:
+        buf = ctypes.create_string_buffer(max(self._value_buf_size(), 1))
+        return self._decode_value(buf) if self._elem_or_absent(cmd, key, buf) else None
+
+    def lookup(self, key: Key | None) -> bytes | list[bytes] | None:
+        """The value at ``key``, or None when absent. Per-CPU maps return one value per possible CPU."""
+        return self._read(Cmd.MAP_LOOKUP_ELEM, key)
 
     def __getitem__(self, key: Key) -> bytes | list[bytes]:
         v = self.lookup(key)
@@ -259,24 +266,11 @@ class Map(FDObject):
 
     def delete(self, key: Key) -> bool:
         """Remove ``key``; False when it was not there."""
-        try:
-            self._elem(Cmd.MAP_DELETE_ELEM, key)
-        except BPFError as e:
-            if e.errno == errno.ENOENT:
-                return False
-            raise
-        return True
+        return self._elem_or_absent(Cmd.MAP_DELETE_ELEM, key)
 
     def lookup_and_delete(self, key: Key | None) -> bytes | list[bytes] | None:
         """Atomically read and remove ``key`` (hash maps on kernels >= 5.14; queues/stacks: key None)."""
-        buf = ctypes.create_string_buffer(max(self._value_buf_size(), 1))
-        try:
-            self._elem(Cmd.MAP_LOOKUP_AND_DELETE_ELEM, key, buf)
-        except BPFError as e:
-            if e.errno == errno.ENOENT:
-                return None
-            raise
-        return self._decode_value(buf)
+        return self._read(Cmd.MAP_LOOKUP_AND_DELETE_ELEM, key)
 
     # Queue / stack maps.
     def push(self, value: bytes, flags: int = syscall.BPF_ANY) -> None:
@@ -300,13 +294,7 @@ class Map(FDObject):
     def next_key(self, key: Key | None) -> bytes | None:
         """The key after ``key`` (None: the first key), or None at the end (``BPF_MAP_GET_NEXT_KEY``)."""
         out = ctypes.create_string_buffer(max(self.key_size, 1))
-        try:
-            self._elem(Cmd.MAP_GET_NEXT_KEY, key, out)
-        except BPFError as e:
-            if e.errno == errno.ENOENT:
-                return None
-            raise
-        return out.raw[: self.key_size]
+        return out.raw[: self.key_size] if self._elem_or_absent(Cmd.MAP_GET_NEXT_KEY, key, out) else None
 
     def keys(self) -> Iterator[bytes]:
         """Every key, in the kernel's order. Keys deleted meanwhile may make a hash walk restart."""
@@ -338,13 +326,17 @@ class Map(FDObject):
     # --- conveniences ------------------------------------------------------------------------------
 
     def lookup_u64(self, key: Key) -> int | None:
-        """The value at ``key`` as an unsigned little-endian integer (summed over CPUs for per-CPU maps)."""
+        """The value at ``key`` read as an unsigned little-endian 64-bit counter, or None when absent.
+
+        For a per-CPU map (``PERCPU_ARRAY``, ``PERCPU_HASH``, ...) this is the **sum** of every CPU's value,
+        the total a per-CPU counter stands for. Only the first 8 bytes of a value count (a value of fewer
+        bytes is read whole); a map whose values are larger holds more than one counter.
+        """
         v = self.lookup(key)
         if v is None:
             return None
-        if isinstance(v, list):
-            return sum(int.from_bytes(x, "little") for x in v)
-        return int.from_bytes(v, "little")
+        values = v if isinstance(v, list) else [v]
+        return sum(int.from_bytes(x[:8], "little") for x in values)
 
     def stack_trace(self, stack_id: int) -> list[int]:
         """A stack trace map's frames for ``stack_id``: instruction addresses, innermost first."""
@@ -358,12 +350,6 @@ class Map(FDObject):
                 break
             frames.append(ip)
         return frames
-
-
-def _object_name(name: str) -> bytes:
-    """A kernel object name: at most 15 characters of ``[A-Za-z0-9_.]``; others become ``_``."""
-    clean = "".join(c if c.isascii() and (c.isalnum() or c in "_.") else "_" for c in name)
-    return clean[: syscall.BPF_OBJ_NAME_LEN - 1].encode()
 
 
 def _map_info(fd: int) -> MapInfo:

@@ -20,7 +20,7 @@ import struct
 from typing import Self
 
 from pwru.ebpf import syscall
-from pwru.ebpf.maps import Map, _parse_cpu_list
+from pwru.ebpf.maps import Map, parse_cpu_list
 from pwru.ebpf.syscall import MapType
 
 PERF_RECORD_LOST = 2
@@ -40,7 +40,7 @@ _hdr = struct.Struct("<IHH")
 def online_cpus() -> list[int]:
     """The CPUs that are online now (perf events can only be opened on those)."""
     with open("/sys/devices/system/cpu/online") as f:
-        return _parse_cpu_list(f.read())
+        return parse_cpu_list(f.read())
 
 
 class _CpuRing:

@@ -1,8 +1,10 @@
 """BPF programs: load instructions into the kernel, describe them, test-run them.
 
 Loading is cheap on purpose: the first attempt carries no verifier log (the kernel then skips formatting
-one). Only when the kernel refuses is the load repeated with a log buffer, grown on ENOSPC, so that the
-raised :class:`BPFError` holds the verifier's real reason in ``.log``.
+one). Only when the kernel refuses is the load repeated with a log buffer, grown on ENOSPC. A refusal by the
+verifier (a log came back, or EACCES) raises :class:`~pwru.ebpf.errors.VerifierError` with the program's name
+and the log; a refusal before the verifier ran (EPERM from lockdown, EINVAL for attributes the kernel does not
+know, with no log) stays a plain :class:`~pwru.ebpf.errors.BPFError`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from pwru.ebpf import syscall
+from pwru.ebpf.errors import BPFError, VerifierError
 from pwru.ebpf.fd import FDObject
-from pwru.ebpf.maps import _object_name
-from pwru.ebpf.syscall import BPFError, Cmd, ProgType
+from pwru.ebpf.syscall import Cmd, ProgType
 
 # Verifier log levels.
 LOG_LEVEL_BRANCH = 1
@@ -100,13 +102,17 @@ class Program(FDObject):
         """Load ``insns`` (encoded instructions) as a program of ``prog_type``.
 
         ``func_info``/``line_info`` are ``(record size, records)`` from the object's .BTF.ext and need
-        ``prog_btf_fd``. ``attach_btf_obj_fd`` names the module BTF holding ``attach_btf_id``
-        (``attach_prog_fd`` a target program, for freplace/fentry on BPF). On refusal the load is retried
-        with verifier log level ``log_level`` and the raised :class:`BPFError` carries the log.
-        ``log_on_success`` loads with the log from the start and keeps it in :attr:`log`.
+        ``prog_btf_fd``. ``attach_btf_obj_fd`` names the module BTF holding ``attach_btf_id``;
+        ``attach_prog_fd`` instead names a loaded BPF program whose BTF holds it (fentry/fexit/freplace on a
+        BPF program). The kernel keeps both in one slot of ``bpf_attr``, so at most one may be given. On
+        refusal the load is retried with verifier log level ``log_level``: :class:`VerifierError` (with the
+        log) when the verifier refused, :class:`BPFError` otherwise. ``log_on_success`` loads with the log
+        from the start and keeps it in :attr:`log`.
         """
         if len(insns) % _INSN_SIZE or not insns:
             raise ValueError(f"instructions must be a non-empty multiple of 8 bytes, got {len(insns)}")
+        if attach_btf_obj_fd is not None and attach_prog_fd is not None:
+            raise ValueError("attach_btf_obj_fd and attach_prog_fd share one slot: give at most one")
         insn_buf = ctypes.create_string_buffer(bytes(insns), len(insns))
         lic = ctypes.create_string_buffer(license.encode())
         attr = syscall.ProgLoadAttr(
@@ -118,7 +124,7 @@ class Program(FDObject):
             prog_flags=flags,
             prog_ifindex=ifindex,
         )
-        attr.prog_name = _object_name(name)
+        attr.prog_name = syscall.object_name(name)
         if expected_attach_type is not None:
             attr.expected_attach_type = int(expected_attach_type)
         if attach_btf_id is not None:
@@ -126,7 +132,7 @@ class Program(FDObject):
         if attach_btf_obj_fd is not None:
             attr.attach_btf_obj_fd = attach_btf_obj_fd
         elif attach_prog_fd is not None:
-            attr.attach_btf_obj_fd = attach_prog_fd
+            attr.attach_prog_fd = attach_prog_fd
         keep: list[object] = [insn_buf, lic]
         if prog_btf_fd is not None:
             attr.prog_btf_fd = prog_btf_fd
@@ -144,16 +150,19 @@ class Program(FDObject):
             keep.append(arr)
             attr.fd_array = ctypes.addressof(arr)
 
-        if log_on_success:
-            fd, log = _load_with_log(attr, log_level or LOG_LEVEL_BRANCH)
-            return cls(fd, prog_type, name, expected_attach_type, attach_btf_id, log)
         try:
-            fd = syscall.bpf(Cmd.PROG_LOAD, attr)
-        except BPFError:
-            if log_level <= 0:
-                raise
-            # Repeat with a verifier log so the error says why. (Should this one succeed, keep it.)
-            fd, _ = _load_with_log(attr, log_level)
+            if log_on_success:
+                fd, log = _load_with_log(attr, log_level or LOG_LEVEL_BRANCH)
+                return cls(fd, prog_type, name, expected_attach_type, attach_btf_id, log)
+            try:
+                fd = syscall.bpf(Cmd.PROG_LOAD, attr)
+            except BPFError:
+                if log_level <= 0:
+                    raise
+                # Repeat with a verifier log so the error says why. (Should this one succeed, keep it.)
+                fd, _ = _load_with_log(attr, log_level)
+        except BPFError as e:
+            raise _refusal(e, name) from None
         return cls(fd, prog_type, name, expected_attach_type, attach_btf_id)
 
     @classmethod
@@ -235,6 +244,13 @@ class Program(FDObject):
         syscall.bpf(Cmd.PROG_TEST_RUN, attr)
         data_out = out.raw[: attr.data_size_out] if out is not None else b""
         return TestRunResult(int(attr.retval), data_out, int(attr.duration))
+
+
+def _refusal(e: BPFError, program: str) -> BPFError:
+    """``e`` as a :class:`VerifierError` when the verifier refused (it left a log, or said EACCES)."""
+    if isinstance(e, VerifierError) or not (e.log.strip() or e.errno == errno.EACCES):
+        return e
+    return VerifierError(e.errno or 0, e.cmd, e.log, program=program)
 
 
 def _load_with_log(attr: syscall.ProgLoadAttr, level: int) -> tuple[int, str]:

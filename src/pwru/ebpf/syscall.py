@@ -2,7 +2,8 @@
 
 Each command's part of ``union bpf_attr`` is a ctypes structure laid out as in ``include/uapi/linux/bpf.h``
 (natural alignment gives the kernel's layout). :func:`bpf` zero-pads the attribute to the size the kernel
-expects and turns failures into :class:`BPFError`, which carries errno and, for loads, the verifier log.
+expects and turns failures into :class:`~pwru.ebpf.errors.BPFError`, which carries errno and, for loads, the
+kernel's log.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import ctypes
 import enum
 import os
 from typing import Any
+
+from pwru.ebpf.errors import BPFError as BPFError  # re-exported: it lived here first
+from pwru.ebpf.errors import SyscallError
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -183,20 +187,6 @@ BPF_F_XDP_HAS_FRAGS = 1 << 5
 BPF_F_KPROBE_MULTI_RETURN = 1 << 0
 
 
-class BPFError(OSError):
-    """A failed bpf(2) command: ``errno`` as for any OSError, plus the command and any verifier/BTF log."""
-
-    def __init__(self, err: int, cmd: Cmd | str, log: str = "") -> None:
-        name = cmd.name if isinstance(cmd, Cmd) else cmd
-        super().__init__(err, f"bpf({name}): {os.strerror(err)}")
-        self.cmd = cmd
-        self.log = log
-
-    def log_tail(self, lines: int = 20) -> str:
-        """The last ``lines`` lines of the verifier log: where it gave up and why."""
-        return "\n".join(self.log.rstrip().splitlines()[-lines:])
-
-
 # --- attribute layouts ------------------------------------------------------------------------------
 
 
@@ -228,7 +218,16 @@ class MapElemAttr(ctypes.Structure):
     ]
 
 
+class _AttachTarget(ctypes.Union):
+    """The kernel's anonymous union: a module BTF object for ``attach_btf_id``, or a target BPF program."""
+
+    _fields_ = [("attach_btf_obj_fd", ctypes.c_uint32), ("attach_prog_fd", ctypes.c_uint32)]
+
+
 class ProgLoadAttr(ctypes.Structure):
+    """BPF_PROG_LOAD; ``attach_btf_obj_fd`` and ``attach_prog_fd`` share one slot, as in the kernel."""
+
+    _anonymous_ = ("attach_target",)
     _fields_ = [
         ("prog_type", ctypes.c_uint32),
         ("insn_cnt", ctypes.c_uint32),
@@ -250,7 +249,7 @@ class ProgLoadAttr(ctypes.Structure):
         ("line_info", ctypes.c_uint64),
         ("line_info_cnt", ctypes.c_uint32),
         ("attach_btf_id", ctypes.c_uint32),
-        ("attach_btf_obj_fd", ctypes.c_uint32),  # also attach_prog_fd
+        ("attach_target", _AttachTarget),
         ("core_relo_cnt", ctypes.c_uint32),
         ("fd_array", ctypes.c_uint64),
         ("core_relos", ctypes.c_uint64),
@@ -363,12 +362,18 @@ def bpf(cmd: Cmd, attr: ctypes.Structure, log: Any = None) -> int:
 
 
 def perf_event_open(attr: ctypes.Structure, pid: int, cpu: int, group_fd: int, flags: int) -> int:
-    """perf_event_open(2); raises OSError with errno on failure."""
+    """perf_event_open(2); raises :class:`SyscallError` (an OSError) with errno on failure."""
     ret = _syscall(_NR_PERF_EVENT_OPEN, ctypes.byref(attr), pid, cpu, group_fd, ctypes.c_ulong(flags))
     if ret < 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"perf_event_open: {os.strerror(err)}")
+        raise SyscallError(err, "perf_event_open")
     return int(ret)
+
+
+def object_name(name: str) -> bytes:
+    """A kernel object name (maps, programs): at most 15 characters of ``[A-Za-z0-9_.]``; others become ``_``."""
+    clean = "".join(c if c.isascii() and (c.isalnum() or c in "_.") else "_" for c in name)
+    return clean[: BPF_OBJ_NAME_LEN - 1].encode()
 
 
 def addr(buf: Any) -> int:

@@ -12,9 +12,9 @@ import dataclasses
 from typing import Literal
 
 from pwru.ebpf.asm import Instruction
-from pwru.filter.cbpf import Class, CProgram, Op
+from pwru.filter.cbpf import CProgram
 from pwru.filter.pcap import DLT_EN10MB, DLT_RAW, FilterError, compile_cbpf
-from pwru.filter.translate import LOOP_MESSAGE, EmitMode, TranslationError, reject_all, translate
+from pwru.filter.translate import EmitMode, TranslationError, check_loops, reject_all, translate
 
 __all__ = ["CompiledFilter", "FilterError", "Link", "TranslationError", "compile_filter"]
 
@@ -76,10 +76,12 @@ def compile_filter(expr: str) -> CompiledFilter | None:
     if progs[DLT_EN10MB] is None and progs[DLT_RAW] is None:
         raise errors[DLT_EN10MB]
     for prog in progs.values():
-        if prog is not None and any(
-            i.cls == Class.JMP and i.op == Op.JA and i.k >= 1 << 31 for i in prog.insns
-        ):
-            raise FilterError(expr, LOOP_MESSAGE)
+        if prog is None:
+            continue
+        try:
+            check_loops(prog)  # refused now rather than when the body is emitted
+        except TranslationError as e:
+            raise FilterError(expr, str(e)) from None
     return CompiledFilter(
         expr,
         progs[DLT_EN10MB],

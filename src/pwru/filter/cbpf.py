@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import TypeVar
 
-__all__ = ["CInsn", "CProgram", "Class", "Mode", "Op", "Size", "Src"]
+__all__ = ["AluOp", "CInsn", "CProgram", "Class", "JmpOp", "MiscOp", "Mode", "RetSrc", "Size", "Src"]
+
+# Each field of an opcode has its own enum, so that a value read as one field never passes for another (an
+# ALU ``SUB`` and a jump ``JEQ`` are both 0x10). The ALU and jump numbers are those eBPF inherited, but the
+# sets differ (classic BPF has no MOV, ARSH, END, JNE, JLT, ...) and so do the classes, sizes and modes.
 
 
 class Class(enum.IntEnum):
+    """Instruction class (``code & 0x07``)."""
+
     LD = 0x00
     LDX = 0x01
     ST = 0x02
@@ -20,6 +27,8 @@ class Class(enum.IntEnum):
 
 
 class Size(enum.IntEnum):
+    """Load width (``code & 0x18``) of LD/LDX."""
+
     W = 0x00
     H = 0x08
     B = 0x10
@@ -30,6 +39,8 @@ class Size(enum.IntEnum):
 
 
 class Mode(enum.IntEnum):
+    """Addressing mode (``code & 0xe0``) of LD/LDX."""
+
     IMM = 0x00
     ABS = 0x20
     IND = 0x40
@@ -38,8 +49,8 @@ class Mode(enum.IntEnum):
     MSH = 0xA0
 
 
-class Op(enum.IntEnum):
-    """ALU and jump operations (``code & 0xf0``)."""
+class AluOp(enum.IntEnum):
+    """ALU operation (``code & 0xf0``) of class ALU."""
 
     ADD = 0x00
     SUB = 0x10
@@ -52,7 +63,11 @@ class Op(enum.IntEnum):
     NEG = 0x80
     MOD = 0x90
     XOR = 0xA0
-    # jumps
+
+
+class JmpOp(enum.IntEnum):
+    """Jump operation (``code & 0xf0``) of class JMP."""
+
     JA = 0x00
     JEQ = 0x10
     JGT = 0x20
@@ -61,20 +76,38 @@ class Op(enum.IntEnum):
 
 
 class Src(enum.IntEnum):
-    """Operand source; for RET also A (0x10)."""
+    """Operand source (``code & 0x08``) of ALU and JMP: the constant ``k`` or register X."""
+
+    K = 0x00
+    X = 0x08
+
+
+class RetSrc(enum.IntEnum):
+    """What RET returns (``code & 0x18``): the constant ``k``, X or A."""
 
     K = 0x00
     X = 0x08
     A = 0x10
 
 
-TAX = 0x00
-TXA = 0x80
-MEMWORDS = 16
+class MiscOp(enum.IntEnum):
+    """MISC operation (``code & 0xf8``): copy A to X or X to A."""
 
-_ALU_NAMES = {0x00: "add", 0x10: "sub", 0x20: "mul", 0x30: "div", 0x40: "or", 0x50: "and", 0x60: "lsh"}
-_ALU_NAMES |= {0x70: "rsh", 0x80: "neg", 0x90: "mod", 0xA0: "xor"}
-_JMP_NAMES = {0x10: "jeq", 0x20: "jgt", 0x30: "jge", 0x40: "jset"}
+    TAX = 0x00
+    TXA = 0x80
+
+
+MEMWORDS = 16
+_SIZE_SUFFIX = {Size.W: "", Size.H: "h", Size.B: "b"}
+_HEX_OPERAND = frozenset({AluOp.AND, AluOp.OR, AluOp.XOR})
+
+
+_E = TypeVar("_E", bound=enum.IntEnum)
+
+
+def _member(kind: type[_E], value: int) -> _E | None:
+    """The member of ``kind`` numbered ``value``, or None when it has none."""
+    return kind(value) if value in kind._value2member_map_ else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,81 +124,91 @@ class CInsn:
         return Class(self.code & 0x07)
 
     @property
-    def size(self) -> Size:
-        return Size(self.code & 0x18)
+    def size(self) -> Size | None:
+        """The load width of LD/LDX (None for a width classic BPF does not have)."""
+        return _member(Size, self.code & 0x18)
 
     @property
-    def mode(self) -> Mode:
-        return Mode(self.code & 0xE0)
+    def mode(self) -> Mode | None:
+        """The addressing mode of LD/LDX (None for a mode classic BPF does not have)."""
+        return _member(Mode, self.code & 0xE0)
 
     @property
-    def op(self) -> int:
-        return self.code & 0xF0
+    def alu_op(self) -> AluOp | None:
+        """The operation of an ALU instruction; None for other classes and unknown operations."""
+        return _member(AluOp, self.code & 0xF0) if self.cls == Class.ALU else None
 
     @property
-    def src(self) -> int:
-        return self.code & 0x08
+    def jmp_op(self) -> JmpOp | None:
+        """The operation of a JMP instruction; None for other classes and unknown operations."""
+        return _member(JmpOp, self.code & 0xF0) if self.cls == Class.JMP else None
 
     @property
-    def rval(self) -> int:
-        """The RET operand source: K, X or A."""
-        return self.code & 0x18
+    def misc_op(self) -> MiscOp | None:
+        """TAX or TXA for a MISC instruction; None otherwise."""
+        return _member(MiscOp, self.code & 0xF8) if self.cls == Class.MISC else None
+
+    @property
+    def src(self) -> Src:
+        """The operand source of ALU and JMP instructions."""
+        return Src(self.code & 0x08)
+
+    @property
+    def rval(self) -> RetSrc | None:
+        """What a RET returns: K, X or A."""
+        return _member(RetSrc, self.code & 0x18)
+
+    @property
+    def is_backward_jump(self) -> bool:
+        """A ``ja`` whose 32-bit offset is negative (libpcap's protochain loops)."""
+        return self.jmp_op == JmpOp.JA and self.k >= 1 << 31
+
+    def __str__(self) -> str:
+        """The instruction as ``tcpdump -d`` shows it, jump targets relative (``jt +0 jf +1``)."""
+        op, operand = self._parts(None)
+        if self.cls == Class.JMP and self.jmp_op not in (JmpOp.JA, None):
+            return f"{op} {operand} jt +{self.jt} jf +{self.jf}"
+        return f"{op} {operand}" if operand else op
 
     def format(self, pc: int) -> str:
         """The instruction as ``tcpdump -d`` shows it at index ``pc``."""
         op, operand = self._parts(pc)
-        text = f"({pc:03d}) {op:<8s} {operand}" if operand else f"({pc:03d}) {op}"
-        if self.cls == Class.JMP and self.op != Op.JA:
-            text = f"({pc:03d}) {op:<8s} {operand:<16s} jt {pc + 1 + self.jt}\tjf {pc + 1 + self.jf}"
-        return text
+        if self.cls == Class.JMP and self.jmp_op not in (JmpOp.JA, None):
+            return f"({pc:03d}) {op:<8s} {operand:<16s} jt {pc + 1 + self.jt}\tjf {pc + 1 + self.jf}"
+        return f"({pc:03d}) {op:<8s} {operand}" if operand else f"({pc:03d}) {op}"
 
-    def _parts(self, pc: int) -> tuple[str, str]:
-        cls, k = self.cls, self.k
-        suffix = {0x00: "", 0x08: "h", 0x10: "b"}.get(self.code & 0x18, "?")
-        if cls == Class.LD:
-            mode = self.mode
+    def _parts(self, pc: int | None) -> tuple[str, str]:
+        """(mnemonic, operand); a ``ja`` target is absolute with ``pc``, relative (``+k``) without."""
+        cls, k, mode = self.cls, self.k, self.mode
+        if cls in (Class.LD, Class.LDX):
+            name = "ld" if cls == Class.LD else "ldx"
+            size = self.size
             if mode == Mode.IMM:
-                return "ld", f"#0x{k:x}"
+                return name, f"#0x{k:x}"
             if mode == Mode.LEN:
-                return "ld", "#pktlen"
-            if mode == Mode.ABS:
-                return "ld" + suffix, f"[{k}]"
-            if mode == Mode.IND:
-                return "ld" + suffix, f"[x + {k}]"
+                return name, "#pktlen"
             if mode == Mode.MEM:
-                return "ld", f"M[{k}]"
-        elif cls == Class.LDX:
-            mode = self.mode
-            if mode == Mode.IMM:
-                return "ldx", f"#0x{k:x}"
-            if mode == Mode.LEN:
-                return "ldx", "#pktlen"
-            if mode == Mode.MEM:
-                return "ldx", f"M[{k}]"
-            if mode == Mode.MSH:
+                return name, f"M[{k}]"
+            if cls == Class.LD and mode in (Mode.ABS, Mode.IND) and size is not None:
+                return "ld" + _SIZE_SUFFIX[size], f"[{k}]" if mode == Mode.ABS else f"[x + {k}]"
+            if cls == Class.LDX and mode == Mode.MSH:
                 return "ldxb", f"4*([{k}]&0xf)"
-        elif cls == Class.ST:
-            return "st", f"M[{k}]"
-        elif cls == Class.STX:
-            return "stx", f"M[{k}]"
+        elif cls in (Class.ST, Class.STX):
+            return cls.name.lower(), f"M[{k}]"
         elif cls == Class.RET:
-            if self.rval == Src.A:
-                return "ret", ""
-            return "ret", f"#{k}"
-        elif cls == Class.MISC:
-            return ("tax", "") if self.code & 0xF8 == TAX else ("txa", "")
-        elif cls == Class.ALU:
-            name = _ALU_NAMES.get(self.op, "alu?")
-            if self.op == Op.NEG:
-                return name, ""
+            return ("ret", "") if self.rval == RetSrc.A else ("ret", f"#{k}")
+        elif cls == Class.MISC and (misc := self.misc_op) is not None:
+            return misc.name.lower(), ""
+        elif cls == Class.ALU and (alu := self.alu_op) is not None:
+            if alu == AluOp.NEG:
+                return "neg", ""
             if self.src == Src.X:
-                return name, "x"
-            return name, f"#0x{k:x}" if self.op in (Op.AND, Op.OR, Op.XOR) else f"#{k}"
-        elif cls == Class.JMP:
-            if self.op == Op.JA:
-                return "ja", f"{pc + 1 + k}"
-            name = _JMP_NAMES.get(self.op, "j?")
-            return name, "x" if self.src == Src.X else f"#0x{k:x}"
+                return alu.name.lower(), "x"
+            return alu.name.lower(), f"#0x{k:x}" if alu in _HEX_OPERAND else f"#{k}"
+        elif cls == Class.JMP and (jmp := self.jmp_op) is not None:
+            if jmp == JmpOp.JA:
+                return "ja", f"+{k}" if pc is None else f"{pc + 1 + k}"
+            return jmp.name.lower(), "x" if self.src == Src.X else f"#0x{k:x}"
         return "unimp", f"0x{self.code:x}"
 
 
@@ -191,3 +234,7 @@ class CProgram:
             ):
                 used.add(insn.k)
         return sorted(used)
+
+    def first_backward_jump(self) -> int | None:
+        """The index of the first backward ``ja`` (a loop the kernel verifier cannot bound), or None."""
+        return next((pc for pc, insn in enumerate(self.insns) if insn.is_backward_jump), None)

@@ -29,7 +29,7 @@ from pwru.ebpf.asm import AluOp, Instruction, JmpOp, Reg, Size
 from pwru.filter import cbpf
 from pwru.filter.cbpf import CInsn, CProgram
 
-__all__ = ["LOOP_MESSAGE", "EmitMode", "TranslationError", "reject_all", "translate"]
+__all__ = ["LOOP_MESSAGE", "EmitMode", "TranslationError", "check_loops", "reject_all", "translate"]
 
 EmitMode = Literal["direct", "probe"]
 
@@ -40,25 +40,9 @@ HELPER_PROBE_READ_KERNEL = 113
 REJECT = "reject"
 LOOP_MESSAGE = "libpcap compiled a loop (protochain), which the kernel verifier cannot bound"
 
-_JMP: dict[int, JmpOp] = {
-    cbpf.Op.JEQ: JmpOp.JEQ,
-    cbpf.Op.JGT: JmpOp.JGT,
-    cbpf.Op.JGE: JmpOp.JGE,
-    cbpf.Op.JSET: JmpOp.JSET,
-}
+# Classic operations translate to the eBPF ones of the same name (eBPF kept classic BPF's numbering, but
+# each ISA has its own enum).
 _NEGATED = {JmpOp.JEQ: JmpOp.JNE, JmpOp.JGT: JmpOp.JLE, JmpOp.JGE: JmpOp.JLT}
-_ALU: dict[int, AluOp] = {
-    cbpf.Op.ADD: AluOp.ADD,
-    cbpf.Op.SUB: AluOp.SUB,
-    cbpf.Op.MUL: AluOp.MUL,
-    cbpf.Op.DIV: AluOp.DIV,
-    cbpf.Op.MOD: AluOp.MOD,
-    cbpf.Op.OR: AluOp.OR,
-    cbpf.Op.AND: AluOp.AND,
-    cbpf.Op.XOR: AluOp.XOR,
-    cbpf.Op.LSH: AluOp.LSH,
-    cbpf.Op.RSH: AluOp.RSH,
-}
 
 
 class TranslationError(ValueError):
@@ -70,10 +54,18 @@ def reject_all() -> list[Instruction]:
     return [asm.mov_imm(Reg.R0, 0), asm.exit_()]
 
 
+def check_loops(prog: CProgram) -> None:
+    """Raise :class:`TranslationError` (:data:`LOOP_MESSAGE`) when ``prog`` jumps backwards: libpcap's
+    ``protochain`` loops, and the kernel verifier cannot bound such a loop."""
+    if prog.first_backward_jump() is not None:
+        raise TranslationError(LOOP_MESSAGE)
+
+
 def translate(prog: CProgram, mode: EmitMode = "direct") -> list[Instruction]:
     """The eBPF body equivalent to ``prog``; jump offsets are resolved and no labels remain."""
     if mode not in ("direct", "probe"):
         raise ValueError(f"unknown emission mode {mode!r}")
+    check_loops(prog)
     return _Translator(prog, mode).run()
 
 
@@ -132,17 +124,17 @@ class _Translator:
             self.jump(pc, insn)
         elif cls == cbpf.Class.RET:
             rval = insn.rval
-            if rval == cbpf.Src.A:
+            if rval == cbpf.RetSrc.A:
                 self.emit(asm.mov_reg(Reg.R0, A, bits=32))
-            elif rval == cbpf.Src.X:
+            elif rval == cbpf.RetSrc.X:
                 self.emit(asm.mov_reg(Reg.R0, X, bits=32))
             else:
                 self.emit(asm.mov_imm(Reg.R0, insn.k, bits=32))
             self.emit(asm.exit_())
         elif cls == cbpf.Class.MISC:
-            if insn.code & 0xF8 == cbpf.TAX:
+            if insn.misc_op == cbpf.MiscOp.TAX:
                 self.emit(asm.mov_reg(X, A, bits=32))
-            elif insn.code & 0xF8 == cbpf.TXA:
+            elif insn.misc_op == cbpf.MiscOp.TXA:
                 self.emit(asm.mov_reg(A, X, bits=32))
             else:
                 raise TranslationError(f"unsupported misc instruction {insn.code:#x} at {pc}")
@@ -160,9 +152,9 @@ class _Translator:
             if insn.k not in self.mem:
                 raise TranslationError(f"scratch memory index {insn.k} out of range at {pc}")
             self.emit(asm.ldx(Size.W, dst, Reg.R10, self.mem[insn.k]))
-        elif mode in (cbpf.Mode.ABS, cbpf.Mode.IND) and insn.cls == cbpf.Class.LD:
+        elif mode in (cbpf.Mode.ABS, cbpf.Mode.IND) and insn.cls == cbpf.Class.LD and insn.size is not None:
             self.packet_load(dst, insn.size.nbytes, insn.k, indexed=mode == cbpf.Mode.IND)
-        elif mode == cbpf.Mode.MSH and insn.cls == cbpf.Class.LDX and insn.code & 0x18 == cbpf.Size.B:
+        elif mode == cbpf.Mode.MSH and insn.cls == cbpf.Class.LDX and insn.size == cbpf.Size.B:
             self.packet_load(X, 1, insn.k, indexed=False)
             self.emit(asm.alu_imm(AluOp.AND, X, 0xF, bits=32), asm.alu_imm(AluOp.LSH, X, 2, bits=32))
         else:
@@ -229,12 +221,13 @@ class _Translator:
             self.emit(asm.endian(dst, size * 8, big=True))
 
     def alu(self, pc: int, insn: CInsn) -> None:
-        if insn.op == cbpf.Op.NEG:
+        classic = insn.alu_op
+        if classic is None:
+            raise TranslationError(f"unsupported ALU instruction {insn.code:#x} at {pc}")
+        if classic == cbpf.AluOp.NEG:
             self.emit(asm.neg(A, bits=32))
             return
-        op = _ALU.get(insn.op)
-        if op is None:
-            raise TranslationError(f"unsupported ALU instruction {insn.code:#x} at {pc}")
+        op = AluOp[classic.name]
         if insn.src == cbpf.Src.X:
             if op in (AluOp.DIV, AluOp.MOD):
                 self.emit(asm.jmp_imm(JmpOp.JEQ, X, 0, REJECT, bits=32))
@@ -259,15 +252,13 @@ class _Translator:
             self.emit(asm.alu_imm(op, A, k, bits=32))
 
     def jump(self, pc: int, insn: CInsn) -> None:
-        if insn.op == cbpf.Op.JA:
-            if insn.k & 0x80000000:
-                # libpcap's protochain loops with a backward ja; the verifier cannot bound that loop.
-                raise TranslationError(LOOP_MESSAGE)
+        classic = insn.jmp_op
+        if classic is None:
+            raise TranslationError(f"unsupported jump {insn.code:#x} at {pc}")
+        if classic == cbpf.JmpOp.JA:  # forward only: translate() refused backward ones (check_loops)
             self.emit(asm.ja(self.target(pc, insn.k)))
             return
-        op = _JMP.get(insn.op)
-        if op is None:
-            raise TranslationError(f"unsupported jump {insn.code:#x} at {pc}")
+        op = JmpOp[classic.name]
         t, f = self.target(pc, insn.jt), self.target(pc, insn.jf)
         by_x = insn.src == cbpf.Src.X
 
