@@ -35,12 +35,15 @@ METHODS = {"kprobe-multi": Attach.KPROBE_MULTI, "kprobe": Attach.KPROBE, "fentry
 PROGRAM_PREFIX = {Attach.KPROBE_MULTI: "kprobe", Attach.KPROBE: "kprobe", Attach.FENTRY: "fentry"}
 TP_PROGRAM = "tp_skb"
 
+#: The kernel function and tracepoint the backend probes try (every kernel with networking has both).
+PROBE_FUNCTION = "ip_rcv"
+PROBE_TRACEPOINT = "kfree_skb"
 #: The feature probe that tells whether each backend works on this kernel.
 FEATURE_PROBES: dict[str, Callable[[], features.Feature]] = {
-    "kprobe-multi": features.kprobe_multi,
-    "kprobe": features.kprobe,
-    "fentry": features.fentry,
-    "tracepoint": features.tp_btf,
+    "kprobe-multi": lambda: features.kprobe_multi(PROBE_FUNCTION),
+    "kprobe": lambda: features.kprobe(PROBE_FUNCTION),
+    "fentry": lambda: features.fentry(PROBE_FUNCTION),
+    "tracepoint": lambda: features.tp_btf(PROBE_TRACEPOINT),
 }
 
 
