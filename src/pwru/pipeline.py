@@ -70,9 +70,6 @@ class Pipeline:
         self.stages = list(stages)
         self.outputs = list(outputs)
         self.events = 0  # event records handed to the outputs
-        self._type_of = schema.header.unpacker("type")
-        self._event_type = schema.type_id("event")
-        self._only_events = set(schema.types.values()) == {self._event_type}
 
     def start(self) -> None:
         for out in self.outputs:
@@ -87,11 +84,7 @@ class Pipeline:
             batch = stage.process(batch)
         if not batch.records:
             return
-        if self._only_events:  # the object writes no other record type: no need to look
-            self.events += len(batch.records)
-        else:
-            type_of, event = self._type_of, self._event_type
-            self.events += sum(1 for r in batch.records if type_of(r)[0] == event)
+        self.events += len(batch.of_type("event"))
         for out in self.outputs:
             out.consume(batch)
 

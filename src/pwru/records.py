@@ -216,6 +216,9 @@ class Schema:
                 raise LayoutError(f"struct {name} does not start with struct {HEADER_STRUCT}")
             self.layouts[value] = layout
         self._type_of = self.header.unpacker("type", "size")
+        self.type_of: Callable[[Buffer], tuple[Any, ...]] = self.header.unpacker("type")
+        #: The one record type when the object has no other (then nobody needs to look at a record's type).
+        self.only_type: int | None = next(iter(self.types.values())) if len(self.types) == 1 else None
 
     def type_id(self, name: str) -> int:
         """The number of record type ``name`` (``"event"``)."""
@@ -261,3 +264,11 @@ class Batch:
     schema: Schema
     records: list[bytes]
     stacks: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    def of_type(self, name: str) -> list[bytes]:
+        """The records of type ``name``, in order (all of them, without looking, when it is the only type)."""
+        rtype = self.schema.type_id(name)
+        if self.schema.only_type == rtype:
+            return self.records
+        type_of = self.schema.type_of
+        return [r for r in self.records if type_of(r)[0] == rtype]

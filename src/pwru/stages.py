@@ -52,16 +52,14 @@ class StackStage:
         self._read = read_stack
         self._lookup = ksyms.lookup
         self._stack_id: Callable[[bytes], tuple[int, ...]] | None = None
-        self._event_type = -1
 
     def process(self, batch: Batch) -> Batch:
         if self._stack_id is None:
-            self._stack_id = batch.schema.layout("event").unpacker("type", "stack_id")
-            self._event_type = batch.schema.type_id("event")
+            self._stack_id = batch.schema.layout("event").unpacker("stack_id")
         unpack, stacks = self._stack_id, batch.stacks
-        for buf in batch.records:
-            rtype, stack_id = unpack(buf)
-            if rtype == self._event_type and stack_id >= 0 and stack_id not in stacks:
+        for buf in batch.of_type("event"):
+            (stack_id,) = unpack(buf)
+            if stack_id >= 0 and stack_id not in stacks:
                 stacks[stack_id] = trim_bpf_frames(self._read(stack_id), self._lookup)
         return batch
 
@@ -75,7 +73,6 @@ class LimitStage:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.passed = 0
-        self._type_of: Callable[[bytes], tuple[int, ...]] | None = None
 
     @property
     def done(self) -> bool:
@@ -83,9 +80,11 @@ class LimitStage:
 
     def process(self, batch: Batch) -> Batch:
         event_type = batch.schema.type_id("event")
-        if self._type_of is None:
-            self._type_of = batch.schema.header.unpacker("type")
-        type_of = self._type_of
+        if batch.schema.only_type == event_type:  # nothing but events: keep the first ones
+            batch.records = batch.records[: max(0, self.limit - self.passed)]
+            self.passed += len(batch.records)
+            return batch
+        type_of = batch.schema.type_of
         kept: list[bytes] = []
         for buf in batch.records:
             if type_of(buf)[0] == event_type:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pwru.config import Config, OutputConfig
 from pwru.output import Formatter, fields, make_formatter
 from pwru.records import Batch
-from tests.unit.test_output_text import STACKS, FakeNames, schema
+from tests.unit.test_output_text import STACKS, FakeNames, schema, two_type_schema
 
 CONFIGS = [
     OutputConfig(),
@@ -80,11 +80,11 @@ def _formatter(config: OutputConfig) -> Formatter:
 def _both(config: OutputConfig, records: list[Any]) -> tuple[list[str], list[str]]:
     uncached = _formatter(config)
     uncached._caches = tuple(NoCache() for _ in range(5))  # type: ignore[attr-defined]
-    expected = uncached.format_batch(Batch(schema(), records, dict(STACKS)))
+    expected = uncached.format_batch(Batch(two_type_schema(), records, dict(STACKS)))
     cached = _formatter(config)
     got: list[str] = []
     for i in range(0, len(records), 7):  # several batches: caches and column widths carry over
-        got += cached.format_batch(Batch(schema(), records[i : i + 7], dict(STACKS)))
+        got += cached.format_batch(Batch(two_type_schema(), records[i : i + 7], dict(STACKS)))
     return got, expected
 
 

@@ -13,7 +13,7 @@ from pwru.pipeline import LineOutput, Pipeline
 from pwru.records import Batch
 from pwru.run import read_loop
 from pwru.stages import LimitStage, StackStage, trim_bpf_frames
-from tests.unit.test_output_text import FakeNames, make_event, schema
+from tests.unit.test_output_text import FakeNames, make_event, schema, two_type_schema
 
 
 def records(n: int, **kw: Any) -> list[bytes]:
@@ -80,6 +80,15 @@ def test_limit_stage_passes_the_first_n_events() -> None:
     second = stage.process(Batch(schema(), records(4)))
     assert len(second.records) == 2 and stage.done
     assert stage.process(Batch(schema(), records(4))).records == []
+
+
+def test_limit_stage_counts_only_events_and_keeps_other_records() -> None:
+    layout = schema().layout("event")
+    other = layout.encode({**make_event(), "type": 2})
+    stage = LimitStage(2)
+    batch = stage.process(Batch(two_type_schema(), [other, *records(3), other]))
+    assert batch.records == [other, *records(2), other]
+    assert stage.done and len(batch.of_type("event")) == 2
 
 
 def test_pipeline_counts_events_and_closes_outputs() -> None:

@@ -135,7 +135,7 @@ class Timestamps:
 
 
 #: The per-probe fields the fast paths unpack from every record, in this order.
-PROBE_FIELDS = ("type", "ts", "skb", "probe", "probe_kind", "caller", "location", "reason", "stack_id")
+PROBE_FIELDS = ("ts", "skb", "probe", "probe_kind", "caller", "location", "reason")
 
 Spans = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 

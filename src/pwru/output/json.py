@@ -32,7 +32,7 @@ class JsonFormatter:
         self._names = names
         self._ts = fields.Timestamps(config.timestamp)
         self._layout: RecordLayout | None = None
-        self._event_type = -1
+        self._stack_id: Any = None
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
         self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {})
@@ -117,23 +117,21 @@ class JsonFormatter:
         layout = batch.schema.layout("event")
         if self._layout is not layout:
             self._layout = layout
-            self._event_type = batch.schema.type_id("event")
             self._spans, self._unpack = fields.record_views(layout)
+            self._stack_id = layout.unpacker("stack_id")
             for cache in self._caches:
                 cache.clear()
         (p0, p1), (m0, m1), (t0, t1) = self._spans
         procs, metas, tuples, funcs, callers = self._caches
-        unpack, decode, event_type = self._unpack, layout.decode, self._event_type
+        unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
         with_time = self._config.timestamp != "none"
         with_stack = self._config.stack
         stacks, symbol = batch.stacks, self._names.symbol
         lines: list[str] = []
         append = lines.append
-        for buf in batch.records:
+        for buf in batch.of_type("event"):
             ev: Record | None = None
-            rtype, ts, skb, probe, probe_kind, caller_addr, location, reason, stack_id = unpack(buf)
-            if rtype != event_type:
-                continue
+            ts, skb, probe, probe_kind, caller_addr, location, reason = unpack(buf)
             key = buf[p0:p1]
             proc = procs.get(key)
             if proc is None:
@@ -162,7 +160,7 @@ class JsonFormatter:
             if with_time:
                 parts.append(_members(self._time_part(skb, ts)))
             parts += (meta, tup)
-            if with_stack and stack_id >= 0:
+            if with_stack and (stack_id := stack_id_of(buf)[0]) >= 0:
                 frames = [sanitize(symbol(a)) for a in stacks.get(stack_id, ()) if a]
                 parts.append(_members({"stack": frames}))
             append("{" + ",".join([p for p in parts if p]) + "}")

@@ -33,7 +33,7 @@ class TextFormatter:
         self._tuple_width = 0
         self._func_width = 0
         self._layout: RecordLayout | None = None
-        self._event_type = -1
+        self._stack_id: Any = None
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
         self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {})
@@ -125,24 +125,22 @@ class TextFormatter:
         layout = batch.schema.layout("event")
         if self._layout is not layout:
             self._layout = layout
-            self._event_type = batch.schema.type_id("event")
             self._spans, self._unpack = fields.record_views(layout)
+            self._stack_id = layout.unpacker("stack_id")
             for cache in self._caches:
                 cache.clear()
         (p0, p1), (m0, m1), (t0, t1) = self._spans
         procs, metas, tuples, funcs, callers = self._caches
-        unpack, decode, event_type = self._unpack, layout.decode, self._event_type
+        unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
         with_meta, with_tuple, with_caller, with_stack = c.meta, c.tuple, c.caller, c.stack
         plain_head = c.timestamp == "none"
         stacks, symbol = batch.stacks, self._names.symbol
         line_of = self._line
         lines: list[str] = []
         append = lines.append
-        for buf in batch.records:
+        for buf in batch.of_type("event"):
             ev: Record | None = None
-            rtype, ts, skb, probe, probe_kind, caller_addr, location, reason, stack_id = unpack(buf)
-            if rtype != event_type:
-                continue
+            ts, skb, probe, probe_kind, caller_addr, location, reason = unpack(buf)
             key = buf[p0:p1]
             proc = procs.get(key)
             if proc is None:
@@ -179,7 +177,7 @@ class TextFormatter:
                 line = f"{head}{meta} {tup.ljust(self._tuple_width)} {func}"  # _line's common case, inlined
             else:
                 line = line_of(head, meta, tup, func, caller)
-            if with_stack and stack_id >= 0:
+            if with_stack and (stack_id := stack_id_of(buf)[0]) >= 0:
                 frames = [sanitize(symbol(a)) for a in stacks.get(stack_id, ()) if a]
                 if frames:
                     line += "\n" + "\n".join(frames)
