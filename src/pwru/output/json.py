@@ -129,7 +129,8 @@ class JsonFormatter:
         stacks, symbol = batch.stacks, self._names.symbol
         lines: list[str] = []
         append = lines.append
-        for buf in batch.of_type("event"):
+        events = batch.of_type("event")
+        for buf in events:
             ev: Record | None = None
             ts, skb, probe, probe_kind, caller_addr, location, reason = unpack(buf)
             key = buf[p0:p1]
@@ -160,10 +161,13 @@ class JsonFormatter:
             if with_time:
                 parts.append(_members(self._time_part(skb, ts)))
             parts += (meta, tup)
-            if with_stack and (stack_id := stack_id_of(buf)[0]) >= 0:
-                frames = [sanitize(symbol(a)) for a in stacks.get(stack_id, ()) if a]
-                parts.append(_members({"stack": frames}))
             append("{" + ",".join([p for p in parts if p]) + "}")
+        if with_stack:
+            for i, buf in enumerate(events):
+                stack_id = stack_id_of(buf)[0]
+                if stack_id >= 0:
+                    frames = [sanitize(symbol(a)) for a in stacks.get(stack_id, ()) if a]
+                    lines[i] = lines[i][:-1] + "," + _members({"stack": frames}) + "}"
         return lines
 
 

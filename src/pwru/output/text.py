@@ -138,7 +138,8 @@ class TextFormatter:
         line_of = self._line
         lines: list[str] = []
         append = lines.append
-        for buf in batch.of_type("event"):
+        events = batch.of_type("event")
+        for buf in events:
             ev: Record | None = None
             ts, skb, probe, probe_kind, caller_addr, location, reason = unpack(buf)
             key = buf[p0:p1]
@@ -174,12 +175,13 @@ class TextFormatter:
                     caller = remember(callers, caller_addr, self._caller(ev))
             head = f"{skb:<#18x}{proc}" if plain_head else self._head(skb, proc, ts)
             if caller is None and tup is not None and len(tup) <= self._tuple_width:
-                line = f"{head}{meta} {tup.ljust(self._tuple_width)} {func}"  # _line's common case, inlined
+                append(f"{head}{meta} {tup.ljust(self._tuple_width)} {func}")  # _line's common case, inlined
             else:
-                line = line_of(head, meta, tup, func, caller)
-            if with_stack and (stack_id := stack_id_of(buf)[0]) >= 0:
-                frames = [sanitize(symbol(a)) for a in stacks.get(stack_id, ()) if a]
+                append(line_of(head, meta, tup, func, caller))
+        if with_stack:
+            for i, buf in enumerate(events):
+                stack_id = stack_id_of(buf)[0]
+                frames = [sanitize(symbol(a)) for a in stacks.get(stack_id, ()) if a] if stack_id >= 0 else []
                 if frames:
-                    line += "\n" + "\n".join(frames)
-            append(line)
+                    lines[i] += "\n" + "\n".join(frames)
         return lines
