@@ -269,6 +269,11 @@ def _timestamp(value: str) -> str:
     return cfg.parse_choice("timestamp", value, cfg.TIMESTAMP_MODES)
 
 
+def _shown(part: str) -> dict[str, KConst]:
+    """``cfg_output_<part>``: whether the kernel side fills that part of the event (a boolean output flag)."""
+    return {f"cfg_output_{part}": lambda c: int(getattr(c.output, part))}
+
+
 def _max_size(value: int) -> int:
     if value == 0:
         raise FlagError("output-file-max-size", "must be at least 1 (MB)")
@@ -328,46 +333,13 @@ FLAGS: tuple[Flag, ...] = (
         metavar="name",
     ),
     # Output
-    Flag(
-        "output-meta",
-        BOOL,
-        True,
-        "print skb metadata",
-        OUTPUT,
-        "output",
-        "meta",
-        consts={"cfg_output_meta": lambda c: int(c.output.meta)},
-    ),
-    Flag(
-        "output-tuple",
-        BOOL,
-        True,
-        "print L4 tuple",
-        OUTPUT,
-        "output",
-        "tuple",
-        consts={"cfg_output_tuple": lambda c: int(c.output.tuple)},
-    ),
+    Flag("output-meta", BOOL, True, "print skb metadata", OUTPUT, "output", "meta", consts=_shown("meta")),
+    Flag("output-tuple", BOOL, True, "print L4 tuple", OUTPUT, "output", "tuple", consts=_shown("tuple")),
     Flag("output-tcp-flags", BOOL, False, "print TCP flags", OUTPUT, "output", "tcp_flags"),
+    Flag("output-stack", BOOL, False, "print stack", OUTPUT, "output", "stack", consts=_shown("stack")),
     Flag(
-        "output-stack",
-        BOOL,
-        False,
-        "print stack",
-        OUTPUT,
-        "output",
-        "stack",
-        consts={"cfg_output_stack": lambda c: int(c.output.stack)},
-    ),
-    Flag(
-        "output-caller",
-        BOOL,
-        False,
-        "print caller function name",
-        OUTPUT,
-        "output",
-        "caller",
-        consts={"cfg_output_caller": lambda c: int(c.output.caller)},
+        "output-caller", BOOL, False, "print caller function name", OUTPUT, "output", "caller",
+        consts=_shown("caller"),
     ),
     Flag("output-json", BOOL, False, "output traces in JSON format", OUTPUT, "output", "json"),
     Flag(
