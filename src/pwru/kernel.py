@@ -21,8 +21,8 @@ VMLINUX_BTF = btf.KERNEL_BTF_DIR / "vmlinux"
 
 
 class KernelContext:
-    """What one run knows about the running kernel. Not thread-safe to build; safe to read from attach
-    threads once :meth:`module_btf_fd` has been called for the modules they need (it locks anyway)."""
+    """What one run knows about the running kernel. Built and read on the main thread; attach threads only call
+    :meth:`module_btf_fd`, which locks."""
 
     def __init__(self, kernel_btf: str | None = None, kmods: tuple[str, ...] = (), all_kmods: bool = False) -> None:
         self._btf_path = Path(kernel_btf) if kernel_btf else VMLINUX_BTF

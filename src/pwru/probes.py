@@ -207,10 +207,14 @@ def _tracing(attach_type: AttachType) -> Executor:
             if "cfg_probe_id" not in constants:
                 constants["cfg_probe_id"] = ctx.probe_id(p)
             try:
+                module_btf = ctx.kernel.module_btf_fd(p.module)
+            except LookupError as e:  # the module went away since discovery
+                return None, f"module BTF: {e}"
+            try:
                 prog = ctx.coll.load_program(
                     p.program,
                     attach_btf_id=p.btf_id,
-                    attach_btf_obj_fd=ctx.kernel.module_btf_fd(p.module),
+                    attach_btf_obj_fd=module_btf,
                     attach_prog_fd=p.attach_prog_fd,
                     expected_attach_type=attach_type,
                     constants=constants,

@@ -79,6 +79,8 @@ class FakeCollection:
 
 class FakeKernel:
     def module_btf_fd(self, module: str | None) -> int | None:
+        if module == "gone":
+            raise LookupError("no kernel BTF object named 'gone'")
         return None if module is None else 77
 
 
@@ -148,6 +150,17 @@ def test_tracing_loads_once_per_probe_with_its_probe_id(monkeypatch: pytest.Monk
     assert all(p.closed for p in loads)  # the link holds the program
     assert [p.name for p in ctx.att.attached] == ["a", "b"]
     assert plan.names() == ["ip_rcv", "tp:a", "tp:b[m]"]
+
+
+def test_tracing_ignores_a_probe_whose_module_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(probes.link, "attach_tracing", lambda prog: FakeLink(prog.name))
+    plan = Plan([Probe("func", "veth_xmit", "fentry_skb_1", Attach.FENTRY, module="gone", btf_id=5),
+                 Probe("func", "ip_rcv", "fentry_skb_1", Attach.FENTRY, btf_id=6)])  # fmt: skip
+    ctx, _ = _ctx(plan)
+    probes.EXECUTORS[Attach.FENTRY](ctx, plan.probes)
+    assert [(p.name, why) for p, why in ctx.att.ignored] == [
+        ("veth_xmit", "module BTF: no kernel BTF object named 'gone'")]  # fmt: skip
+    assert [p.name for p in ctx.att.attached] == ["ip_rcv"]
 
 
 def test_a_feature_adds_probes_by_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
