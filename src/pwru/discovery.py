@@ -37,7 +37,8 @@ DENIED_TEXT_AREAS = ("entry", "irqentry", "noinstr", "cpuidle", "kprobes", "init
 
 _MARKER = re.compile(r"^(_stext|_etext|_sinittext|_einittext|__\w+_text_(start|end))$")
 
-ModuleArg = str | tuple[str, Spec]
+#: A module to discover in: its name and its split BTF, parsed by the caller (once per run: pwru.kernel).
+ModuleArg = tuple[str, Spec]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,16 +105,6 @@ class _Classifier:
         return (skb_pos, reason_pos) if skb_pos else None
 
 
-def _module_specs(spec: Spec, modules: Iterable[ModuleArg]) -> list[tuple[str, Spec]]:
-    out = []
-    for m in modules:
-        if isinstance(m, tuple):
-            out.append(m)
-        else:
-            out.append((m, Spec.load(btf.KERNEL_BTF_DIR / m, base=spec)))
-    return out
-
-
 def _wrapped(wrappers: list[tuple[int, int]], ids: set[int]) -> set[int]:
     """``ids`` plus every qualifier/typedef that (transitively) wraps one of them."""
     found = set(ids)
@@ -163,11 +154,10 @@ def _functions_of(spec: Spec, module: str | None, max_pos: int) -> list[Target]:
 def skb_functions(spec: Spec, max_pos: int = 5, modules: Iterable[ModuleArg] = ()) -> list[Target]:
     """Every FUNC taking ``struct sk_buff *`` at argument position ``<= max_pos``, vmlinux's then modules'.
 
-    ``spec`` is vmlinux's BTF; ``modules`` are module names (their BTF is read from ``/sys/kernel/btf``) or
-    ``(name, split_spec)`` pairs.
+    ``spec`` is vmlinux's BTF; ``modules`` are ``(name, split BTF)`` pairs.
     """
     targets = _functions_of(spec, None, max_pos)
-    for name, mspec in _module_specs(spec, modules):
+    for name, mspec in modules:
         targets += _functions_of(mspec, name, max_pos)
     return targets
 
@@ -207,7 +197,7 @@ def skb_tracepoints(spec: Spec, modules: Iterable[ModuleArg] = ()) -> list[Targe
     ``void *`` (the caller's address, as in ``kfree_skb``).
     """
     targets = _tracepoints_of(spec, None)
-    for name, mspec in _module_specs(spec, modules):
+    for name, mspec in modules:
         targets += _tracepoints_of(mspec, name)
     return targets
 
@@ -308,7 +298,7 @@ def drop_reasons(spec: Spec, modules: Iterable[ModuleArg] = ()) -> dict[int, str
                 subsystems.add(v.value)
     if not subsystems:
         return reasons
-    specs: list[Spec] = [spec] + [m for _, m in _module_specs(spec, modules)]
+    specs: list[Spec] = [spec] + [m for _, m in modules]
     for s in specs:
         for kind in (Kind.ENUM, Kind.ENUM64):
             for tid in s.ids_of_kind(kind):
