@@ -181,7 +181,9 @@ def test_a_new_record_type_needs_no_python(tmp_path: Path) -> None:
     rec = packet.encode({"type": 2, "size": packet.tail.offset + 5, "caplen": 5, "data": b"hello"}) + b"junk"
     got = schema.decode(rec)
     assert (got.type, got.caplen, got.data) == (2, 5, b"hello")  # the tail ends at header.size
-    assert Batch(schema, [rec]).records == [rec]
+    event = schema.layout("event").encode({"type": 1})
+    batch = Batch(schema, [rec, event, rec])
+    assert batch.of_type("packet") == [rec, rec] and batch.of_type("event") == [event]
 
 
 @pytest.mark.skipif(shutil.which("clang") is None, reason="needs clang")
