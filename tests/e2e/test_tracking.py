@@ -195,3 +195,34 @@ def test_track_skb_max_bad_input() -> None:
     r = run_cli("--filter-track-skb-max", "0", "tcp")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "--filter-track-skb-max" in r.stderr
+
+
+def test_dnat_on_the_output_path_is_followed(pwru: object, veth_pair: tuple[Netns, Netns]) -> None:
+    """An iptables DNAT in A's output path; the filter names only the address before NAT. Tracepoints never see
+    the skb before NAT: the netfilter observation points do (nf:OUTPUT@first), and tracking follows it from there
+    to the drop in B."""
+    a, _ = veth_pair
+    a.exec("ip", "route", "add", "10.99.9.0/24", "dev", "a0")
+    a.exec("iptables", "-t", "nat", "-A", "OUTPUT", "-d", "10.99.9.9", "-p", "udp", "--dport", "7",
+           "-j", "DNAT", "--to-destination", "10.99.0.2:9")  # fmt: skip
+    runs = {}
+    for tracked in (True, False):
+        args = ["--filter-trace-netfilter=true", "--output-json", "dst host 10.99.9.9"]
+        run: PwruRun = pwru(*(["--filter-track-skb"] if tracked else []), *args)  # type: ignore[operator]
+        run.start()
+        udp_send(a, "10.99.9.9", 7, count=2, interval=0.1)
+        time.sleep(0.5)
+        run.stop()
+        assert run.returncode == 0, run.stderr
+        runs[tracked] = run.json_events()
+
+    def daddr(e: dict[str, object]) -> object:
+        t = e.get("tuple")
+        return t.get("daddr") if isinstance(t, dict) else None
+
+    pre = {e["skb"] for e in runs[True] if daddr(e) == "10.99.9.9"}
+    assert any(e["func"] == "nf:OUTPUT@first" for e in runs[True] if daddr(e) == "10.99.9.9"), runs[True]
+    post = [str(e["func"]) for e in runs[True] if daddr(e) == "10.99.0.2" and e["skb"] in pre]
+    assert "nf:OUTPUT@last" in post and "tp:net_dev_queue" in post, post
+    assert any(f.startswith("tp:kfree_skb") for f in post), post
+    assert runs[False] and all(daddr(e) == "10.99.9.9" for e in runs[False]), runs[False]
