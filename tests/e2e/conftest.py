@@ -225,3 +225,22 @@ def left_behind(before: set[str], timeout: float = 10) -> set[str]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)
+
+
+def map_entries(pid: int, name: str) -> int:
+    """Entries of BPF map ``name`` held by process ``pid`` (found through its descriptors, so other BPF users on
+    the machine, other pwru runs included, do not count)."""
+    ids = set()
+    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = fdinfo.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("map_id:"):
+                ids.add(int(line.split()[1]))
+    shown = json.loads(sh("bpftool", "-j", "map", "show").stdout or "[]")
+    mine = [m["id"] for m in shown if m["id"] in ids and m.get("name") == name]
+    assert len(mine) == 1, (name, mine)
+    return len(json.loads(sh("bpftool", "-j", "map", "dump", "id", str(mine[0])).stdout or "[]"))
+

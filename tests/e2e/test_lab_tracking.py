@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BACKENDS, SLOW, Netns, left_behind, pwru_bpf_objects, sh, udp_send
+from .conftest import BACKENDS, SLOW, Netns, left_behind, map_entries, pwru_bpf_objects, sh, udp_send
 
 pytestmark = pytest.mark.root
 
@@ -56,12 +56,6 @@ class TrackRun:
     returncode: int
     tracked_after_sink: int
     left_in_kernel: set[str]
-
-
-def map_entries(name: str) -> int:
-    ids = [m["id"] for m in json.loads(sh("bpftool", "-j", "map", "show").stdout) if m.get("name") == name]
-    assert len(ids) == 1, ids
-    return len(json.loads(sh("bpftool", "-j", "map", "dump", "id", str(ids[0])).stdout or "[]"))
 
 
 @pytest.fixture(scope="module", params=[b for b in BACKENDS if b in FUNCTION_BACKENDS] or ["none"])
@@ -112,6 +106,7 @@ def _run(backend: str, a: Netns, b: Netns, tmp: Path) -> TrackRun:
     )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp)
     t0 = time.monotonic()
+    pid = proc.pid
     try:
         while not ready.exists():
             if proc.poll() is not None:
@@ -123,9 +118,9 @@ def _run(backend: str, a: Netns, b: Netns, tmp: Path) -> TrackRun:
         udp_send(a, VIP, VPORT, count=2, interval=0.1)
         udp_send(a, REAL, SINK_PORT, count=SINK_PACKETS, interval=0)
         deadline = time.monotonic() + 5 * SLOW
-        while map_entries("tracked") and time.monotonic() < deadline:
+        while map_entries(pid, "tracked") and time.monotonic() < deadline:
             time.sleep(0.2)
-        tracked = map_entries("tracked")
+        tracked = map_entries(pid, "tracked")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=300 * SLOW)
     finally:
