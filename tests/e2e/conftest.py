@@ -6,6 +6,8 @@ run on this machine (tracepoints) and inside the kernel lab's VMs (kprobe-multi,
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -244,3 +246,19 @@ def map_entries(pid: int, name: str) -> int:
     assert len(mine) == 1, (name, mine)
     return len(json.loads(sh("bpftool", "-j", "map", "dump", "id", str(mine[0])).stdout or "[]"))
 
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def in_netns(path: str) -> Iterator[None]:
+    """Run the block with this thread inside the network namespace at ``path``."""
+    with open("/proc/thread-self/ns/net") as home, open(path) as target:
+        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            yield
+        finally:
+            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")

@@ -7,8 +7,6 @@ after the rewrite (down to the drop) are shown with the same skb address; withou
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import re
 import socket
 import time
@@ -22,12 +20,10 @@ from pwru.ebpf.asm import R0, R1, R2, R3, R4, R5, R6, R10, AluOp, JmpOp, Size
 from pwru.ebpf.link import attach_tcx
 from pwru.ebpf.prog import Program
 from pwru.ebpf.syscall import ProgType
-from tests.e2e.conftest import Netns, PwruRun, map_entries, run_cli, udp_send
+from tests.e2e.conftest import Netns, PwruRun, in_netns, map_entries, run_cli, udp_send
 
 pytestmark = pytest.mark.root
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 OLD_PORT, NEW_PORT = 7777, 7778
 #: Ethernet + IPv4 without options: the UDP destination port's offset in the frame tc sees.
 DPORT_OFFSET = 14 + 20 + 2
@@ -60,18 +56,6 @@ def rewrite_port_insns(old: int, new: int) -> bytes:
             asm.exit_(),
         ]
     )
-
-
-@contextlib.contextmanager
-def in_netns(path: str) -> Iterator[None]:
-    with open("/proc/thread-self/ns/net") as home, open(path) as target:
-        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
 
 
 @pytest.fixture
