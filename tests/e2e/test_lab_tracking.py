@@ -187,7 +187,7 @@ def test_dnat_is_followed_with_the_same_skb(track_run: TrackRun) -> None:
 
 def test_veth_xdp_rebuild_inherits_tracking(track_run: TrackRun) -> None:
     if not track_run.veth_xdp:
-        pytest.skip("the kernel has no veth_convert_skb_to_xdp_buff")
+        pytest.skip("no veth_convert_skb_to_xdp_buff to probe on this kernel (absent, or inlined: not in BTF)")
     pre = {e["skb"] for e in track_run.events if tuple_of(e) == (VIP, VPORT)}
     rebuilt = {e["skb"] for e in track_run.events if func(e) == "ip_rcv" and tuple_of(e) == (REAL, RPORT)} - pre
     assert rebuilt, [(func(e), e["skb"]) for e in track_run.events if tuple_of(e) == (REAL, RPORT)]
