@@ -194,7 +194,7 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 
 
 #: Program names of pwru's kernel side (``bpf_prog_info.name`` is the C function name, cut to 15 characters).
-PWRU_PROG_PREFIXES = ("kprobe_skb", "fentry_skb", "tp_skb")
+PWRU_PROG_PREFIXES = ("kprobe_skb", "fentry_skb", "tp_skb", "nf_skb")
 
 
 def pwru_bpf_objects() -> set[str]:
