@@ -7,19 +7,24 @@ The points (``nf:HOOK@first|last``) exist only where the kernel has BPF netfilte
 from __future__ import annotations
 
 import json
+import random
 import re
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
 from pwru.ebpf import features
-from pwru.ebpf.syscall import LinkType
 
-from .conftest import Netns, PwruRun, left_behind, pwru_bpf_objects, run_cli, sh, udp_send
+from .conftest import Netns, PwruRun, run_cli, sh, udp_send
 
 pytestmark = pytest.mark.root
 
 Event = dict[str, object]
+#: The runs that watch every namespace filter on a port of their own: other tests may flood port 9999 in their
+#: namespaces meanwhile, and a run would drain their events rather than ours after its stop.
+PORT = random.randrange(20000, 60000)
 
 
 @pytest.fixture(autouse=True)
@@ -39,32 +44,55 @@ def dports(events: list[Event]) -> set[object]:
     return {e["tuple"]["dport"] for e in events if isinstance(e.get("tuple"), dict)}  # type: ignore[index]
 
 
-def attached_hooks(stderr: str) -> int:
-    m = re.search(r"Attached \d+ tracepoints and (\d+) netfilter hooks \(ignored 0\)", stderr)
+def attached_hooks(stderr: str, ignored: int | None = 0) -> int:
+    """The netfilter hooks the Attached line counts; ``ignored`` None: any number ignored (a run over every
+    namespace may find one gone by the time it enters it, when other tests run at the same time)."""
+    m = re.search(r"Attached \d+ tracepoints and (\d+) netfilter hooks \(ignored (\d+)\)", stderr)
     assert m, stderr
+    assert ignored is None or int(m.group(2)) == ignored, stderr
     return int(m.group(1))
 
 
-def our_netfilter_links() -> list[dict[str, object]]:
-    """Netfilter links held by a program of pwru's (``nf_skb``), as bpftool lists them (by name, or by number
-    when bpftool predates netfilter links: Debian 12's 7.1 says ``"type": 10``)."""
-    progs = json.loads(sh("bpftool", "-j", "prog", "show").stdout or "[]")
-    ids = {p["id"] for p in progs if p.get("name") == "nf_skb"}
-    links = json.loads(sh("bpftool", "-j", "link", "show").stdout or "[]")
-    return [ln for ln in links if ln.get("type") in ("netfilter", LinkType.NETFILTER) and ln.get("prog_id") in ids]
+def netfilter_links_of(run: PwruRun) -> dict[int, int]:
+    """The netfilter links pwru's process holds (link id -> program id), from its descriptors' fdinfo: only
+    this run's, though other tests may run pwru at the same time."""
+    assert run.proc is not None
+    links: dict[int, int] = {}
+    fdinfo = Path(f"/proc/{run.proc.pid}/fdinfo")
+    for f in fdinfo.iterdir():
+        try:
+            info = dict(line.split(":", 1) for line in f.read_text().splitlines() if ":" in line)
+        except OSError:  # a descriptor closed meanwhile
+            continue
+        if info.get("link_type", "").strip() == "netfilter":
+            links[int(info["link_id"])] = int(info["prog_id"])
+    return links
+
+
+def still_in_kernel(links: dict[int, int], timeout: float = 10) -> set[str]:
+    """Which of these links and their programs bpftool still lists after ``timeout`` seconds (the kernel frees
+    a program whose last reference went a little later)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        link_ids = {ln["id"] for ln in json.loads(sh("bpftool", "-j", "link", "show").stdout or "[]")}
+        prog_ids = {p["id"] for p in json.loads(sh("bpftool", "-j", "prog", "show").stdout or "[]")}
+        left = {f"link:{i}" for i in links if i in link_ids} | {f"prog:{i}" for i in links.values() if i in prog_ids}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 def test_udp_across_a_veth_pair_passes_both_ends_hooks(pwru: object, veth_pair: tuple[Netns, Netns]) -> None:
     a, b = veth_pair
-    run: PwruRun = pwru("--output-json", "udp and dst port 9999")  # type: ignore[operator]
+    run: PwruRun = pwru("--output-json", f"udp and dst port {PORT}")  # type: ignore[operator]
     run.start()
-    udp_send(a, "10.99.0.2", 9998)  # not matching the filter: seen nowhere
-    udp_send(a, "10.99.0.2", 9999)
+    udp_send(a, "10.99.0.2", PORT - 1)  # not matching the filter: seen nowhere
+    udp_send(a, "10.99.0.2", PORT)
     run.stop()
     assert run.returncode == 0, run.stderr
-    assert attached_hooks(run.stderr) >= 60  # 20 in each namespace: a, b and pwru's own at least
-    events = run.json_events()
-    assert dports(events) == {9999}, events
+    assert attached_hooks(run.stderr, ignored=None) >= 60  # 20 in each namespace: a, b and pwru's own at least
+    events = [e for e in run.json_events() if e.get("netns") in (a.inode, b.inode)]  # not other tests' packets
+    assert dports(events) == {PORT}, (run.stderr, run.stdout[-3000:])
     sent, received = funcs(events, a), funcs(events, b)
     # The sender: every rule of OUTPUT and POSTROUTING lies between these two, before the device queue.
     for name in ("nf:OUTPUT@first", "nf:OUTPUT@last", "nf:POSTROUTING@first", "nf:POSTROUTING@last"):
@@ -88,13 +116,13 @@ def test_udp_across_a_veth_pair_passes_both_ends_hooks(pwru: object, veth_pair: 
 
 def test_a_filter_that_does_not_match_shows_no_hook(pwru: object, veth_pair: tuple[Netns, Netns]) -> None:
     a, _b = veth_pair
-    run: PwruRun = pwru("--output-json", "udp and dst port 9997")  # type: ignore[operator]
+    run: PwruRun = pwru("--output-json", f"udp and dst port {PORT + 1}")  # type: ignore[operator]
     run.start()
-    udp_send(a, "10.99.0.2", 9999, count=3)
+    udp_send(a, "10.99.0.2", PORT, count=3)
     run.stop()
     assert run.returncode == 0, run.stderr
-    assert attached_hooks(run.stderr) >= 60
-    assert run.json_events() == [], run.stdout
+    assert attached_hooks(run.stderr, ignored=None) >= 60
+    assert [e for e in run.json_events() if e.get("netns") in (a.inode, _b.inode)] == [], run.stdout
 
 
 def test_a_router_namespace_shows_forward(pwru: object, netns_factory: object) -> None:
@@ -137,10 +165,9 @@ def test_ipv6_uses_the_same_point_names(pwru: object, veth_pair: tuple[Netns, Ne
 
 def test_filter_netns_attaches_in_that_namespace_only(pwru: object, veth_pair: tuple[Netns, Netns]) -> None:
     a, b = veth_pair
-    before = len(our_netfilter_links())
     run: PwruRun = pwru("--output-json", "--filter-netns", b.path, "udp and dst port 9999")  # type: ignore[operator]
     run.start()
-    assert len(our_netfilter_links()) - before == 20  # 5 hooks x first/last x IPv4/IPv6, in b
+    assert len(netfilter_links_of(run)) == 20  # 5 hooks x first/last x IPv4/IPv6, in b
     udp_send(a, "10.99.0.2", 9999)
     run.stop()
     assert attached_hooks(run.stderr) == 20
@@ -171,15 +198,14 @@ def test_a_rule_that_drops_in_output_is_between_first_and_last(pwru: object, vet
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_no_netfilter_link_is_left_after_exit(pwru: object, veth_pair: tuple[Netns, Netns], sig: int) -> None:
-    before_links = len(our_netfilter_links())
-    before = pwru_bpf_objects()
-    run: PwruRun = pwru("udp")  # type: ignore[operator]
+    run: PwruRun = pwru(f"udp and dst port {PORT}")  # type: ignore[operator]
     run.start()
-    assert len(our_netfilter_links()) - before_links >= 60
+    links = netfilter_links_of(run)
+    assert len(links) >= 60  # a, b and pwru's own namespace at least
+    assert still_in_kernel(links, timeout=0) == {f"link:{i}" for i in links} | {f"prog:{i}" for i in links.values()}
     run.stop(sig)
     assert run.returncode == (0 if sig == signal.SIGTERM else -signal.SIGKILL), run.stderr
-    assert left_behind(before) == set()
-    assert len(our_netfilter_links()) == before_links
+    assert still_in_kernel(links) == set()
 
 
 def test_off_and_on_by_flag(pwru: object, netns: Netns) -> None:
