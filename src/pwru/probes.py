@@ -304,10 +304,14 @@ def _kprobe_multi(ctx: AttachContext, probes: list[Probe]) -> None:
 
 
 def _netfilter(ctx: AttachContext, probes: list[Probe]) -> None:
-    """Netfilter links: each probe's program loaded with its probe id (in parallel: a load does not depend on
-    the namespace), then each namespace's links made from one thread inside it (a netfilter link hooks the
-    netns of the thread that creates it). A namespace that cannot be entered any more (its last process
-    exited, its pid was reused) has its probes ignored with the reason."""
+    """Netfilter links: one program load per point name (``nf:OUTPUT@first`` in every netns is one program: its
+    events name the point, their netns column says where; 20 loads in all instead of 20 per namespace, each
+    load being tens of milliseconds), in parallel; then each namespace's links made from one thread inside it (a
+    netfilter link hooks the netns of the thread that creates it). A namespace that cannot be entered any more
+    (its last process exited, its pid was reused) has its probes ignored with the reason."""
+    firsts: dict[tuple[str, str], Probe] = {}
+    for p in probes:
+        firsts.setdefault((p.program, p.display_name), p)
 
     def load(p: Probe) -> tuple[Program | None, str]:
         if ctx.stop():
@@ -324,11 +328,12 @@ def _netfilter(ctx: AttachContext, probes: list[Probe]) -> None:
         return prog, ""
 
     with ThreadPoolExecutor(ATTACH_WORKERS) as pool:
-        loaded = list(pool.map(load, probes))
+        loaded = dict(zip(firsts, pool.map(load, firsts.values()), strict=True))
     try:
         groups: dict[tuple[int, str], list[tuple[Probe, Program]]] = defaultdict(list)
-        for p, (prog, why) in zip(probes, loaded, strict=True):
+        for p in probes:
             assert p.netfilter is not None, p
+            prog, why = loaded[p.program, p.display_name]
             if prog is not None:
                 groups[p.netfilter.netns_inode, p.netfilter.netns_path].append((p, prog))
                 continue
@@ -339,7 +344,7 @@ def _netfilter(ctx: AttachContext, probes: list[Probe]) -> None:
             if not ctx.stop():
                 _netfilter_links(ctx, inode, path, group)
     finally:
-        for prog, _ in loaded:
+        for prog, _ in loaded.values():
             if prog is not None:
                 prog.close()  # the links hold the programs
 
