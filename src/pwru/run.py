@@ -228,6 +228,9 @@ def _run_loaded(
         print(f"Attached {counted(plan, shown)} (ignored {len(ignored)})", file=sys.stderr)
         for p, why in ignored:
             log.debug("ignored %s: %s", p.display_name, why)
+        keepers = sorted({f"{p.display_name}({p.attach.value})" for p in att.attached if not p.shows})
+        if keepers:
+            log.debug("skb tracking probes: %s", " ".join(keepers))
         for p, why in att.ignored:
             if not p.shows:  # a hole in what tracking sees: say so, it changes what the output means
                 log.warning("skb tracking: could not attach %s (%s): %s", p.display_name, p.attach.value, why)

@@ -113,7 +113,7 @@ def _run(backend: str, a: Netns, b: Netns, tmp: Path, veth_xdp: bool) -> TrackRu
     before = pwru_bpf_objects()
     cmd = [
         sys.executable, "-m", "pwru", "--backend", backend, "--ready-file", str(ready), "--output-json",
-        "--filter-track-skb", "--filter-non-skb-funcs", "fib_table_lookup", "--filter-func", FUNCS, FILTER,
+        "--filter-track-skb", "--filter-non-skb-funcs", "fib_table_lookup", "--filter-func", FUNCS, "--debug", FILTER,
     ]  # fmt: skip
     tap = a.python_background(  # an AF_PACKET socket on a0: outgoing skbs are cloned for it
         "import socket\n"
@@ -154,6 +154,12 @@ def _run(backend: str, a: Netns, b: Netns, tmp: Path, veth_xdp: bool) -> TrackRu
                 p.kill()
                 p.communicate()
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    m = re.search(r"skb tracking probes: (.*)", err)
+    results = os.environ.get("PWRU_VM_RESULTS")
+    if results:  # which free and copy functions this kernel let pwru hook, for the closing notes
+        with open(Path(results) / "tracking.jsonl", "a") as f:
+            f.write(json.dumps({"kernel": os.uname().release, "backend": backend, "probes": m.group(1) if m else ""}))
+            f.write("\n")
     return TrackRun(backend, events, err, proc.returncode, tracked, left_behind(before), veth_xdp)
 
 
@@ -170,6 +176,14 @@ def test_exits_cleanly_and_leaves_nothing(track_run: TrackRun) -> None:
     assert track_run.returncode == 0, track_run.stderr
     assert "Traceback" not in track_run.stderr and track_run.left_in_kernel == set()
     assert " 0 untracked" in track_run.stderr, track_run.stderr
+    assert "skb tracking: could not attach" not in track_run.stderr, track_run.stderr
+
+
+def test_the_free_and_copy_functions_are_hooked(track_run: TrackRun) -> None:
+    m = re.search(r"skb tracking probes: (.*)", track_run.stderr)
+    assert m, track_run.stderr
+    hooked = {p.split("(")[0] for p in m.group(1).split()}
+    assert {"tp:kfree_skb", "tp:consume_skb", "kfree_skbmem", "skb_clone"} <= hooked, hooked
 
 
 def test_dnat_is_followed_with_the_same_skb(track_run: TrackRun) -> None:
