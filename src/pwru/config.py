@@ -42,6 +42,8 @@ class FilterConfig:
     ifindex: int | None = None  # filled by the resolve step from ifname
     mark: int = 0  # already masked
     mark_mask: int = 0  # 0: no mark filter
+    tunnel_pcap_l2: str = ""  # pcap expression on an encapsulated skb's inner packet, from its inner MAC header
+    tunnel_pcap_l3: str = ""  # the same from its inner network header
 
     def func_allowed(self, name: str) -> bool:
         """Whether --filter-func lets the function (or tracepoint) ``name`` be traced."""
@@ -57,6 +59,7 @@ class OutputConfig:
     tcp_flags: bool = False
     stack: bool = False
     caller: bool = False
+    tunnel: bool = False  # the inner packet's tuple of encapsulated skbs
     json: bool = False
     limit_lines: int = 0  # 0: unlimited
     file: str | None = None
