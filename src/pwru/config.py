@@ -75,9 +75,23 @@ class OutputConfig:
         return self.file_max_size * MEGABYTE
 
 
+#: --filter-track-skb-max: the default size of the kernel's tracked set (and of the call-chain maps).
+TRACK_MAX_DEFAULT = 16384
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
-    """skb tracking settings (issue 9 adds --filter-track-skb and friends here)."""
+    """skb tracking: which skbs stay shown after they stop matching the filters (see :mod:`pwru.tracking`)."""
+
+    skb: bool = False  # --filter-track-skb
+    by_stackid: bool = False  # --filter-track-skb-by-stackid (implied by non_skb_funcs)
+    non_skb_funcs: tuple[str, ...] = ()
+    max_entries: int = TRACK_MAX_DEFAULT
+
+    @property
+    def stackid(self) -> bool:
+        """Whether skbs are tied to their call chains (--filter-track-skb-by-stackid or non-skb functions)."""
+        return self.by_stackid or bool(self.non_skb_funcs)
 
 
 @dataclass(frozen=True)

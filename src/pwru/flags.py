@@ -284,6 +284,12 @@ def _max_size(value: int) -> int:
     return value
 
 
+def _track_max(value: int) -> int:
+    if not 1 <= value <= 1 << 24:
+        raise FlagError("filter-track-skb-max", f"{value} is out of range (1..{1 << 24})")
+    return value
+
+
 # --- the table --------------------------------------------------------------------------------------------------
 
 FLAGS: tuple[Flag, ...] = (
@@ -299,6 +305,48 @@ FLAGS: tuple[Flag, ...] = (
         "func",
         parse=cfg.parse_func_regex,
         metavar="string",
+    ),
+    Flag(
+        "filter-track-skb",
+        BOOL,
+        False,
+        "trace a packet even if it does not match given filters (e.g., after NAT or tunnel decapsulation)",
+        FILTERS,
+        "tracking",
+        "skb",
+        consts={"cfg_track_skb": lambda c: c.tracking.skb},
+    ),
+    Flag(
+        "filter-track-skb-by-stackid",
+        BOOL,
+        False,
+        "trace a packet even after it is kfreed (e.g., traffic going through bridge)",
+        FILTERS,
+        "tracking",
+        "by_stackid",
+        consts={"cfg_track_stackid": lambda c: c.tracking.stackid},
+    ),
+    Flag(
+        "filter-non-skb-funcs",
+        LIST,
+        [],
+        "filter non-skb kernel functions to be probed (--filter-track-skb-by-stackid will be enabled)",
+        FILTERS,
+        "tracking",
+        "non_skb_funcs",
+        parse=cfg.split_list,
+        metavar="strings",
+    ),
+    Flag(
+        "filter-track-skb-max",
+        UINT,
+        cfg.TRACK_MAX_DEFAULT,
+        "most skbs tracked at once (those beyond are counted and reported at exit)",
+        FILTERS,
+        "tracking",
+        "max_entries",
+        parse=_track_max,
+        metavar="N",
     ),
     Flag(
         "filter-netns",

@@ -44,6 +44,7 @@ class Attach(enum.Enum):
 
     KPROBE_MULTI = "kprobe-multi"  # one link for many functions, by symbol name
     KPROBE = "kprobe"  # a perf kprobe per function
+    KRETPROBE = "kretprobe"  # a perf kprobe on the function's return
     FENTRY = "fentry"  # a tracing program loaded per target (BTF id), linked
     FEXIT = "fexit"
     TP_BTF = "tp_btf"  # a BTF-typed raw tracepoint program loaded per tracepoint
@@ -56,7 +57,8 @@ class Probe:
     ``btf_id`` is the target's BTF id (a FUNC, or a ``btf_trace_<name>`` TYPEDEF) in vmlinux or, with
     ``module``, in that module's split BTF; ``attach_prog_fd`` names a loaded BPF program as the target
     (fentry/fexit on tc or XDP programs). Positions are 1-based argument numbers. ``constants`` are per-load
-    ``volatile const`` overrides (only for methods that load once per probe).
+    ``volatile const`` overrides (only for methods that load once per probe). ``shows`` is False for probes that
+    only keep kernel state (skb tracking) and never produce an event.
     """
 
     kind: TargetKind
@@ -70,6 +72,7 @@ class Probe:
     location_pos: int | None = None
     attach_prog_fd: int | None = None
     constants: Mapping[str, int] = field(default_factory=dict)
+    shows: bool = True
 
     @property
     def display_name(self) -> str:
@@ -233,16 +236,21 @@ def _tracing(attach_type: AttachType) -> Executor:
     return run
 
 
-def _kprobe(ctx: AttachContext, probes: list[Probe]) -> None:
-    programs = _load_once_per_program(ctx, probes, None)
+def _kprobe(retprobe: bool) -> Executor:
+    """A perf kprobe (or kretprobe) per probe; each program loaded once."""
 
-    def one(p: Probe) -> tuple[link.Link | None, str]:
-        try:
-            return link.attach_kprobe(programs[p.program], p.name), ""
-        except OSError as e:
-            return None, e.strerror or str(e)
+    def run(ctx: AttachContext, probes: list[Probe]) -> None:
+        programs = _load_once_per_program(ctx, probes, None)
 
-    _each(ctx, probes, one)
+        def one(p: Probe) -> tuple[link.Link | None, str]:
+            try:
+                return link.attach_kprobe(programs[p.program], p.name, retprobe=retprobe), ""
+            except OSError as e:
+                return None, e.strerror or str(e)
+
+        _each(ctx, probes, one)
+
+    return run
 
 
 #: errnos with which the kernel refuses a kprobe-multi batch because of one of its functions.
@@ -285,7 +293,8 @@ def _kprobe_multi(ctx: AttachContext, probes: list[Probe]) -> None:
 #: The executor of each attach method.
 EXECUTORS: dict[Attach, Executor] = {
     Attach.KPROBE_MULTI: _kprobe_multi,
-    Attach.KPROBE: _kprobe,
+    Attach.KPROBE: _kprobe(retprobe=False),
+    Attach.KRETPROBE: _kprobe(retprobe=True),
     Attach.FENTRY: _tracing(AttachType.TRACE_FENTRY),
     Attach.FEXIT: _tracing(AttachType.TRACE_FEXIT),
     Attach.TP_BTF: _tracing(AttachType.TRACE_RAW_TP),

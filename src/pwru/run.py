@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import backends, discovery, flags
+from pwru import backends, discovery, flags, tracking
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
@@ -192,10 +192,17 @@ def run(config: Config) -> int:
         targets = backends.skb_targets(backend, kernel, config.filter.func_allowed)
         if not targets:
             raise UserError("no function or tracepoint to trace: check --filter-func", exit_code=1)
+        tracking.check_non_skb_funcs(config, backend, kernel)
         obj, spliced = build_object(config)
         schema = schema_of(obj)
+        for name in tracking.SIZED_MAPS:
+            obj.maps[name].max_entries = config.tracking.max_entries
         plan = Plan()
-        plan.add(backends.skb_probes(backend, targets, set(obj.programs), kernel))
+        skb_probes, track_probes = tracking.probes(
+            config, backend, kernel, backends.skb_probes(backend, targets, set(obj.programs), kernel)
+        )
+        plan.add(skb_probes)
+        plan.add(track_probes)
         reasons = discovery.drop_reasons(kernel.spec, kernel.modules())
         stopper = Stopper()
         with stopper.installed():
@@ -229,12 +236,17 @@ def _run_loaded(
     try:
         if stopper.stopped:
             return 0
-        if not att.attached:
+        shown = [p for p in att.attached if p.shows]
+        if not shown:
             why = "; ".join(f"{p.display_name}: {reason}" for p, reason in att.ignored[:3])
             raise UserError(f"could not attach to anything ({backend}): {why}", exit_code=1)
-        print(f"Attached {len(att.attached)} {what} (ignored {len(att.ignored)})", file=sys.stderr)
-        for p, why in att.ignored:
+        ignored = [(p, why) for p, why in att.ignored if p.shows]
+        print(f"Attached {len(shown)} {what} (ignored {len(ignored)})", file=sys.stderr)
+        for p, why in ignored:
             log.debug("ignored %s: %s", p.display_name, why)
+        for p, why in att.ignored:
+            if not p.shows:  # a hole in what tracking sees: say so, it changes what the output means
+                log.warning("skb tracking: could not attach %s (%s): %s", p.display_name, p.attach.value, why)
         if backend != "tracepoint" or config.output.stack or config.output.caller:
             kernel.kallsyms.preload()  # function names for the events, read while waiting for the first ones
         pipeline, limit = make_pipeline(config, kernel, coll, plan, schema, reasons)
@@ -274,9 +286,7 @@ def _read(
         reader.close()
 
 
-def _finish(
-    config: Config, att: Attachment, coll: Collection, pipeline: Pipeline | None, attach_time: float
-) -> None:
+def _finish(config: Config, att: Attachment, coll: Collection, pipeline: Pipeline | None, attach_time: float) -> None:
     t_detach = time.monotonic()
     att.close()
     detach_time = time.monotonic() - t_detach
@@ -286,8 +296,15 @@ def _finish(
     finally:
         lost = coll.maps["lost"].lookup_u64(0) or 0
         printed = pipeline.events if pipeline is not None else 0
+        untracked = ""
+        if config.tracking.skb:
+            full = coll.maps["track_full"].lookup_u64(0) or 0
+            untracked = f", {full} untracked" + (
+                " (the tracked set was full: raise --filter-track-skb-max)" if full else ""
+            )
+            tracking.report_unfreed(coll.maps["tracked"], att)
         print(
-            f"pwru: {printed} events printed, {lost} lost; attached {len(att.attached)} in "
+            f"pwru: {printed} events printed, {lost} lost{untracked}; attached {len(att.attached)} in "
             f"{attach_time:.2f} s, detached in {detach_time:.2f} s",
             file=sys.stderr,
         )

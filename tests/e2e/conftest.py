@@ -48,6 +48,14 @@ class Netns:
     def python(self, code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return self.exec(sys.executable, "-c", code, timeout=timeout)
 
+    def python_background(self, code: str) -> subprocess.Popen[str]:
+        """A Python process left running in the namespace; it is ready once it printed its first line."""
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.name, sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None and proc.stdout.readline(), "the background process did not start"
+        return proc
+
     def ifindex(self, ifname: str) -> int:
         out = self.exec("cat", f"/sys/class/net/{ifname}/ifindex").stdout
         return int(out)
@@ -194,7 +202,7 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 
 
 #: Program names of pwru's kernel side (``bpf_prog_info.name`` is the C function name, cut to 15 characters).
-PWRU_PROG_PREFIXES = ("kprobe_skb", "fentry_skb", "tp_skb")
+PWRU_PROG_PREFIXES = ("kprobe_", "kretprobe_", "fentry_", "fexit_", "tp_skb", "nf_skb")
 
 
 def pwru_bpf_objects() -> set[str]:

@@ -88,6 +88,8 @@ def test_constants_of_the_default_config() -> None:
         "cfg_output_tuple": 1,
         "cfg_output_stack": 0,
         "cfg_output_caller": 0,
+        "cfg_track_skb": 0,
+        "cfg_track_stackid": 0,
         "cfg_output_tunnel": 0,
     }
 
@@ -95,7 +97,8 @@ def test_constants_of_the_default_config() -> None:
 def test_constants_come_from_the_resolved_config() -> None:
     c = resolve.resolve(
         flags.parse_config(
-            ["--filter-ifname=lo", "--filter-mark=0xabc/0xf00", "--no-output-meta", "--output-stack", "--output-caller"]
+            ["--filter-ifname=lo", "--filter-mark=0xabc/0xf00", "--no-output-meta", "--output-stack", "--output-caller",
+             "--filter-non-skb-funcs=fib_table_lookup"]
         )
     )
     assert flags.constants(c) == {
@@ -107,6 +110,8 @@ def test_constants_come_from_the_resolved_config() -> None:
         "cfg_output_tuple": 1,
         "cfg_output_stack": 1,
         "cfg_output_caller": 1,
+        "cfg_track_skb": 0,
+        "cfg_track_stackid": 1,  # implied by --filter-non-skb-funcs, as in pwru
         "cfg_output_tunnel": 0,
     }
     assert flags.constants(Config(filter=FilterConfig(netns=7)))["cfg_netns"] == 7
@@ -117,9 +122,9 @@ def test_constants_exist_in_the_bpf_program() -> None:
     names = set(flags.constants(Config()))
     assert names <= declared
     # The rest come with the spliced filters (cfg_has_*pcap*, from run.build_object) or are set per attached
-    # program (cfg_tp_*, cfg_probe_id).
+    # program (cfg_tp_*, cfg_probe_id, cfg_ret_pos).
     spliced = {"cfg_has_pcap", "cfg_has_tunnel_pcap_l2", "cfg_has_tunnel_pcap_l3"}
-    assert {n for n in declared - names if not n.startswith("cfg_tp_")} == spliced | {"cfg_probe_id"}
+    assert {n for n in declared - names if not n.startswith("cfg_tp_")} == spliced | {"cfg_probe_id", "cfg_ret_pos"}
 
 
 def test_help_is_grouped_in_table_order() -> None:
@@ -172,59 +177,59 @@ def test_table_refuses_drift() -> None:
 # 1. Add the field to its section dataclass in pwru/config.py (here: a TrackingConfig subclass stands in for
 #    that edit, so the real Config stays as it is).
 # 2. Declare one Flag: name, kind, default, help, group, section + attr, parse function, kernel constants.
-# 3. Use config.tracking.skb where it matters. Nothing else changes: parser, --help, Config, constants follow.
+# 3. Use config.tracking.follow where it matters. Nothing else changes: parser, --help, Config, constants follow.
 
 
 @dataclasses.dataclass(frozen=True)
 class _Tracking(cfg.TrackingConfig):
-    skb: bool = False
-    skb_map_size: int = 0
+    follow: bool = False
+    follow_size: int = 0
 
 
-TRACK_SKB = flags.Flag(
-    "filter-track-skb",
+FOLLOW = flags.Flag(
+    "filter-follow-example",
     flags.BOOL,
     False,
-    "trace a packet even if it does not match given filters (e.g., after NAT or tunnel decapsulation)",
+    "an example flag",
     flags.FILTERS,
     "tracking",
-    "skb",
-    consts={"cfg_track_skb": lambda c: int(getattr(c.tracking, "skb", False))},
+    "follow",
+    consts={"cfg_follow_example": lambda c: int(getattr(c.tracking, "follow", False))},
 )
-TRACK_MAP_SIZE = flags.Flag(
-    "filter-track-skb-map-size",
+FOLLOW_SIZE = flags.Flag(
+    "filter-follow-example-size",
     flags.UINT,
     10000,
-    "the size of the map used to track skbs",
+    "the size of the example's map",
     flags.FILTERS,
     "tracking",
-    "skb_map_size",
+    "follow_size",
     parse=lambda n: n,
     metavar="uint",
 )
 
 
 def test_how_to_add_a_flag() -> None:
-    table = flags.TABLE.with_flags(TRACK_SKB, TRACK_MAP_SIZE, sections={**cfg.SECTIONS, "tracking": _Tracking})
+    table = flags.TABLE.with_flags(FOLLOW, FOLLOW_SIZE, sections={**cfg.SECTIONS, "tracking": _Tracking})
     # The parser knows it, in every pflag style.
-    c = table.build_config(table.parse_argv(["--filter-track-skb", "--filter-track-skb-map-size=5", "tcp"]))
-    assert c.tracking == _Tracking(skb=True, skb_map_size=5) and c.filter.pcap == "tcp"
-    c = table.build_config(table.parse_argv(["--filter-track-skb=false"]))
-    assert c.tracking == _Tracking(skb=False, skb_map_size=10000)
-    assert table.build_config(table.parse_argv(["--filter-track-skb", "--no-filter-track-skb"])) == c
+    c = table.build_config(table.parse_argv(["--filter-follow-example", "--filter-follow-example-size=5", "tcp"]))
+    assert c.tracking == _Tracking(follow=True, follow_size=5) and c.filter.pcap == "tcp"
+    c = table.build_config(table.parse_argv(["--filter-follow-example=false"]))
+    assert c.tracking == _Tracking(follow=False, follow_size=10000)
+    assert table.build_config(table.parse_argv(["--filter-follow-example", "--no-filter-follow-example"])) == c
     # --help lists it in its group, with its default.
     help_text = table.usage()
     filters = help_text.split("  Filters:")[1].split("  Output:")[0]
-    assert "--filter-track-skb " in filters and "--filter-track-skb-map-size uint" in filters
+    assert "--filter-follow-example " in filters and "--filter-follow-example-size uint" in filters
     assert "(default 10000)" in filters
     # The kernel constant follows the config.
-    assert table.constants(c)["cfg_track_skb"] == 0
-    on = table.build_config(table.parse_argv(["--filter-track-skb"]))
-    assert table.constants(on) == {**flags.constants(Config()), "cfg_track_skb": 1}
+    assert table.constants(c)["cfg_follow_example"] == 0
+    on = table.build_config(table.parse_argv(["--filter-follow-example"]))
+    assert table.constants(on) == {**flags.constants(Config()), "cfg_follow_example": 1}
     # Bad values are the usual one-line flag errors.
-    with pytest.raises(cfg.FlagError, match=r"^--filter-track-skb-map-size: not a number: 'x'$"):
-        table.parse_argv(["--filter-track-skb-map-size", "x"])
+    with pytest.raises(cfg.FlagError, match=r"^--filter-follow-example-size: not a number: 'x'$"):
+        table.parse_argv(["--filter-follow-example-size", "x"])
     # The real table does not know it.
     with pytest.raises(UserError, match="unknown flag"):
-        flags.parse_argv(["--filter-track-skb"])
+        flags.parse_argv(["--filter-follow-example"])
     assert flags.build_config(flags.parse_argv([])).output == OutputConfig()

@@ -45,11 +45,15 @@ const volatile __u8 cfg_output_caller = 0;
 const volatile __u8 cfg_has_tunnel_pcap_l2 = 0; /* call filter_pcap_tunnel_l2 on encapsulated skbs */
 const volatile __u8 cfg_has_tunnel_pcap_l3 = 0; /* call filter_pcap_tunnel_l3 on encapsulated skbs */
 const volatile __u8 cfg_output_tunnel = 0;
+const volatile __u8 cfg_track_skb = 0;         /* --filter-track-skb: the tracked set decides before the filters */
+const volatile __u8 cfg_track_stackid = 0;     /* --filter-track-skb-by-stackid: the call chain's skb too */
 /* tp_btf (and fentry fallback) per-load constants; positions are 1-based, without the tracepoint's void * */
 const volatile __u32 cfg_tp_skb_pos = 1;
 const volatile __u32 cfg_tp_reason_pos = 0;   /* 0: the tracepoint has no drop reason */
 const volatile __u32 cfg_tp_location_pos = 0; /* 0: no location argument */
 const volatile __u64 cfg_probe_id = 0;        /* tp_btf: header.probe; fentry: address when no get_func_ip */
+const volatile __u8 cfg_tp_frees = 0;         /* tp_btf: the tracepoint marks its skb's end (kfree_skb, consume_skb) */
+const volatile __u32 cfg_ret_pos = 0;         /* fexit: 1-based ctx slot of the return value (argument count + 1) */
 /* tp_btf caller: kernel stack frames before the function that fired the tracepoint: the stack is
  * [this program, bpf_trace_run<N>, function with the tracepoint, ...]. */
 #define TP_CALLER_SKIP 2
@@ -74,6 +78,57 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
+
+/* ---- skb tracking (--filter-track-skb, --filter-track-skb-by-stackid) ----
+ * tracked:   skb addresses that passed the filters (or descend from one: clones, copies, veth's XDP rebuild).
+ *            An address leaves the set when its skb is freed. Its size is set by user space before the map is
+ *            made (--filter-track-skb-max); an skb that does not fit is counted in track_full, never dropped
+ *            silently.
+ * chain_skb: call chain -> the selected skb it is working on; skb_chain the reverse, to clean up at the free.
+ *            A call chain is the task the kernel runs on (softirqs run on the task they interrupt): every function
+ *            of one syscall or one softirq run shares it. pwru walks frame pointers to the outermost frame instead;
+ *            distribution kernels are built without frame pointers (ORC unwinder), where that walk reads
+ *            arbitrary registers.
+ * stash:     a kprobe's argument kept from function entry to its return probe (key: pid_tgid). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u8);
+} tracked SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} track_full SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} chain_skb SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} skb_chain SEC(".maps");
+
+struct stash_value {
+	__u64 skb;  /* the skb at entry */
+	__u64 pskb; /* where the function leaves its result (struct sk_buff **), 0 when it returns it */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct stash_value);
+} stash SEC(".maps");
 
 /* Keep the record types and layouts in the object's BTF for user space's decoder (null constants in .rodata,
  * never read). */
@@ -355,15 +410,90 @@ static __always_inline __u64 get_caller(void *ctx, enum caller_mode mode, __u64 
 	return 0;
 }
 
+/* ---- skb tracking ---- */
+static __always_inline bool is_tracked(__u64 addr)
+{
+	return bpf_map_lookup_elem(&tracked, &addr) != 0;
+}
+
+static __always_inline void track(__u64 addr)
+{
+	__u8 one = 1;
+	__u32 zero = 0;
+
+	if (bpf_map_update_elem(&tracked, &addr, &one, BPF_ANY) == 0)
+		return;
+	__u64 *count = bpf_map_lookup_elem(&track_full, &zero);
+
+	if (count)
+		*count += 1;
+}
+
+static __always_inline __u64 call_chain(void)
+{
+	return bpf_get_current_task();
+}
+
+/* The skb's end: it leaves the tracked set, and the call chain that worked on it forgets it. */
+static __always_inline void untrack(__u64 addr)
+{
+	if (cfg_track_skb)
+		bpf_map_delete_elem(&tracked, &addr);
+	if (cfg_track_stackid) {
+		__u64 *chain = bpf_map_lookup_elem(&skb_chain, &addr);
+
+		if (chain) {
+			__u64 key = *chain;
+			__u64 *skb = bpf_map_lookup_elem(&chain_skb, &key);
+
+			if (skb && *skb == addr)
+				bpf_map_delete_elem(&chain_skb, &key);
+			bpf_map_delete_elem(&skb_chain, &addr);
+		}
+	}
+}
+
+/* A copy of a tracked skb (clone, copy, veth's rebuild for XDP) is tracked too. */
+static __always_inline void track_copy(__u64 old, __u64 new)
+{
+	if (old && new && old != new && is_tracked(old))
+		track(new);
+}
+
+/* Whether the skb is shown: tracked (by address, or as the skb its call chain works on), else by the filters.
+ * An skb that passes the filters joins the tracked set and becomes its call chain's skb. */
+static __always_inline bool skb_selected(struct sk_buff *skb, bool has_chain)
+{
+	__u64 addr = (__u64)skb;
+	__u64 chain = 0;
+
+	if (cfg_track_skb && is_tracked(addr))
+		goto selected;
+	if (cfg_track_stackid && has_chain) {
+		chain = call_chain();
+		if (bpf_map_lookup_elem(&chain_skb, &chain))
+			return true; /* the chain's own skb stays its skb (pwru's meaning) */
+	}
+	if (!filter_skb(skb))
+		return false;
+	if (cfg_track_skb)
+		track(addr);
+selected:
+	if (cfg_track_stackid && has_chain) {
+		chain = call_chain();
+		bpf_map_update_elem(&chain_skb, &chain, &addr, BPF_ANY);
+		bpf_map_update_elem(&skb_chain, &addr, &chain, BPF_ANY);
+	}
+	return true;
+}
+
 /* ---- the shared handler ---- */
-static __always_inline int handle_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
-				      __u64 location, enum caller_mode mode)
+/* Reserve, fill and submit the event of an skb already selected. */
+static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
+				    __u64 location, enum caller_mode mode)
 {
 	struct event *ev;
 	__u32 zero = 0;
-
-	if (!skb || !filter_skb(skb))
-		return 0;
 
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
@@ -405,6 +535,15 @@ static __always_inline int handle_skb(void *ctx, struct sk_buff *skb, __u64 prob
 
 	bpf_ringbuf_submit(ev, 0);
 	return 0;
+}
+
+/* Every skb probe's handler: selection (tracking, filters), then the event. */
+static __always_inline int handle_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
+				      __u64 location, enum caller_mode mode)
+{
+	if (!skb || !skb_selected(skb, true))
+		return 0;
+	return emit_skb(ctx, skb, probe, probe_kind, reason, location, mode);
 }
 
 /* ---- kprobe / kprobe-multi ---- */
@@ -508,5 +647,151 @@ int tp_skb(__u64 *ctx)
 	__s64 reason = cfg_tp_reason_pos ? (__s64)(__u32)tp_arg(ctx, cfg_tp_reason_pos, 0) : -1;
 	__u64 location = tp_arg(ctx, cfg_tp_location_pos, 0);
 
-	return handle_skb(ctx, skb, cfg_probe_id, PWRU_PROBE_INDEX, reason, location, CALLER_TP);
+	handle_skb(ctx, skb, cfg_probe_id, PWRU_PROBE_INDEX, reason, location, CALLER_TP);
+	if (cfg_tp_frees && skb)
+		untrack((__u64)skb); /* after its event: the drop is shown for a tracked skb too */
+	return 0;
+}
+
+/* ---- skb tracking: where skbs end, and where copies begin ----
+ * Loaded only with --filter-track-skb or --filter-track-skb-by-stackid; user space picks the ones the kernel has. */
+
+/* A free tracepoint (kfree_skb, consume_skb) that is not traced for events: only the end of the skb. */
+SEC("tp_btf/placeholder")
+int tp_skb_free(__u64 *ctx)
+{
+	__u64 skb = tp_arg(ctx, cfg_tp_skb_pos, 0);
+
+	if (skb)
+		untrack(skb);
+	return 0;
+}
+
+/* Functions every freed skb passes (kfree_skbmem; napi_skb_cache_put for skbs kept for reuse). */
+SEC("kprobe/skb_free")
+int kprobe_skb_free(struct pt_regs *ctx)
+{
+	__u64 skb = PT_REGS_PARM1(ctx);
+
+	if (skb)
+		untrack(skb);
+	return 0;
+}
+
+SEC("fentry/placeholder")
+int fentry_skb_free(__u64 *ctx)
+{
+	if (ctx[0])
+		untrack(ctx[0]);
+	return 0;
+}
+
+/* struct sk_buff *skb_clone(struct sk_buff *skb, ...) and friends (skb_copy, __pskb_copy_fclone,
+ * skb_copy_expand): the returned skb is a copy of the first argument. */
+SEC("fexit/placeholder")
+int fexit_skb_copy(__u64 *ctx)
+{
+	track_copy(ctx[0], tp_arg(ctx, cfg_ret_pos, 0));
+	return 0;
+}
+
+/* kprobe backends: the argument kept at entry, the copy taken at return. */
+SEC("kprobe/skb_copy_entry")
+int kprobe_skb_copy_entry(struct pt_regs *ctx)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	struct stash_value v = {.skb = PT_REGS_PARM1(ctx)};
+
+	if (is_tracked(v.skb))
+		bpf_map_update_elem(&stash, &key, &v, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/skb_copy")
+int kretprobe_skb_copy(struct pt_regs *ctx)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	struct stash_value *v = bpf_map_lookup_elem(&stash, &key);
+
+	if (!v)
+		return 0;
+	track_copy(v->skb, PT_REGS_RC(ctx));
+	bpf_map_delete_elem(&stash, &key);
+	return 0;
+}
+
+/* veth_convert_skb_to_xdp_buff(rq, xdp, struct sk_buff **pskb): veth may replace the skb it hands to XDP by a
+ * new one (the talk's example); the new one inherits the old one's tracking. */
+static __always_inline void stash_pskb(__u64 pskb)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	struct stash_value v = {.pskb = pskb};
+
+	if (bpf_probe_read_kernel(&v.skb, sizeof(v.skb), (void *)pskb) || !is_tracked(v.skb))
+		return;
+	bpf_map_update_elem(&stash, &key, &v, BPF_ANY);
+}
+
+static __always_inline void track_pskb(void)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	struct stash_value *v = bpf_map_lookup_elem(&stash, &key);
+	__u64 new = 0;
+
+	if (!v)
+		return;
+	if (bpf_probe_read_kernel(&new, sizeof(new), (void *)v->pskb) == 0)
+		track_copy(v->skb, new);
+	bpf_map_delete_elem(&stash, &key);
+}
+
+SEC("kprobe/skb_replace_entry")
+int kprobe_skb_replace_entry(struct pt_regs *ctx)
+{
+	stash_pskb(PT_REGS_PARM3(ctx));
+	return 0;
+}
+
+SEC("kretprobe/skb_replace")
+int kretprobe_skb_replace(struct pt_regs *ctx)
+{
+	track_pskb();
+	return 0;
+}
+
+SEC("fentry/placeholder")
+int fentry_skb_replace_entry(__u64 *ctx)
+{
+	stash_pskb(ctx[2]);
+	return 0;
+}
+
+SEC("fexit/placeholder")
+int fexit_skb_replace(__u64 *ctx)
+{
+	track_pskb();
+	return 0;
+}
+
+/* --filter-non-skb-funcs: functions without an skb argument, shown with the skb their call chain works on. */
+static __always_inline int handle_non_skb(void *ctx, __u64 probe, enum caller_mode mode)
+{
+	__u64 chain = call_chain();
+	__u64 *skb = bpf_map_lookup_elem(&chain_skb, &chain);
+
+	if (!skb)
+		return 0;
+	return emit_skb(ctx, (struct sk_buff *)*skb, probe, PWRU_PROBE_ADDR, -1, 0, mode);
+}
+
+SEC("kprobe/non_skb")
+int kprobe_non_skb(struct pt_regs *ctx)
+{
+	return handle_non_skb(ctx, kprobe_func_ip(ctx), CALLER_KPROBE);
+}
+
+SEC("fentry/placeholder")
+int fentry_non_skb(__u64 *ctx)
+{
+	return handle_non_skb(ctx, fentry_func_ip(ctx), CALLER_FENTRY);
 }
