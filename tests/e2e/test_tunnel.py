@@ -29,8 +29,9 @@ WANTED, OTHER, PLAIN = 7001, 7002, 7003  # inner UDP ports (WANTED, OTHER) and a
 def vxlan_pair(veth_pair: tuple[Netns, Netns]) -> tuple[Netns, Netns]:
     """``veth_pair`` plus a vxlan device ``vx0`` in each namespace over the veth (10.99.0.1 <-> 10.99.0.2),
     inner addresses 192.168.99.1/24 and .2/24; fixed MACs and permanent neighbours, so no ARP and no IPv6
-    chatter crosses the tunnel."""
+    chatter crosses the tunnel, and no packet waits for address resolution while pwru runs."""
     a, b = veth_pair
+    permanent_neighbours(a, b)
     for ns, me, peer, dev, local, remote in (
         (a, "a", "b", "a0", "10.99.0.1", "10.99.0.2"),
         (b, "b", "a", "b0", "10.99.0.2", "10.99.0.1"),
@@ -43,6 +44,15 @@ def vxlan_pair(veth_pair: tuple[Netns, Netns]) -> tuple[Netns, Netns]:
         ns.exec("ip", "link", "set", "vx0", "up")
         ns.exec("ip", "neigh", "add", INNER[peer][0], "lladdr", INNER[peer][1], "dev", "vx0", "nud", "permanent")
     return a, b
+
+
+def permanent_neighbours(a: Netns, b: Netns) -> None:
+    """The veth pair's peers as permanent neighbours (IPv4 and IPv6) on both sides: packets leave at once."""
+    for ns, dev, peer, peer_dev, addrs in ((a, "a0", b, "b0", ("10.99.0.2", "fd99::2")),
+                                           (b, "b0", a, "a0", ("10.99.0.1", "fd99::1"))):  # fmt: skip
+        mac = peer.exec("cat", f"/sys/class/net/{peer_dev}/address").stdout.strip()
+        for addr in addrs:
+            ns.exec("ip", "neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent")
 
 
 def send_inner_flows(a: Netns) -> None:
@@ -162,6 +172,7 @@ def test_ipv6_fragments_keep_the_protocol_and_only_the_first_has_ports(
     pwru: Callable[..., PwruRun], veth_pair: tuple[Netns, Netns]
 ) -> None:
     a, b = veth_pair
+    permanent_neighbours(a, b)
     port = 7104
     run = pwru("--output-json", "--filter-netns", b.path, "ip6 and not icmp6").start()
     udp_send(a, "fd99::2", port, payload=b"x" * 3000)  # over a 1500-byte veth: three fragments
