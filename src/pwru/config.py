@@ -15,6 +15,8 @@ from pwru.errors import UserError
 
 BACKENDS = ("auto", "kprobe-multi", "kprobe", "fentry", "tracepoint")
 TIMESTAMP_MODES = ("none", "current", "relative", "absolute")
+#: --filter-trace-netfilter: auto is on with the tracepoint backend when the kernel has netfilter links.
+NETFILTER_MODES = ("auto", "true", "false")
 MEGABYTE = 1024 * 1024
 IFNAMSIZ = 16
 _HEX = re.compile(r"[0-9a-fA-F]+")
@@ -44,6 +46,7 @@ class FilterConfig:
     mark_mask: int = 0  # 0: no mark filter
     tunnel_pcap_l2: str = ""  # pcap expression on an encapsulated skb's inner packet, from its inner MAC header
     tunnel_pcap_l3: str = ""  # the same from its inner network header
+    trace_netfilter: str = "auto"  # one of NETFILTER_MODES
 
     def func_allowed(self, name: str) -> bool:
         """Whether --filter-func lets the function (or tracepoint) ``name`` be traced."""
@@ -137,6 +140,11 @@ def parse_choice(flag: str, value: str, choices: tuple[str, ...]) -> str:
 def parse_backend(value: str) -> str:
     """--backend; an empty value means auto, as in pwru."""
     return parse_choice("backend", value or "auto", BACKENDS)
+
+
+def parse_trace_netfilter(value: str) -> str:
+    """--filter-trace-netfilter; an empty value means auto."""
+    return parse_choice("filter-trace-netfilter", value or "auto", NETFILTER_MODES)
 
 
 def parse_uint(flag: str, value: str, *, minimum: int = 0, maximum: int = 2**64 - 1) -> int:

@@ -373,6 +373,18 @@ FLAGS: tuple[Flag, ...] = (
         metavar="mark[/mask]",
     ),
     Flag(
+        "filter-trace-netfilter",
+        STR,
+        "auto",
+        "also observe packets at the first and last priority of each netfilter hook, in every netns "
+        f"({', '.join(cfg.NETFILTER_MODES)}; auto: with the tracepoint backend when the kernel has netfilter links)",
+        FILTERS,
+        "filter",
+        "trace_netfilter",
+        parse=cfg.parse_trace_netfilter,
+        metavar="string",
+    ),
+    Flag(
         "filter-ifname",
         STR,
         "",

@@ -1,4 +1,4 @@
-"""Network namespaces: inode of a netns file, finding a netns by inode, running code inside one.
+"""Network namespaces: inode of a netns file, finding a netns by inode, listing them all, running code inside one.
 
 The process never moves its main thread: :func:`run_in_netns` enters the namespace in a short-lived thread
 (``setns(2)`` changes only the calling thread) and returns that thread's result.
@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -59,14 +60,28 @@ def current_netns_inode() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
-def find_netns_path(inode: int) -> str | None:
-    """A file naming the network namespace with this inode (``/run/netns`` entry or a process's), or None."""
+@dataclass(frozen=True)
+class NetnsRef:
+    """A network namespace by inode, and a file that names it (to enter it)."""
+
+    inode: int
+    path: str
+
+
+def _candidate_paths() -> list[str]:
+    """Files that may name a network namespace: ``/run/netns`` entries (by name), then every process's."""
     candidates: list[str] = []
     with contextlib.suppress(OSError):
         candidates += [os.path.join("/run/netns", n) for n in sorted(os.listdir("/run/netns"))]
     with contextlib.suppress(OSError):
-        candidates += [f"/proc/{p}/ns/net" for p in os.listdir("/proc") if p.isdigit()]
-    for path in candidates:
+        pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+        candidates += [f"/proc/{p}/ns/net" for p in pids]
+    return candidates
+
+
+def find_netns_path(inode: int) -> str | None:
+    """A file naming the network namespace with this inode (``/run/netns`` entry or a process's), or None."""
+    for path in _candidate_paths():
         try:
             if os.stat(path).st_ino == inode:
                 return path
@@ -75,17 +90,33 @@ def find_netns_path(inode: int) -> str | None:
     return None
 
 
+def all_netns() -> list[NetnsRef]:
+    """Every network namespace present now: the named ones (``/run/netns``) and those of running processes, one
+    entry per inode, named by its ``/run/netns`` file when it has one (it outlives any process), else by the
+    lowest pid living in it. A file that vanished meanwhile (a process exited) is passed over."""
+    seen: dict[int, NetnsRef] = {}
+    for path in _candidate_paths():
+        try:
+            inode = os.stat(path).st_ino
+        except OSError:
+            continue
+        if inode not in seen:
+            seen[inode] = NetnsRef(inode, path)
+    return list(seen.values())
+
+
 def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
 
-def run_in_netns(path: str, fn: Callable[[], T]) -> T:
+def run_in_netns(path: str, fn: Callable[[], T], inode: int | None = None) -> T:
     """Call ``fn()`` in a new thread that has entered the network namespace ``path``; return its result.
 
-    Exceptions raised by ``fn`` (or by entering the namespace) are raised here. The calling thread's
-    namespace is never changed.
+    With ``inode``, ``path`` must still name that namespace (a ``/proc/PID`` path names another one once the
+    pid is reused), else :class:`NetnsError`. Exceptions raised by ``fn`` (or by entering the namespace) are
+    raised here. The calling thread's namespace is never changed.
     """
     try:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -106,6 +137,8 @@ def run_in_netns(path: str, fn: Callable[[], T]) -> T:
 
     try:
         _check_net_fd(target, path)
+        if inode is not None and os.fstat(target).st_ino != inode:
+            raise NetnsError(f"{path} no longer names netns inode {inode}")
         thread = threading.Thread(target=worker, name="pwru-netns", daemon=True)
         thread.start()
         thread.join()

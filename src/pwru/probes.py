@@ -2,7 +2,7 @@
 
 A :class:`Probe` says *what* is attached (a kernel function, a tracepoint, a BPF program, a BPF helper, a
 netfilter hook), *which* program of pwru's object runs there, where the skb sits when there is one, and *how*
-it is attached (:class:`Attach`: kprobe-multi, kprobe, fentry, fexit, tp_btf). Features contribute probes to
+it is attached (:class:`Attach`: kprobe-multi, kprobe, fentry, fexit, tp_btf, netfilter). Features contribute probes to
 one :class:`Plan`; :func:`execute` groups the plan by attach method and hands each group to its executor
 (:data:`EXECUTORS`). Adding a feature's probes is a declaration; adding a new way to attach is one executor.
 
@@ -18,14 +18,18 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from pwru import netns
 from pwru.ebpf import link
 from pwru.ebpf.collection import Collection
 from pwru.ebpf.errors import BPFError
 from pwru.ebpf.prog import Program
 from pwru.ebpf.syscall import AttachType, ProgType
 from pwru.kernel import KernelContext
+
+if TYPE_CHECKING:
+    from pwru.netfilter import Point
 
 #: Threads attaching kprobes or tracing programs: the kernel serialises much of the work, but each attach also
 #: waits (text patching, trampoline updates) and spends time in Python around its syscalls.
@@ -48,6 +52,7 @@ class Attach(enum.Enum):
     FENTRY = "fentry"  # a tracing program loaded per target (BTF id), linked
     FEXIT = "fexit"
     TP_BTF = "tp_btf"  # a BTF-typed raw tracepoint program loaded per tracepoint
+    NETFILTER = "netfilter"  # a netfilter program loaded per hook point, linked from inside its netns
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,8 @@ class Probe:
     ``module``, in that module's split BTF; ``attach_prog_fd`` names a loaded BPF program as the target
     (fentry/fexit on tc or XDP programs). Positions are 1-based argument numbers. ``constants`` are per-load
     ``volatile const`` overrides (only for methods that load once per probe). ``shows`` is False for probes that
-    only keep kernel state (skb tracking) and never produce an event.
+    only keep kernel state (skb tracking) and never produce an event. ``netfilter`` is the hook point (family,
+    hook, priority, netns) of an ``nf_hook`` probe.
     """
 
     kind: TargetKind
@@ -72,12 +78,13 @@ class Probe:
     location_pos: int | None = None
     attach_prog_fd: int | None = None
     constants: Mapping[str, int] = field(default_factory=dict)
+    netfilter: Point | None = None
     shows: bool = True
 
     @property
     def display_name(self) -> str:
-        """How users see it: ``ip_rcv``, ``veth_xmit[veth]``, ``tp:kfree_skb``."""
-        base = f"tp:{self.name}" if self.kind == "tracepoint" else self.name
+        """How users see it: ``ip_rcv``, ``veth_xmit[veth]``, ``tp:kfree_skb``, ``nf:OUTPUT@first``."""
+        base = {"tracepoint": "tp:", "nf_hook": "nf:"}.get(self.kind, "") + self.name
         return f"{base}[{self.module}]" if self.module else base
 
 
@@ -201,14 +208,20 @@ def _load_once_per_program(
     return programs
 
 
+def _constants(ctx: AttachContext, p: Probe) -> dict[str, int]:
+    """A per-probe load's constants: the probe's own, with its probe id unless it sets one."""
+    constants = dict(p.constants)
+    if "cfg_probe_id" not in constants:
+        constants["cfg_probe_id"] = ctx.probe_id(p)
+    return constants
+
+
 def _tracing(attach_type: AttachType) -> Executor:
     """fentry, fexit, tp_btf: one load per probe (its target is fixed at load time), then a tracing link."""
 
     def run(ctx: AttachContext, probes: list[Probe]) -> None:
         def one(p: Probe) -> tuple[link.Link | None, str]:
-            constants = dict(p.constants)
-            if "cfg_probe_id" not in constants:
-                constants["cfg_probe_id"] = ctx.probe_id(p)
+            constants = _constants(ctx, p)
             try:
                 module_btf = ctx.kernel.module_btf_fd(p.module)
             except LookupError as e:  # the module went away since discovery
@@ -290,6 +303,82 @@ def _kprobe_multi(ctx: AttachContext, probes: list[Probe]) -> None:
         attach_batch(programs[name], sorted(batch, key=lambda p: p.name))
 
 
+def _netfilter(ctx: AttachContext, probes: list[Probe]) -> None:
+    """Netfilter links: each probe's program loaded with its probe id (in parallel: a load does not depend on
+    the namespace), then each namespace's links made from one thread inside it (a netfilter link hooks the
+    netns of the thread that creates it). A namespace that cannot be entered any more (its last process
+    exited, its pid was reused) has its probes ignored with the reason."""
+
+    def load(p: Probe) -> tuple[Program | None, str]:
+        if ctx.stop():
+            return None, ""
+        try:
+            prog = ctx.coll.load_program(
+                p.program,
+                prog_type=ProgType.NETFILTER,
+                expected_attach_type=AttachType.NETFILTER,
+                constants=_constants(ctx, p),
+            )
+        except BPFError as e:
+            return None, f"load: {e.strerror}"
+        return prog, ""
+
+    with ThreadPoolExecutor(ATTACH_WORKERS) as pool:
+        loaded = list(pool.map(load, probes))
+    try:
+        groups: dict[tuple[int, str], list[tuple[Probe, Program]]] = defaultdict(list)
+        for p, (prog, why) in zip(probes, loaded, strict=True):
+            assert p.netfilter is not None, p
+            if prog is not None:
+                groups[p.netfilter.netns_inode, p.netfilter.netns_path].append((p, prog))
+                continue
+            if why:
+                ctx.att.ignored.append((p, why))
+            ctx.report(1)
+        for (inode, path), group in groups.items():
+            if not ctx.stop():
+                _netfilter_links(ctx, inode, path, group)
+    finally:
+        for prog, _ in loaded:
+            if prog is not None:
+                prog.close()  # the links hold the programs
+
+
+def _netfilter_links(ctx: AttachContext, inode: int, path: str, group: list[tuple[Probe, Program]]) -> None:
+    """Link each loaded program at its point, from a thread inside netns ``inode``; every link made is kept in
+    the attachment, also when something fails half way."""
+    made: list[tuple[Probe, link.Link | None, str]] = []
+
+    def inside() -> None:
+        for p, prog in group:
+            if ctx.stop():
+                return
+            nf = p.netfilter
+            assert nf is not None
+            try:
+                made.append((p, link.attach_netfilter(prog, nf.pf, nf.hooknum, nf.priority), ""))
+            except OSError as e:
+                made.append((p, None, f"attach: {e.strerror}"))
+
+    failure = ""
+    try:
+        netns.run_in_netns(path, inside, inode=inode)
+    except netns.NetnsError as e:
+        failure = f"netns: {e}"
+    finally:
+        for p, lk, why in made:
+            if lk is not None:
+                ctx.att.links.append(lk)
+                ctx.att.attached.append(p)
+            else:
+                ctx.att.ignored.append((p, why))
+        ctx.report(len(made))
+    if failure:
+        for p, _prog in group[len(made) :]:
+            ctx.att.ignored.append((p, failure))
+        ctx.report(len(group) - len(made))
+
+
 #: The executor of each attach method.
 EXECUTORS: dict[Attach, Executor] = {
     Attach.KPROBE_MULTI: _kprobe_multi,
@@ -298,4 +387,5 @@ EXECUTORS: dict[Attach, Executor] = {
     Attach.FENTRY: _tracing(AttachType.TRACE_FENTRY),
     Attach.FEXIT: _tracing(AttachType.TRACE_FEXIT),
     Attach.TP_BTF: _tracing(AttachType.TRACE_RAW_TP),
+    Attach.NETFILTER: _netfilter,
 }

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import backends, discovery, flags, tracking
+from pwru import backends, discovery, flags, netfilter, tracking
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
@@ -27,7 +27,7 @@ from pwru.errors import UserError
 from pwru.kernel import KernelContext
 from pwru.output import make_formatter, open_sink
 from pwru.pipeline import LineOutput, Pipeline
-from pwru.probes import Attachment, Plan, Progress, execute
+from pwru.probes import Attachment, Plan, Probe, Progress, execute
 from pwru.records import Schema
 from pwru.stages import LimitStage, StackStage, Stage
 from pwru.symbols import Symbols
@@ -41,6 +41,9 @@ log = logging.getLogger("pwru")
 #: Records taken from the ring buffer per loop turn: bounds the memory a full ring costs user space (its
 #: records, their lines and the encoded output exist at once) without adding turns worth measuring.
 READ_BATCH = 2048
+#: How the progress and summary lines name each kind of probe (``Probe.kind``).
+KIND_NOUNS = {"func": "functions", "tracepoint": "tracepoints", "nf_hook": "netfilter hooks",
+              "bpf_prog": "BPF programs", "helper": "helpers"}  # fmt: skip
 
 
 def kernel_context(config: Config) -> KernelContext:
@@ -104,11 +107,23 @@ class Stopper:
                 signal.signal(s, h)
 
 
-def _progress_printer(what: str, backend: str, total: int) -> Progress:
+def _kinds(plan: Plan) -> list[str]:
+    """The kinds of probe in the plan, in plan order."""
+    return list(dict.fromkeys(p.kind for p in plan.probes))
+
+
+def counted(plan: Plan, probes: list[Probe] | None = None) -> str:
+    """``30 tracepoints and 40 netfilter hooks``: ``probes`` (the whole plan by default) by the plan's kinds."""
+    chosen = plan.probes if probes is None else probes
+    return " and ".join(f"{sum(p.kind == k for p in chosen)} {KIND_NOUNS[k]}" for k in _kinds(plan))
+
+
+def _progress_printer(plan: Plan, backend: str) -> Progress:
     """A progress bar on a terminal; one plain line otherwise."""
     tty = sys.stderr.isatty()
+    what = " and ".join(KIND_NOUNS[k] for k in _kinds(plan))
     if not tty:
-        print(f"Attaching {total} {what} ({backend})...", file=sys.stderr)
+        print(f"Attaching {counted(plan)} ({backend})...", file=sys.stderr)
     last = [0.0]
 
     def progress(done: int, total_: int) -> None:
@@ -190,7 +205,8 @@ def run(config: Config) -> int:
         backend = backends.choose(config.kernel.backend, kernel)
         log.debug("backend %s", backend)
         targets = backends.skb_targets(backend, kernel, config.filter.func_allowed)
-        if not targets:
+        nf_probes = netfilter.run_probes(config, backend, kernel)
+        if not targets and not nf_probes:
             raise UserError("no function or tracepoint to trace: check --filter-func", exit_code=1)
         tracking.check_non_skb_funcs(config, backend, kernel)
         obj, spliced = build_object(config)
@@ -202,6 +218,7 @@ def run(config: Config) -> int:
             config, backend, kernel, backends.skb_probes(backend, targets, set(obj.programs), kernel)
         )
         plan.add(skb_probes)
+        plan.add(nf_probes)
         plan.add(track_probes)
         reasons = discovery.drop_reasons(kernel.spec, kernel.modules())
         stopper = Stopper()
@@ -227,8 +244,7 @@ def _run_loaded(
     stopper: Stopper,
     t_start: float,
 ) -> int:
-    what = "tracepoints" if backend == "tracepoint" else "functions"
-    progress = _progress_printer(what, backend, len(plan))
+    progress = _progress_printer(plan, backend)
     t_attach = time.monotonic()
     att = execute(plan, coll, kernel, progress, lambda: stopper.stopped)
     attach_time = time.monotonic() - t_attach
@@ -241,7 +257,7 @@ def _run_loaded(
             why = "; ".join(f"{p.display_name}: {reason}" for p, reason in att.ignored[:3])
             raise UserError(f"could not attach to anything ({backend}): {why}", exit_code=1)
         ignored = [(p, why) for p, why in att.ignored if p.shows]
-        print(f"Attached {len(shown)} {what} (ignored {len(ignored)})", file=sys.stderr)
+        print(f"Attached {counted(plan, shown)} (ignored {len(ignored)})", file=sys.stderr)
         for p, why in ignored:
             log.debug("ignored %s: %s", p.display_name, why)
         for p, why in att.ignored:

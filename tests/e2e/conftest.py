@@ -6,6 +6,8 @@ run on this machine (tracepoints) and inside the kernel lab's VMs (kprobe-multi,
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -225,3 +227,38 @@ def left_behind(before: set[str], timeout: float = 10) -> set[str]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)
+
+
+def map_entries(pid: int, name: str) -> int:
+    """Entries of BPF map ``name`` held by process ``pid`` (found through its descriptors, so other BPF users on
+    the machine, other pwru runs included, do not count)."""
+    ids = set()
+    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = fdinfo.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("map_id:"):
+                ids.add(int(line.split()[1]))
+    shown = json.loads(sh("bpftool", "-j", "map", "show").stdout or "[]")
+    mine = [m["id"] for m in shown if m["id"] in ids and m.get("name") == name]
+    assert len(mine) == 1, (name, mine)
+    return len(json.loads(sh("bpftool", "-j", "map", "dump", "id", str(mine[0])).stdout or "[]"))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def in_netns(path: str) -> Iterator[None]:
+    """Run the block with this thread inside the network namespace at ``path``."""
+    with open("/proc/thread-self/ns/net") as home, open(path) as target:
+        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            yield
+        finally:
+            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")

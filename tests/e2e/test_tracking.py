@@ -7,9 +7,6 @@ after the rewrite (down to the drop) are shown with the same skb address; withou
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import json
 import re
 import socket
 import time
@@ -23,12 +20,10 @@ from pwru.ebpf.asm import R0, R1, R2, R3, R4, R5, R6, R10, AluOp, JmpOp, Size
 from pwru.ebpf.link import attach_tcx
 from pwru.ebpf.prog import Program
 from pwru.ebpf.syscall import ProgType
-from tests.e2e.conftest import Netns, PwruRun, run_cli, sh, udp_send
+from tests.e2e.conftest import Netns, PwruRun, in_netns, map_entries, run_cli, udp_send
 
 pytestmark = pytest.mark.root
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 OLD_PORT, NEW_PORT = 7777, 7778
 #: Ethernet + IPv4 without options: the UDP destination port's offset in the frame tc sees.
 DPORT_OFFSET = 14 + 20 + 2
@@ -61,18 +56,6 @@ def rewrite_port_insns(old: int, new: int) -> bytes:
             asm.exit_(),
         ]
     )
-
-
-@contextlib.contextmanager
-def in_netns(path: str) -> Iterator[None]:
-    with open("/proc/thread-self/ns/net") as home, open(path) as target:
-        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
 
 
 @pytest.fixture
@@ -133,13 +116,6 @@ def test_a_tc_rewrite_is_followed_with_tracking(pwru: object, port_rewrite: tupl
     assert runs[False] and all(port == OLD_PORT for _, port, _ in runs[False]), runs[False]
 
 
-def map_entries(name: str) -> int:
-    """Entries of pwru's map ``name`` (there is one pwru running)."""
-    ids = [m["id"] for m in json.loads(sh("bpftool", "-j", "map", "show").stdout) if m.get("name") == name]
-    assert len(ids) == 1, ids
-    return len(json.loads(sh("bpftool", "-j", "map", "dump", "id", str(ids[0])).stdout or "[]"))
-
-
 @pytest.mark.parametrize("delivered", [False, True], ids=["dropped", "delivered"])
 def test_the_tracked_set_is_empty_again_after_10000_packets(
     pwru: object, veth_pair: tuple[Netns, Netns], tmp_path: Path, delivered: bool
@@ -164,12 +140,14 @@ def test_the_tracked_set_is_empty_again_after_10000_packets(
         "--filter-track-skb", "--output-file", str(out), f"udp and dst port {port}"
     )
     run.start()
+    assert run.proc is not None
+    pid = run.proc.pid
     try:
         udp_send(a, "10.99.0.2", port, count=10_000, interval=0)
         deadline = time.monotonic() + 5
-        while map_entries("tracked") and time.monotonic() < deadline:
+        while map_entries(pid, "tracked") and time.monotonic() < deadline:
             time.sleep(0.2)
-        left = map_entries("tracked")
+        left = map_entries(pid, "tracked")
     finally:
         run.stop()
         if receiver is not None:

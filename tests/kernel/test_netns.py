@@ -98,3 +98,18 @@ def test_run_in_netns_returns_and_raises(ns: Netns) -> None:
     with pytest.raises(RuntimeError, match="inside"):
         netns.run_in_netns(ns.path, fail)
     assert netns.find_netns_path(ns.inode) in (ns.path, f"/proc/{ns.pid}/ns/net")
+
+
+def test_all_netns_lists_each_namespace_once_by_its_name(ns: Netns) -> None:
+    found = netns.all_netns()
+    inodes = [r.inode for r in found]
+    assert len(inodes) == len(set(inodes))
+    mine = [r for r in found if r.inode == ns.inode]
+    assert mine == [netns.NetnsRef(ns.inode, ns.path)]  # named, though a process lives in it too
+    assert netns.current_netns_inode() in inodes
+
+
+def test_run_in_netns_checks_the_inode_when_given(ns: Netns) -> None:
+    assert netns.run_in_netns(ns.path, netns.current_netns_inode, inode=ns.inode) == ns.inode
+    with pytest.raises(netns.NetnsError, match=f"no longer names netns inode {ns.inode + 1}"):
+        netns.run_in_netns(ns.path, netns.current_netns_inode, inode=ns.inode + 1)

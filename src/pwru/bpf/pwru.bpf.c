@@ -10,6 +10,8 @@
  *   kprobe/skb_1_reason_2  kfree_skb_reason(skb, reason)
  *   kprobe/skb_2_reason_3  sk_skb_reason_drop(sk, skb, reason)
  *   fentry/...             the same set for fentry; the attach target is chosen at load time
+ *   netfilter              nf_skb: one program for every netfilter hook point (pf, hook, priority, netns are
+ *                          chosen at attach time); only bpf_base_func_proto helpers there (see CALLER_NONE)
  *   tp_btf/...             one program for every skb tracepoint; argument positions come from per-load
  *                          constants (cfg_tp_*), read in a switch so the verifier sees constant ctx offsets
  *
@@ -51,7 +53,7 @@ const volatile __u8 cfg_track_stackid = 0;     /* --filter-track-skb-by-stackid:
 const volatile __u32 cfg_tp_skb_pos = 1;
 const volatile __u32 cfg_tp_reason_pos = 0;   /* 0: the tracepoint has no drop reason */
 const volatile __u32 cfg_tp_location_pos = 0; /* 0: no location argument */
-const volatile __u64 cfg_probe_id = 0;        /* tp_btf: header.probe; fentry: address when no get_func_ip */
+const volatile __u64 cfg_probe_id = 0;        /* tp_btf, netfilter: header.probe; fentry: address without get_func_ip */
 const volatile __u8 cfg_tp_frees = 0;         /* tp_btf: the tracepoint marks its skb's end (kfree_skb, consume_skb) */
 const volatile __u32 cfg_ret_pos = 0;         /* fexit: 1-based ctx slot of the return value (argument count + 1) */
 /* tp_btf caller: kernel stack frames before the function that fired the tracepoint: the stack is
@@ -380,6 +382,8 @@ enum caller_mode {
 	CALLER_KPROBE, /* at function entry the return address is the word at the stack pointer */
 	CALLER_FENTRY, /* bpf_get_stack: the frame after the traced function's own (func_ip .. func_ip+16) */
 	CALLER_TP,     /* bpf_get_stack skipping TP_CALLER_SKIP frames: the function that fired the tracepoint */
+	CALLER_NONE,   /* program types with only bpf_base_func_proto helpers (netfilter): no stack helpers, no
+			* get_current_pid_tgid/comm; pid and comm come from bpf_get_current_task, no stack, no caller */
 };
 
 static __always_inline __u64 get_caller(void *ctx, enum caller_mode mode, __u64 func_ip)
@@ -513,18 +517,25 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 	ev->hdr.probe_kind = probe_kind;
 	ev->location = location;
 	ev->reason = reason;
-	ev->pid = bpf_get_current_pid_tgid() >> 32;
 	ev->cpu = bpf_get_smp_processor_id();
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	if (mode == CALLER_NONE) {
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+		ev->pid = BPF_CORE_READ(task, tgid);
+		BPF_CORE_READ_STR_INTO(&ev->comm, task, comm);
+	} else {
+		ev->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	}
 	ev->stack_id = -1;
-	if (cfg_output_stack) {
+	if (cfg_output_stack && mode != CALLER_NONE) {
 		/* Two different stacks can hash to one bucket: the second gets -EEXIST. Then take the bucket over
 		 * (the stack it held was most likely printed already) rather than print an event without a stack. */
 		ev->stack_id = bpf_get_stackid(ctx, &stacks, 0);
 		if (ev->stack_id == -EEXIST)
 			ev->stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_REUSE_STACKID);
 	}
-	if (cfg_output_caller)
+	if (cfg_output_caller && mode != CALLER_NONE)
 		ev->caller = get_caller(ctx, mode, probe);
 	if (cfg_output_meta)
 		set_meta(skb, &ev->meta);
@@ -615,6 +626,18 @@ FENTRY_SKB(5)
 
 FENTRY_SKB_REASON(1, 2)
 FENTRY_SKB_REASON(2, 3)
+
+/* ---- netfilter ---- */
+#define NF_ACCEPT 1
+
+/* Attached at the first and last priority of each IPv4/IPv6 hook, in each netns; the probe id (cfg_probe_id)
+ * names the point. It observes only: whatever the filters say, the packet goes on. */
+SEC("netfilter")
+int nf_skb(struct bpf_nf_ctx *ctx)
+{
+	handle_skb(ctx, ctx->skb, cfg_probe_id, PWRU_PROBE_INDEX, -1, 0, CALLER_NONE);
+	return NF_ACCEPT;
+}
 
 /* ---- tp_btf ---- */
 /* ctx[pos - 1] for a 1-based position known at load time (frozen .rodata). The verifier requires constant

@@ -127,6 +127,19 @@ struct sk_buff {
 	unsigned char *data;
 } __core;
 
+struct task_struct {
+	int tgid;      /* the process id user space calls pid */
+	char comm[16]; /* TASK_COMM_LEN */
+} __core;
+
+/* Netfilter BPF programs' context (kernel >= 6.4); the hook state is not read (the attach point is known). */
+struct nf_hook_state;
+
+struct bpf_nf_ctx {
+	const struct nf_hook_state *state;
+	struct sk_buff *skb;
+} __core;
+
 struct in6_addr {
 	union {
 		__u8 u6_addr8[16];

@@ -262,7 +262,7 @@ def netfilter_link() -> Feature:
 
     def body() -> str:
         prog = _load(
-            "netfilter programs",
+            "netfilter programs (kernel >= 6.4, CONFIG_NETFILTER_BPF_LINK)",
             prog_type=ProgType.NETFILTER,
             insns=insns,
             expected_attach_type=AttachType.NETFILTER,
