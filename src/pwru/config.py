@@ -44,6 +44,8 @@ class FilterConfig:
     ifindex: int | None = None  # filled by the resolve step from ifname
     mark: int = 0  # already masked
     mark_mask: int = 0  # 0: no mark filter
+    tunnel_pcap_l2: str = ""  # pcap expression on an encapsulated skb's inner packet, from its inner MAC header
+    tunnel_pcap_l3: str = ""  # the same from its inner network header
     trace_netfilter: str = "auto"  # one of NETFILTER_MODES
 
     def func_allowed(self, name: str) -> bool:
@@ -60,6 +62,7 @@ class OutputConfig:
     tcp_flags: bool = False
     stack: bool = False
     caller: bool = False
+    tunnel: bool = False  # the inner packet's tuple of encapsulated skbs
     json: bool = False
     limit_lines: int = 0  # 0: unlimited
     file: str | None = None

@@ -137,6 +137,10 @@ class FlagTable:
         """This table plus ``flags`` (and, if given, other section dataclasses): how a new flag is tried out."""
         return FlagTable(self.flags + flags, dict(self.sections if sections is None else sections))
 
+    def filling(self, path: str) -> Flag:
+        """The flag that fills the Config field ``path`` (``"filter.mark"``), for messages about its value."""
+        return next(f for f in self.flags if path in f.fills)
+
     def by_name(self, name: str) -> Flag | None:
         """The ``--name`` flag, or None (the words entry is not a ``--flag``)."""
         for f in self.flags:
@@ -392,9 +396,34 @@ FLAGS: tuple[Flag, ...] = (
         consts={"cfg_ifindex": lambda c: c.filter.ifindex or 0},
         metavar="name",
     ),
+    # The tunnel filters' constants (cfg_has_tunnel_pcap_*) come with the spliced code, from run.build_object.
+    Flag(
+        "filter-tunnel-pcap-l2",
+        STR,
+        "",
+        "pcap expression for vxlan/geneve tunnel (l2)",
+        FILTERS,
+        "filter",
+        "tunnel_pcap_l2",
+        metavar="string",
+    ),
+    Flag(
+        "filter-tunnel-pcap-l3",
+        STR,
+        "",
+        "pcap expression for vxlan/geneve tunnel (l3)",
+        FILTERS,
+        "filter",
+        "tunnel_pcap_l3",
+        metavar="string",
+    ),
     # Output
     Flag("output-meta", BOOL, True, "print skb metadata", OUTPUT, "output", "meta", consts=_shown("meta")),
     Flag("output-tuple", BOOL, True, "print L4 tuple", OUTPUT, "output", "tuple", consts=_shown("tuple")),
+    Flag(
+        "output-tunnel", BOOL, False, "print encapsulated tunnel header data", OUTPUT, "output", "tunnel",
+        consts=_shown("tunnel"),
+    ),
     Flag("output-tcp-flags", BOOL, False, "print TCP flags", OUTPUT, "output", "tcp_flags"),
     Flag("output-stack", BOOL, False, "print stack", OUTPUT, "output", "stack", consts=_shown("stack")),
     Flag(
@@ -561,5 +590,6 @@ def usage() -> str:
 
 
 def constants(config: Config) -> dict[str, int]:
-    """Every kernel constant the flags set (all but ``cfg_has_pcap``), from the final (resolved) ``config``."""
+    """Every kernel constant the flags set (all but the ``cfg_has_*pcap*`` that come with the spliced filters),
+    from the final (resolved) ``config``."""
     return TABLE.constants(config)

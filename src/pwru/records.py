@@ -5,13 +5,16 @@
 type its struct (``PWRU_RECORD_EVENT`` -> ``struct event``): member names, offsets, sizes and types. Nothing here
 repeats a field name or an offset: a decoded record is an instance of a class made from the struct's members.
 
-Nested structs are flattened (``event.hdr.ts`` is ``record.ts``, ``event.meta.netns`` is ``record.netns``);
-members named ``pad*`` are skipped; ``char`` arrays lose their trailing NULs; a flexible array at the end
-(``__u8 data[]``) is the record's variable-sized tail, up to ``size`` from the header.
+Nested structs are flattened (``event.hdr.ts`` is ``record.ts``, ``event.meta.netns`` is ``record.netns``); a
+nested struct whose member names are taken by an earlier member (a second ``struct skb_tuple``, ``event.tunnel``)
+is flattened with its member's name as prefix (``record.tunnel_saddr``); members named ``pad*`` are skipped;
+``char`` arrays lose their trailing NULs; a flexible array at the end (``__u8 data[]``) is the record's
+variable-sized tail, up to ``size`` from the header.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -99,7 +102,7 @@ class RecordLayout:
         self.tail: FieldLayout | None = None  # the flexible array member, if any
         found: dict[str, FieldLayout] = {}
 
-        def walk(type_id: int, base: int, path: str) -> None:
+        def walk(type_id: int, base: int, path: str, out: dict[str, FieldLayout]) -> None:
             members = spec.members(type_id)
             for i, m in enumerate(members):
                 where = f"struct {struct_name}: {path}{m.name}"
@@ -108,20 +111,28 @@ class RecordLayout:
                 offset = base + m.bit_offset // 8
                 t = spec.resolve_type(m.type)
                 if isinstance(t, btf.Struct):
-                    walk(spec.resolve(m.type), offset, f"{path}{m.name}.")
+                    inner: dict[str, FieldLayout] = {}
+                    walk(spec.resolve(m.type), offset, f"{path}{m.name}.", inner)
+                    if (found.keys() | out.keys()) & inner.keys():
+                        inner = {f"{m.name}_{n}": dataclasses.replace(f, name=f"{m.name}_{n}")
+                                 for n, f in inner.items()}  # fmt: skip
+                    twice = sorted((found.keys() | out.keys()) & inner.keys())
+                    if twice:
+                        raise LayoutError(f"{where}.{twice[0]}: name appears twice after flattening")
+                    out.update(inner)
                     continue
                 if m.name.startswith("pad"):
                     continue
-                if m.name in found:
+                if m.name in out:  # (a nested struct's names meet the rest when it is merged, above)
                     raise LayoutError(f"{where}: name appears twice after flattening")
                 if isinstance(t, btf.Array) and t.nelems == 0:
                     if path or i != len(members) - 1:
                         raise LayoutError(f"{where}: a flexible array must be the struct's last member")
                     self.tail = FieldLayout(m.name, offset, 0, "", text=False)
                     continue
-                found[m.name] = _field(spec, m.name, offset, m.type, where)
+                out[m.name] = _field(spec, m.name, offset, m.type, where)
 
-        walk(sid, 0, "")
+        walk(sid, 0, "", found)
         self.fields: tuple[FieldLayout, ...] = tuple(sorted(found.values(), key=lambda f: f.offset))
         self.by_name: Mapping[str, FieldLayout] = {f.name: f for f in self.fields}
         names = [f.name for f in self.fields] + ([self.tail.name] if self.tail else [])

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pwru import backends, discovery, flags, netfilter, tracking
 from pwru.bpf import object_path
-from pwru.config import Config
+from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
 from pwru.ebpf.elf import ObjectSpec
 from pwru.ebpf.ringbuf import RingBufReader
@@ -31,6 +31,10 @@ from pwru.probes import Attachment, Plan, Probe, Progress, execute
 from pwru.records import Schema
 from pwru.stages import LimitStage, StackStage, Stage
 from pwru.symbols import Symbols
+
+if TYPE_CHECKING:
+    from pwru.ebpf.asm import Instruction
+    from pwru.filter import Link
 
 log = logging.getLogger("pwru")
 
@@ -139,19 +143,47 @@ def _progress_printer(plan: Plan, backend: str) -> Progress:
     return progress
 
 
-def build_object(config: Config) -> tuple[ObjectSpec, bool]:
-    """The kernel program with the pcap filter spliced into its two stubs (L2 and L3)."""
+def build_object(config: Config) -> tuple[ObjectSpec, dict[str, int]]:
+    """The kernel program with the pcap filter spliced into its two stubs (L2 and L3) and the tunnel filters
+    into theirs, and the constants that turn on the spliced ones (``cfg_has_pcap``, ``cfg_has_tunnel_pcap_*``).
+    Raises :class:`UserError` for an expression libpcap refuses, before anything is loaded."""
     from pwru.filter import FilterError, compile_filter
 
     try:
         compiled = compile_filter(config.filter.pcap)
     except FilterError as e:
         raise UserError(str(e)) from None
+    tunnel = {
+        "l2": _tunnel_filter("filter.tunnel_pcap_l2", config.filter.tunnel_pcap_l2, "l2"),
+        "l3": _tunnel_filter("filter.tunnel_pcap_l3", config.filter.tunnel_pcap_l3, "l3"),
+    }
     spec = ObjectSpec.load(object_path())
     if compiled is not None:
         spec.replace_function("filter_pcap_l2", compiled.to_ebpf("l2", "probe"))
         spec.replace_function("filter_pcap_l3", compiled.to_ebpf("l3", "probe"))
-    return spec, compiled is not None
+    for link, body in tunnel.items():
+        if body is not None:
+            spec.replace_function(f"filter_pcap_tunnel_{link}", body)
+    spliced = {f"cfg_has_tunnel_pcap_{link}": int(body is not None) for link, body in tunnel.items()}
+    return spec, {"cfg_has_pcap": int(compiled is not None), **spliced}
+
+
+def _tunnel_filter(field: str, expr: str, link: Link) -> list[Instruction] | None:
+    """The body of a tunnel filter stub: ``expr`` compiled for ``link`` only (the inner packet from its MAC
+    header is Ethernet, from its network header raw IP); None without an expression."""
+    from pwru.filter import FilterError, compile_filter
+
+    flag = flags.TABLE.filling(field).name
+    try:
+        compiled = compile_filter(expr)
+    except FilterError as e:
+        raise FlagError(flag, str(e)) from None
+    if compiled is None:
+        return None
+    if compiled.classic(link) is None:
+        error = compiled.l2_error if link == "l2" else compiled.l3_error
+        raise FlagError(flag, f'invalid pcap filter "{expr}": {error}')
+    return compiled.to_ebpf(link, "probe")
 
 
 def schema_of(obj: ObjectSpec) -> Schema:
@@ -177,7 +209,7 @@ def run(config: Config) -> int:
         if not targets and not nf_probes:
             raise UserError("no function or tracepoint to trace: check --filter-func", exit_code=1)
         tracking.check_non_skb_funcs(config, backend, kernel)
-        obj, has_pcap = build_object(config)
+        obj, spliced = build_object(config)
         schema = schema_of(obj)
         for name in tracking.SIZED_MAPS:
             obj.maps[name].max_entries = config.tracking.max_entries
@@ -191,7 +223,7 @@ def run(config: Config) -> int:
         reasons = discovery.drop_reasons(kernel.spec, kernel.modules())
         stopper = Stopper()
         with stopper.installed():
-            constants = flags.constants(config) | {"cfg_has_pcap": int(has_pcap)}
+            constants = flags.constants(config) | spliced
             coll = Collection(obj, kernel_btf=kernel.spec, constants=constants)
             try:
                 return _run_loaded(config, backend, kernel, coll, plan, schema, reasons, stopper, t_start)

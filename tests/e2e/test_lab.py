@@ -7,6 +7,9 @@ check, each backend gets one run (module-scoped) that sees three kinds of traffi
 * TCP to port 8080, dropped by an nftables rule on output: ``NETFILTER_DROP`` after ``nf_hook_slow``;
 * UDP to port 9998: must not appear, the pcap filter (probe-read mode, on real skbs) rejects it.
 
+The run also has the tunnel filters and --output-tunnel on (so every lab kernel's verifier sees that code): none
+of this traffic is encapsulated, so they let it all through and no event has an inner tuple.
+
 The tests below then check the output of that run. Timings land in ``$PWRU_VM_RESULTS/timings.jsonl`` when
 running inside the lab, for the closing notes of the kernel matrix.
 """
@@ -84,6 +87,11 @@ def _run_scenario(backend: str, ns: Netns, tmp: Path) -> LabRun:
         "--output-json",
         "--output-stack",
         "--output-caller",
+        "--output-tunnel",
+        "--filter-tunnel-pcap-l2",
+        "ip or ip6",
+        "--filter-tunnel-pcap-l3",
+        "udp or tcp",
         "--filter-netns",
         ns.path,
         FILTER,
@@ -193,6 +201,11 @@ def test_firewall_drop_path(lab_run: LabRun) -> None:
         for fn in ("ip_local_out", "__ip_local_out", "nf_hook_slow"):
             assert fn in path, path
         assert path.index("nf_hook_slow") < path.index(drop.split("(")[0])
+
+
+def test_tunnel_filters_pass_packets_that_were_never_encapsulated(lab_run: LabRun) -> None:
+    assert lab_run.events, lab_run.stderr
+    assert not [e for e in lab_run.events if "tunnel_tuple" in e], lab_run.events
 
 
 def test_stack_and_caller(lab_run: LabRun) -> None:

@@ -8,16 +8,20 @@ from pathlib import Path
 import pytest
 
 from pwru.bpf import BPF_DIR, BuildError, build, object_path
+from pwru.config import Config, FilterConfig
 from pwru.ebpf import btf
 from pwru.ebpf.elf import ObjectSpec
 from pwru.ebpf.syscall import MapType, ProgType
+from pwru.errors import UserError
+from pwru.filter import compile_filter
+from pwru.run import build_object
 
 KPROBES = [f"kprobe_skb_{n}" for n in range(1, 6)] + ["kprobe_skb_1_reason_2", "kprobe_skb_2_reason_3"]
 FENTRIES = [f"fentry_skb_{n}" for n in range(1, 6)] + ["fentry_skb_1_reason_2", "fentry_skb_2_reason_3"]
 CONFIG = [
     "cfg_netns", "cfg_mark", "cfg_mark_mask", "cfg_ifindex", "cfg_has_pcap", "cfg_output_meta",
-    "cfg_output_tuple", "cfg_output_stack", "cfg_output_caller", "cfg_tp_skb_pos", "cfg_tp_reason_pos",
-    "cfg_tp_location_pos", "cfg_probe_id",
+    "cfg_output_tuple", "cfg_output_stack", "cfg_output_caller", "cfg_has_tunnel_pcap_l2", "cfg_has_tunnel_pcap_l3",
+    "cfg_output_tunnel", "cfg_tp_skb_pos", "cfg_tp_reason_pos", "cfg_tp_location_pos", "cfg_probe_id",
 ]  # fmt: skip
 
 needs_clang = pytest.mark.skipif(
@@ -106,10 +110,11 @@ def test_event_struct_in_btf(spec: ObjectSpec) -> None:
     assert [m.name for m in spec.btf.members(spec.btf.find_one("record_header", btf.Kind.STRUCT))][:5] == [
         "ts", "skb", "probe", "type", "size"]  # fmt: skip
     assert {"meta", "tuple", "comm", "reason", "location", "stack_id"} <= set(names)
+    assert names[-1] == "tunnel"
     assert spec.btf.member_offset("event", "meta.ifindex") > spec.btf.member_offset("event", "comm")
 
 
-@pytest.mark.parametrize("stub", ["filter_pcap_l2", "filter_pcap_l3"])
+@pytest.mark.parametrize("stub", ["filter_pcap_l2", "filter_pcap_l3", "filter_pcap_tunnel_l2", "filter_pcap_tunnel_l3"])
 def test_pcap_stubs_are_replaceable_subprograms(spec: ObjectSpec, stub: str) -> None:
     """The stubs survive clang as real functions, and every call site tests all 64 bits of their result
     (a translated filter may accept with a value like 0x40000 whose low byte is 0)."""
@@ -123,3 +128,34 @@ def test_pcap_stubs_are_replaceable_subprograms(spec: ObjectSpec, stub: str) -> 
         # the first instruction after the call that reads r0 is a 64-bit jump against 0
         use = next(str(ins) for ins in insns[calls[0] + 1 :] if "r0" in str(ins) or "w0" in str(ins))
         assert use.startswith("if r0 == 0 goto"), (name, use)
+
+
+def test_build_object_splices_the_tunnel_filters_it_is_given() -> None:
+    stub = ObjectSpec.load(object_path()).functions["filter_pcap_tunnel_l3"].insns
+    spec, consts = build_object(Config())
+    assert consts == {"cfg_has_pcap": 0, "cfg_has_tunnel_pcap_l2": 0, "cfg_has_tunnel_pcap_l3": 0}
+    assert spec.functions["filter_pcap_tunnel_l3"].insns == stub
+    filters = FilterConfig(pcap="udp port 4789", tunnel_pcap_l3="udp dst port 7001")
+    spec, consts = build_object(Config(filter=filters))
+    assert consts == {"cfg_has_pcap": 1, "cfg_has_tunnel_pcap_l2": 0, "cfg_has_tunnel_pcap_l3": 1}
+    body = spec.functions["filter_pcap_tunnel_l3"].insns
+    assert body != stub and body == compile_filter("udp dst port 7001").to_ebpf("l3", "probe")  # type: ignore[union-attr]
+    spec, consts = build_object(Config(filter=FilterConfig(tunnel_pcap_l2="ether host 02:00:00:00:99:02")))
+    assert (consts["cfg_has_tunnel_pcap_l2"], consts["cfg_has_tunnel_pcap_l3"]) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        (FilterConfig(tunnel_pcap_l3="bogus ("), '--filter-tunnel-pcap-l3: invalid pcap filter "bogus ("'),
+        (FilterConfig(tunnel_pcap_l2="udp port"), '--filter-tunnel-pcap-l2: invalid pcap filter "udp port"'),
+        # libpcap has no raw-IP form of these: the inner packet from its network header has no Ethernet header
+        (FilterConfig(tunnel_pcap_l3="ether host 02:00:00:00:99:02"), "--filter-tunnel-pcap-l3: invalid pcap"),
+        (FilterConfig(tunnel_pcap_l3="arp"), '--filter-tunnel-pcap-l3: invalid pcap filter "arp"'),
+    ],
+)
+def test_a_bad_tunnel_filter_names_its_flag(filters: FilterConfig, message: str) -> None:
+    with pytest.raises(UserError) as info:
+        build_object(Config(filter=filters))
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert info.value.exit_code == 2

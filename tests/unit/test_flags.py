@@ -90,6 +90,7 @@ def test_constants_of_the_default_config() -> None:
         "cfg_output_caller": 0,
         "cfg_track_skb": 0,
         "cfg_track_stackid": 0,
+        "cfg_output_tunnel": 0,
     }
 
 
@@ -111,6 +112,7 @@ def test_constants_come_from_the_resolved_config() -> None:
         "cfg_output_caller": 1,
         "cfg_track_skb": 0,
         "cfg_track_stackid": 1,  # implied by --filter-non-skb-funcs, as in pwru
+        "cfg_output_tunnel": 0,
     }
     assert flags.constants(Config(filter=FilterConfig(netns=7)))["cfg_netns"] == 7
 
@@ -119,9 +121,10 @@ def test_constants_exist_in_the_bpf_program() -> None:
     declared = set(re.findall(r"const volatile \w+ (cfg_\w+)", BPF_SOURCE.read_text()))
     names = set(flags.constants(Config()))
     assert names <= declared
-    # The rest are set by the run loop (cfg_has_pcap) or per attached program (cfg_tp_*, cfg_probe_id, cfg_ret_pos).
-    per_load = {"cfg_has_pcap", "cfg_probe_id", "cfg_ret_pos"}
-    assert {n for n in declared - names if not n.startswith("cfg_tp_")} == per_load
+    # The rest come with the spliced filters (cfg_has_*pcap*, from run.build_object) or are set per attached
+    # program (cfg_tp_*, cfg_probe_id, cfg_ret_pos).
+    spliced = {"cfg_has_pcap", "cfg_has_tunnel_pcap_l2", "cfg_has_tunnel_pcap_l3"}
+    assert {n for n in declared - names if not n.startswith("cfg_tp_")} == spliced | {"cfg_probe_id", "cfg_ret_pos"}
 
 
 def test_help_is_grouped_in_table_order() -> None:
@@ -140,7 +143,7 @@ def test_help_is_grouped_in_table_order() -> None:
         if line.strip().rstrip(":") in flags.GROUPS:
             group = line.strip().rstrip(":")
             continue
-        m = re.search(r"--([a-z-]+)", line)
+        m = re.search(r"--([a-z0-9-]+)", line)
         if m:
             flag = flags.TABLE.by_name(m.group(1))
             assert flag is not None and flag.group == group, line

@@ -94,3 +94,18 @@ def test_every_line_parses_whatever_the_kernel_sent(comm: bytes, ifname: bytes) 
     assert "\n" not in line and "\x1b" not in line
     d = json.loads(line)
     assert d["iface"].endswith(":3") or d["iface"] == "3"
+
+
+def test_tunnel_tuple() -> None:
+    from tests.unit.test_output_text import VXLAN, tunnel
+
+    d = _one(OutputConfig(tunnel=True, tcp_flags=True), **VXLAN)
+    assert d["tuple"] == {"saddr": "10.99.0.1", "daddr": "10.99.0.2", "sport": 41000, "dport": 4789, "proto": 17}
+    assert d["tunnel_tuple"] == {
+        "saddr": "192.168.99.1", "daddr": "192.168.99.2", "sport": 5000, "dport": 7001, "proto": 6, "flags": "SYN",
+    }  # fmt: skip
+    assert list(d)[-2:] == ["tuple", "tunnel_tuple"]
+    assert "tunnel_tuple" not in _one(OutputConfig(), **VXLAN)
+    assert "tunnel_tuple" not in _one(OutputConfig(tunnel=True))  # no inner packet
+    d = _one(OutputConfig(tunnel=True, tuple=False), **{**VXLAN, **tunnel(l4_proto=1)})
+    assert "tuple" not in d and d["tunnel_tuple"] == {"saddr": "192.168.99.1", "daddr": "192.168.99.2", "proto": 1}

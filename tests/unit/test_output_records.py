@@ -28,6 +28,9 @@ CONFIGS = [
     OutputConfig(json=True, timestamp="absolute", meta=False),
     OutputConfig(stack=True),
     OutputConfig(json=True, stack=True),
+    OutputConfig(tunnel=True),
+    OutputConfig(json=True, tunnel=True, tcp_flags=True),
+    OutputConfig(tunnel=True, caller=True, tuple=False),
 ]
 
 V4 = [socket.inet_aton(a) + bytes(12) for a in ("10.0.0.1", "10.0.0.2")]
@@ -62,6 +65,13 @@ record_values = st.fixed_dictionaries(
         "l3_proto": st.sampled_from([0, 0x0800, 0x86DD]),
         "l4_proto": st.sampled_from([1, 6, 17, 58, 200]),
         "tcp_flags": st.sampled_from([0, 0x12, 0xFF]),
+        "tunnel_saddr": st.sampled_from(V4 + V6),
+        "tunnel_daddr": st.sampled_from(V4),
+        "tunnel_sport": st.sampled_from([0, 4242]),
+        "tunnel_dport": st.sampled_from([53, 7001]),
+        "tunnel_l3_proto": st.sampled_from([0, 0x0800, 0x86DD]),
+        "tunnel_l4_proto": st.sampled_from([1, 6, 17]),
+        "tunnel_tcp_flags": st.sampled_from([0, 0x02]),
     }
 )
 
@@ -79,7 +89,7 @@ def _formatter(config: OutputConfig) -> Formatter:
 
 def _both(config: OutputConfig, records: list[Any]) -> tuple[list[str], list[str]]:
     uncached = _formatter(config)
-    uncached._caches = tuple(NoCache() for _ in range(5))  # type: ignore[attr-defined]
+    uncached._caches = tuple(NoCache() for _ in uncached._caches)  # type: ignore[attr-defined]
     expected = uncached.format_batch(Batch(two_type_schema(), records, dict(STACKS)))
     cached = _formatter(config)
     got: list[str] = []

@@ -258,3 +258,35 @@ def test_other_record_types_are_skipped() -> None:
     other = layout.encode({**make_event(), "type": 2})
     batch = Batch(two_type_schema(), [other, layout.encode(make_event()), other])
     assert f.format_batch(batch) == [fmt(f, make_event())]
+
+
+def tunnel(**kw: Any) -> dict[str, Any]:
+    """An event's tunnel tuple fields (``struct event``'s second ``struct skb_tuple``, flattened with a prefix)."""
+    return {f"tunnel_{k}": v for k, v in kw.items()}
+
+
+#: A VXLAN packet seen after encapsulation: outer UDP to 4789, inner TCP.
+VXLAN = make_event(
+    l4_proto=17, sport=41000, dport=4789,
+    **tunnel(saddr=v4("192.168.99.1"), daddr=v4("192.168.99.2"), sport=5000, dport=7001, l3_proto=0x0800,
+             l4_proto=6, tcp_flags=0x02),
+)  # fmt: skip
+
+
+def test_tunnel_column_ends_the_line_as_in_pwru() -> None:
+    f = TextFormatter(OutputConfig(tunnel=True), FakeNames())
+    assert f.header().endswith(" TUPLE FUNC TUNNEL")
+    line = fmt(f, VXLAN)
+    assert line.endswith(" 10.99.0.1:41000->10.99.0.2:4789(udp) ip_local_out 192.168.99.1:5000->192.168.99.2:7001(tcp)")
+    tcp_flags = TextFormatter(OutputConfig(tunnel=True, tcp_flags=True), FakeNames())
+    assert fmt(tcp_flags, VXLAN).endswith("->192.168.99.2:7001(tcp:SYN)")
+    assert fmt(f, make_event()).endswith(" ip_local_out -")  # no inner packet
+    assert " TUNNEL" not in TextFormatter(OutputConfig(), FakeNames()).header()
+    assert "192.168.99" not in fmt(TextFormatter(OutputConfig(), FakeNames()), VXLAN)
+
+
+def test_tunnel_after_caller_and_ipv6_inner() -> None:
+    f = TextFormatter(OutputConfig(tunnel=True, caller=True, meta=False), FakeNames())
+    assert f.header().endswith(" FUNC CALLER TUNNEL")
+    e = {**VXLAN, "caller": 0xB000, **tunnel(saddr=v6("fd77::1"), daddr=v6("fd77::2"), l3_proto=0x86DD, l4_proto=58)}
+    assert fmt(f, e).endswith(" ip_local_out ip_finish_output2+0x1c [fd77::1]->[fd77::2](icmp6)")

@@ -35,13 +35,19 @@ def schema(spec: btf.Spec) -> Schema:
 
 
 def _member_path(spec: btf.Spec, sid: int, name: str) -> str:
-    """The C path of a flattened field (``netns`` -> ``meta.netns``), found by walking BTF independently."""
+    """The C path of a flattened field (``netns`` -> ``meta.netns``, ``tunnel_saddr`` -> ``tunnel.saddr``: the
+    first struct member holding a name keeps it bare), found by walking BTF independently."""
     for m in spec.members(sid):
         if m.name == name:
             return name
         t = spec.resolve_type(m.type)
-        if isinstance(t, btf.Struct) and name in {x.name for x in spec.members(spec.resolve(m.type))}:
+        if not isinstance(t, btf.Struct):
+            continue
+        inner = {x.name for x in spec.members(spec.resolve(m.type))}
+        if name in inner:
             return f"{m.name}.{name}"
+        if name.startswith(f"{m.name}_") and name.removeprefix(f"{m.name}_") in inner:
+            return f"{m.name}.{name.removeprefix(f'{m.name}_')}"
     raise KeyError(name)
 
 
@@ -78,6 +84,8 @@ def test_layout_matches_btf(spec: btf.Spec, schema: Schema) -> None:
     for f in layout.fields:
         assert f.offset == spec.member_offset(sid, _member_path(spec, sid, f.name)), f.name
     assert {"netns", "ifname", "saddr", "tcp_flags", "comm", "stack_id"} <= set(layout.by_name)
+    assert {"tunnel_saddr", "tunnel_dport", "tunnel_l4_proto"} <= set(layout.by_name)  # the second skb_tuple
+    assert layout.offset("tunnel_saddr") == spec.member_offset(sid, "tunnel.saddr") != layout.offset("saddr")
     assert not [f for f in layout.fields if f.name.startswith("pad")]
 
 
@@ -198,6 +206,34 @@ def test_layout_errors_name_the_problem(tmp_path: Path) -> None:
         Schema(spec)
     with pytest.raises(LayoutError, match="struct record_header is not in the object"):
         Schema(btf.Spec.from_bytes(_empty_btf()))
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="needs clang")
+def test_a_repeated_struct_is_prefixed_by_its_member_name(tmp_path: Path) -> None:
+    spec = _compile(
+        tmp_path,
+        HEADER_C.replace("struct event {", "struct pair { unsigned short a, b; };\nstruct event {")
+        .replace("char comm[16]; };", "char comm[16]; struct pair one; struct pair two; };")
+        + "enum pwru_record_type { PWRU_RECORD_EVENT = 1 };\n"
+        "const enum pwru_record_type *a; const enum pwru_probe_kind *b; struct event *c;\n",
+    )
+    layout = Schema(spec).layout("event")
+    assert [f.name for f in layout.fields][-4:] == ["a", "b", "two_a", "two_b"]
+    ev = layout.decode(layout.encode({"a": 1, "b": 2, "two_a": 3, "two_b": 4}))
+    assert (ev.a, ev.b, ev.two_a, ev.two_b) == (1, 2, 3, 4)
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="needs clang")
+def test_a_prefixed_name_that_is_taken_is_an_error(tmp_path: Path) -> None:
+    spec = _compile(
+        tmp_path,
+        HEADER_C.replace("struct event {", "struct pair { unsigned short a; };\nstruct event {")
+        .replace("char comm[16]; };", "char comm[16]; unsigned short two_a; struct pair one; struct pair two; };")
+        + "enum pwru_record_type { PWRU_RECORD_EVENT = 1 };\n"
+        "const enum pwru_record_type *a; const enum pwru_probe_kind *b; struct event *c;\n",
+    )
+    with pytest.raises(LayoutError, match=r"two\.two_a: name appears twice"):
+        Schema(spec)
 
 
 def _empty_btf() -> bytes:

@@ -16,7 +16,8 @@
  *                          constants (cfg_tp_*), read in a switch so the verifier sees constant ctx offsets
  *
  * The packet filter: filter_pcap_l2/l3 are stubs whose instructions user space replaces with a translated
- * pcap expression (R1 = data, R2 = data_end, R0 != 0 accepts).
+ * pcap expression (R1 = data, R2 = data_end, R0 != 0 accepts); filter_pcap_tunnel_l2/l3 likewise, for the
+ * inner packet of an encapsulated skb (--filter-tunnel-pcap-l2/l3).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -43,6 +44,9 @@ const volatile __u8 cfg_output_meta = 0;
 const volatile __u8 cfg_output_tuple = 0;
 const volatile __u8 cfg_output_stack = 0;
 const volatile __u8 cfg_output_caller = 0;
+const volatile __u8 cfg_has_tunnel_pcap_l2 = 0; /* call filter_pcap_tunnel_l2 on encapsulated skbs */
+const volatile __u8 cfg_has_tunnel_pcap_l3 = 0; /* call filter_pcap_tunnel_l3 on encapsulated skbs */
+const volatile __u8 cfg_output_tunnel = 0;
 const volatile __u8 cfg_track_skb = 0;         /* --filter-track-skb: the tracked set decides before the filters */
 const volatile __u8 cfg_track_stackid = 0;     /* --filter-track-skb-by-stackid: the call chain's skb too */
 /* tp_btf (and fentry fallback) per-load constants; positions are 1-based, without the tracepoint's void * */
@@ -156,6 +160,42 @@ static __noinline __u64 filter_pcap_l3(void *data, void *data_end)
 	return ret;
 }
 
+/* --filter-tunnel-pcap-l2/l3: the same contract, run on the inner packet of an encapsulated skb. */
+static __noinline __u64 filter_pcap_tunnel_l2(void *data, void *data_end)
+{
+	__u64 ret = (__u64)data_end - (__u64)data;
+
+	asm volatile("" : "+r"(ret));
+	return ret;
+}
+
+static __noinline __u64 filter_pcap_tunnel_l3(void *data, void *data_end)
+{
+	__u64 ret = (__u64)data_end - (__u64)data;
+
+	asm volatile("" : "+r"(ret));
+	return ret;
+}
+
+/* The tunnel filters judge only skbs that carry an inner packet: tunnel encapsulation (vxlan, geneve, ...)
+ * sets the inner header offsets, which are 0 on an skb that was never encapsulated; such an skb passes. */
+static __always_inline bool filter_pcap_tunnel(struct sk_buff *skb)
+{
+	__u16 l3_off = BPF_CORE_READ(skb, inner_network_header);
+	unsigned char *head;
+	void *data_end;
+
+	if (l3_off == 0)
+		return true;
+	head = BPF_CORE_READ(skb, head);
+	data_end = head + BPF_CORE_READ(skb, tail);
+	if (cfg_has_tunnel_pcap_l2 && !filter_pcap_tunnel_l2(head + BPF_CORE_READ(skb, inner_mac_header), data_end))
+		return false;
+	if (cfg_has_tunnel_pcap_l3 && !filter_pcap_tunnel_l3(head + l3_off, data_end))
+		return false;
+	return true;
+}
+
 /* ---- filters ---- */
 static __always_inline __u32 skb_netns(struct sk_buff *skb)
 {
@@ -192,6 +232,8 @@ static __always_inline bool filter_skb(struct sk_buff *skb)
 	if (cfg_ifindex && BPF_CORE_READ(skb, dev, ifindex) != cfg_ifindex)
 		return false;
 	if (cfg_has_pcap && !filter_pcap(skb))
+		return false;
+	if ((cfg_has_tunnel_pcap_l2 || cfg_has_tunnel_pcap_l3) && !filter_pcap_tunnel(skb))
 		return false;
 	return true;
 }
@@ -232,15 +274,54 @@ static __always_inline void set_ports(struct skb_tuple *tuple, unsigned char *l4
 	}
 }
 
-/* Addresses from the network header; ports from the transport header when it is set past the network
- * header, else computed from the IP header length (IPv6: only when no extension header precedes TCP/UDP). */
-static __always_inline void set_tuple(struct sk_buff *skb, struct skb_tuple *tuple)
+#define IPV6_EXT_MAX 6 /* IPv6 extension headers walked before giving up on finding the transport header */
+#define PORTS_UNKNOWN 0xffff /* an L4 offset: the transport header is not in this packet (or not found) */
+
+static __always_inline bool ipv6_is_ext(__u8 nexthdr)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 l3_off = BPF_CORE_READ(skb, network_header);
-	__u16 l4_off = BPF_CORE_READ(skb, transport_header);
+	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING || nexthdr == IPPROTO_FRAGMENT ||
+	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_AH;
+}
+
+/* The offset from the IPv6 header to its transport header, past the extension headers (at most IPV6_EXT_MAX);
+ * *proto is the protocol after them. PORTS_UNKNOWN for a fragment other than the first (its transport header
+ * is in the first one), for more extension headers than walked, or when a header cannot be read. */
+static __always_inline __u16 ipv6_l4_offset(unsigned char *l3, __u8 *proto)
+{
+	__u16 off = sizeof(struct ipv6hdr);
+	__u8 nexthdr = *proto;
+	__u8 ext[4]; /* next header, length, and for a fragment header its offset field */
+
+#pragma unroll
+	for (int i = 0; i < IPV6_EXT_MAX; i++) {
+		if (!ipv6_is_ext(nexthdr))
+			break;
+		if (bpf_probe_read_kernel(ext, sizeof(ext), l3 + off))
+			return PORTS_UNKNOWN;
+		if (nexthdr == IPPROTO_FRAGMENT) {
+			*proto = ext[0];
+			if (((ext[2] << 8) | ext[3]) & 0xfff8) /* fragment offset, in 8-byte units above 3 flag bits */
+				return PORTS_UNKNOWN;
+			off += 8;
+		} else if (nexthdr == IPPROTO_AH) {
+			off += (ext[1] + 2) * 4; /* AH counts 4-byte words, minus 2 */
+		} else {
+			off += (ext[1] + 1) * 8; /* hop-by-hop, routing, destination options: 8-byte units, minus 1 */
+		}
+		nexthdr = ext[0];
+	}
+	*proto = nexthdr;
+	return ipv6_is_ext(nexthdr) ? PORTS_UNKNOWN : off;
+}
+
+/* The tuple of the IP packet at head + l3_off: addresses from its header; the L4 protocol after IPv6 extension
+ * headers; ports from head + l4_off when that lies past the IP (and extension) headers, else from where the
+ * headers end (on receive the kernel points the transport header at the first extension header until it has
+ * parsed them). No ports for a fragment other than the first. */
+static __always_inline void tuple_at(unsigned char *head, __u16 l3_off, __u16 l4_off, struct skb_tuple *tuple)
+{
 	unsigned char *l3 = head + l3_off;
-	unsigned char *l4;
+	__u16 hdr_len; /* IP header plus extension headers */
 	__u8 first;
 
 	if (l3_off == SKB_HDR_UNSET || bpf_probe_read_kernel(&first, 1, l3))
@@ -255,7 +336,9 @@ static __always_inline void set_tuple(struct sk_buff *skb, struct skb_tuple *tup
 		tuple->l4_proto = ip.protocol;
 		__builtin_memcpy(tuple->saddr, &ip.saddr, 4);
 		__builtin_memcpy(tuple->daddr, &ip.daddr, 4);
-		l4 = l3 + (first & 0xf) * 4; /* ihl, from the byte read above */
+		hdr_len = (first & 0xf) * 4; /* ihl, from the byte read above */
+		if (bpf_ntohs(ip.frag_off) & 0x1fff) /* fragment offset */
+			hdr_len = PORTS_UNKNOWN;
 	} else if ((first >> 4) == 6) {
 		struct ipv6hdr ip6;
 
@@ -265,14 +348,33 @@ static __always_inline void set_tuple(struct sk_buff *skb, struct skb_tuple *tup
 		tuple->l4_proto = ip6.nexthdr;
 		__builtin_memcpy(tuple->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(tuple->daddr, &ip6.daddr, 16);
-		l4 = l3 + sizeof(ip6);
+		hdr_len = ipv6_l4_offset(l3, &tuple->l4_proto);
 	} else {
 		return;
 	}
 
-	if (l4_off != SKB_HDR_UNSET && l4_off > l3_off)
-		l4 = head + l4_off;
-	set_ports(tuple, l4);
+	if (hdr_len == PORTS_UNKNOWN)
+		return;
+	if (l4_off != SKB_HDR_UNSET && l4_off > l3_off && l4_off - l3_off >= hdr_len)
+		set_ports(tuple, head + l4_off);
+	else
+		set_ports(tuple, l3 + hdr_len);
+}
+
+static __always_inline void set_tuple(struct sk_buff *skb, struct skb_tuple *tuple)
+{
+	tuple_at(BPF_CORE_READ(skb, head), BPF_CORE_READ(skb, network_header), BPF_CORE_READ(skb, transport_header),
+		 tuple);
+}
+
+/* --output-tunnel: the inner packet's tuple, when the skb carries one (see filter_pcap_tunnel). */
+static __always_inline void set_tunnel(struct sk_buff *skb, struct skb_tuple *tuple)
+{
+	__u16 l3_off = BPF_CORE_READ(skb, inner_network_header);
+
+	if (l3_off == 0)
+		return;
+	tuple_at(BPF_CORE_READ(skb, head), l3_off, BPF_CORE_READ(skb, inner_transport_header), tuple);
 }
 
 /* How the caller's return address is found (a compile-time constant per program family). */
@@ -439,6 +541,8 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 		set_meta(skb, &ev->meta);
 	if (cfg_output_tuple)
 		set_tuple(skb, &ev->tuple);
+	if (cfg_output_tunnel)
+		set_tunnel(skb, &ev->tunnel);
 
 	bpf_ringbuf_submit(ev, 0);
 	return 0;

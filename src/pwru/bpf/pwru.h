@@ -64,6 +64,7 @@ struct event {
 	char comm[PWRU_COMM_LEN];
 	struct skb_meta meta;
 	struct skb_tuple tuple;
+	struct skb_tuple tunnel; /* the inner packet's tuple (--output-tunnel); flattened as tunnel_saddr, ... */
 };
 
 #endif

@@ -118,6 +118,9 @@ struct sk_buff {
 	__u16 transport_header;  /* (u16)~0 when unset */
 	__u16 network_header;
 	__u16 mac_header;
+	__u16 inner_transport_header; /* set by tunnel encapsulation (vxlan, geneve); 0 when never set */
+	__u16 inner_network_header;
+	__u16 inner_mac_header;
 	sk_buff_data_t tail;
 	sk_buff_data_t end;
 	unsigned char *head;
@@ -214,5 +217,11 @@ enum {
 #define BPF_F_REUSE_STACKID (1ULL << 10)
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+/* IPv6 extension headers set_tuple walks past */
+#define IPPROTO_HOPOPTS 0
+#define IPPROTO_ROUTING 43
+#define IPPROTO_FRAGMENT 44
+#define IPPROTO_AH 51
+#define IPPROTO_DSTOPTS 60
 
 #endif /* __VMLINUX_H__ */

@@ -1,5 +1,5 @@
-"""Pieces of an event's output shared by the text and JSON formatters: tuple, TCP flags, iface, function,
-timestamps.
+"""Pieces of an event's output shared by the text and JSON formatters: tuple (and the tunnel's inner tuple),
+TCP flags, iface, function, timestamps.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pwru.output.names import Names, sanitize, shorten_left
 from pwru.records import Record, RecordLayout
@@ -24,6 +24,10 @@ ABSOLUTE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 #: The :class:`Record` fields of ``struct skb_meta`` and ``struct skb_tuple`` (keys of the formatters' caches).
 META_FIELDS = ("netns", "mark", "ifindex", "len", "mtu", "protocol", "ifname")
 TUPLE_FIELDS = ("saddr", "daddr", "sport", "dport", "l3_proto", "l4_proto", "tcp_flags")
+#: ``struct event``'s second ``struct skb_tuple``, ``tunnel`` (the inner packet's), flattened with its member
+#: name as prefix (see :mod:`pwru.records`).
+TUNNEL_PREFIX = "tunnel_"
+TUNNEL_FIELDS = tuple(TUNNEL_PREFIX + f for f in TUPLE_FIELDS)
 #: Entries a formatter's piece cache holds before it is emptied (a bound on memory, not a tuning knob:
 #: one skb's pieces repeat across consecutive probes, so a cold cache refills within a few events).
 CACHE_LIMIT = 4096
@@ -48,24 +52,41 @@ def l4_name(proto: int) -> str:
     return L4_NAMES.get(proto, str(proto))
 
 
-def has_ports(event: Record) -> bool:
+class Tuple(NamedTuple):
+    """One ``struct skb_tuple`` of an event."""
+
+    saddr: bytes
+    daddr: bytes
+    sport: int
+    dport: int
+    l3_proto: int
+    l4_proto: int
+    tcp_flags: int
+
+
+def tuple_of(event: Record, prefix: str = "") -> Tuple:
+    """The event's tuple; with ``prefix`` :data:`TUNNEL_PREFIX`, its tunnel's inner tuple."""
+    return Tuple(*(getattr(event, prefix + name) for name in TUPLE_FIELDS))
+
+
+def has_ports(t: Tuple) -> bool:
     """Whether the tuple's L4 protocol carries ports."""
-    return event.l4_proto in PORT_PROTOS
+    return t.l4_proto in PORT_PROTOS
 
 
-def tuple_text(event: Record, with_tcp_flags: bool) -> str:
+def tuple_text(t: Tuple, with_tcp_flags: bool) -> str:
     """``10.0.0.1:4242->10.0.0.2:80(tcp)``; ICMP without ports; ``(tcp:SYN|ACK)`` with TCP flags (pwru's
-    way); ``-`` when the skb carries neither IPv4 nor IPv6.
+    way); ``-`` when the skb carries neither IPv4 nor IPv6 (or, for the tunnel tuple, no inner packet).
     """
-    if event.l3_proto not in (ETH_P_IP, ETH_P_IPV6):
+    if t.l3_proto not in (ETH_P_IP, ETH_P_IPV6):
         return "-"
-    src = address(event.l3_proto, event.saddr)
-    dst = address(event.l3_proto, event.daddr)
-    if has_ports(event):
-        src, dst = f"{src}:{event.sport}", f"{dst}:{event.dport}"
-    l4 = l4_name(event.l4_proto)
-    if with_tcp_flags and event.l4_proto == 6 and event.tcp_flags:
-        l4 = f"{l4}:{tcp_flags(event.tcp_flags)}"
+    src = address(t.l3_proto, t.saddr)
+    dst = address(t.l3_proto, t.daddr)
+    if has_ports(t):
+        src, dst = f"{src}:{t.sport}", f"{dst}:{t.dport}"
+    l4 = l4_name(t.l4_proto)
+    if with_tcp_flags and t.l4_proto == 6 and t.tcp_flags:
+        l4 = f"{l4}:{tcp_flags(t.tcp_flags)}"
     return f"{src}->{dst}({l4})"
 
 
@@ -137,16 +158,17 @@ class Timestamps:
 #: The per-probe fields the fast paths unpack from every record, in this order.
 PROBE_FIELDS = ("ts", "skb", "probe", "probe_kind", "caller", "location", "reason")
 
-Spans = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+Spans = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]
 
 
 def record_views(layout: RecordLayout) -> tuple[Spans, Callable[[bytes], tuple[Any, ...]]]:
     """For the formatters' fast paths: the byte spans of an event record whose formatted pieces are cached
-    (process, meta, tuple; offsets from the object's BTF) and an unpacker of :data:`PROBE_FIELDS`."""
+    (process, meta, tuple, tunnel tuple; offsets from the object's BTF) and an unpacker of :data:`PROBE_FIELDS`."""
     spans = (
         layout.span("pid", "cpu", "comm"),
         layout.span(*META_FIELDS),
         layout.span(*TUPLE_FIELDS),
+        layout.span(*TUNNEL_FIELDS),
     )
     return spans, layout.unpacker(*PROBE_FIELDS)
 

@@ -3,10 +3,12 @@
 Keys: ``skb`` (hex string), ``cpu``, ``process``, ``func`` (with the drop reason, as in the text output),
 ``caller_func`` (--output-caller), ``time`` (per --timestamp: a number, or the wall-clock string when
 absolute), ``netns``, ``mark``, ``iface``, ``proto``, ``mtu``, ``len`` (--output-meta), ``tuple``
-{``saddr``, ``daddr``, ``sport``, ``dport``, ``proto``, ``flags``} (--output-tuple), ``stack`` (list of
+{``saddr``, ``daddr``, ``sport``, ``dport``, ``proto``, ``flags``} (--output-tuple), ``tunnel_tuple`` (the
+same keys, for the inner packet of an encapsulated skb; --output-tunnel), ``stack`` (list of
 symbols, --output-stack). Additions to pwru's set: ``reason`` (drop reason name) and ``location`` (drop
 location symbol) when known. Unlike pwru (Go's omitempty) zero values are kept, so every line has the same
-keys for the same flags; ``tuple`` is left out for skbs carrying neither IPv4 nor IPv6, ``sport``/``dport``
+keys for the same flags; ``tuple`` is left out for skbs carrying neither IPv4 nor IPv6 (``tunnel_tuple`` for
+skbs without an inner IPv4 or IPv6 packet), ``sport``/``dport``
 for protocols without ports, ``flags`` when no TCP flag is set. Addresses carry no brackets.
 """
 
@@ -35,7 +37,7 @@ class JsonFormatter:
         self._stack_id: Any = None
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
-        self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {})
+        self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {}, {})
 
     def header(self) -> str:
         """JSON output has no header: an empty string."""
@@ -89,30 +91,38 @@ class JsonFormatter:
 
     def _tuple_part(self, event: Record) -> dict[str, Any]:
         """``tuple`` (--output-tuple, IPv4/IPv6 only): depends on the tuple fields only."""
-        c = self._config
-        if not (c.tuple and event.l3_proto in (fields.ETH_P_IP, fields.ETH_P_IPV6)):
+        return self._tuple_dict("tuple", fields.tuple_of(event)) if self._config.tuple else {}
+
+    def _tunnel_part(self, event: Record) -> dict[str, Any]:
+        """``tunnel_tuple`` (--output-tunnel, an inner IPv4/IPv6 packet only): depends on its fields only."""
+        if not self._config.tunnel:
+            return {}
+        return self._tuple_dict("tunnel_tuple", fields.tuple_of(event, fields.TUNNEL_PREFIX))
+
+    def _tuple_dict(self, key: str, tup: fields.Tuple) -> dict[str, Any]:
+        if tup.l3_proto not in (fields.ETH_P_IP, fields.ETH_P_IPV6):
             return {}
         t: dict[str, Any] = {
-            "saddr": fields.address(event.l3_proto, event.saddr).strip("[]"),
-            "daddr": fields.address(event.l3_proto, event.daddr).strip("[]"),
+            "saddr": fields.address(tup.l3_proto, tup.saddr).strip("[]"),
+            "daddr": fields.address(tup.l3_proto, tup.daddr).strip("[]"),
         }
-        if fields.has_ports(event):
-            t.update(sport=event.sport, dport=event.dport)
-        t["proto"] = event.l4_proto
-        if c.tcp_flags and event.l4_proto == 6 and event.tcp_flags:
-            t["flags"] = fields.tcp_flags(event.tcp_flags)
-        return {"tuple": t}
+        if fields.has_ports(tup):
+            t.update(sport=tup.sport, dport=tup.dport)
+        t["proto"] = tup.l4_proto
+        if self._config.tcp_flags and tup.l4_proto == 6 and tup.tcp_flags:
+            t["flags"] = fields.tcp_flags(tup.tcp_flags)
+        return {key: t}
 
     def format_batch(self, batch: Batch) -> list[str]:
         """One JSON object per event record of the batch; the only formatting path.
 
         Fast path: each part of the object (``cpu``+``process``, ``func``+``reason``+``location``,
-        ``caller_func``, the meta keys, ``tuple``) is cached as its encoded JSON text (the members without the
-        braces), keyed by the record bytes it is computed from (spans from :meth:`RecordLayout.span`, i.e.
-        from the object's BTF) or by the integers it depends on. The compact encoder writes an object as its
-        members joined by ``,``, so joining the parts gives the same bytes as encoding the whole dict. A miss
-        decodes the record once and computes the part from it. Caches are emptied at
-        :data:`~pwru.output.fields.CACHE_LIMIT` entries. ``stack`` comes from ``batch.stacks``.
+        ``caller_func``, the meta keys, ``tuple``, ``tunnel_tuple``) is cached as its encoded JSON text (the
+        members without the braces), keyed by the record bytes it is computed from (spans from
+        :meth:`RecordLayout.span`, i.e. from the object's BTF) or by the integers it depends on. The compact
+        encoder writes an object as its members joined by ``,``, so joining the parts gives the same bytes as
+        encoding the whole dict. A miss decodes the record once and computes the part from it. Caches are
+        emptied at :data:`~pwru.output.fields.CACHE_LIMIT` entries. ``stack`` comes from ``batch.stacks``.
         """
         layout = batch.schema.layout("event")
         if self._layout is not layout:
@@ -121,11 +131,12 @@ class JsonFormatter:
             self._stack_id = layout.unpacker("stack_id")
             for cache in self._caches:
                 cache.clear()
-        (p0, p1), (m0, m1), (t0, t1) = self._spans
-        procs, metas, tuples, funcs, callers = self._caches
+        (p0, p1), (m0, m1), (t0, t1), (u0, u1) = self._spans
+        procs, metas, tuples, funcs, callers, tunnels = self._caches
         unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
         with_time = self._config.timestamp != "none"
         with_stack = self._config.stack
+        with_tunnel = self._config.tunnel
         stacks, symbol = batch.stacks, self._names.symbol
         lines: list[str] = []
         append = lines.append
@@ -157,10 +168,18 @@ class JsonFormatter:
             if tup is None:
                 ev = ev or decode(buf)
                 tup = remember(tuples, key, _members(self._tuple_part(ev)))
+            tunnel = ""
+            if with_tunnel:
+                key = buf[u0:u1]
+                cached = tunnels.get(key)
+                if cached is None:
+                    ev = ev or decode(buf)
+                    cached = remember(tunnels, key, _members(self._tunnel_part(ev)))
+                tunnel = cached
             parts = [f'"skb":"{skb:#x}"', proc, func, caller]
             if with_time:
                 parts.append(_members(self._time_part(skb, ts)))
-            parts += (meta, tup)
+            parts += (meta, tup, tunnel)
             append("{" + ",".join([p for p in parts if p]) + "}")
         if with_stack:
             for i, buf in enumerate(events):

@@ -1,8 +1,10 @@
-"""pwru's text columns: ``SKB CPU PROCESS [TIMESTAMP] NETNS MARK/x IFACE PROTO MTU LEN TUPLE FUNC [CALLER]``.
+"""pwru's text columns: ``SKB CPU PROCESS [TIMESTAMP] NETNS MARK/x IFACE PROTO MTU LEN TUPLE FUNC [CALLER]
+[TUNNEL]``.
 
 Widths follow pwru: fixed for the leading columns; TUPLE (and FUNC when CALLER follows it) padded to the
 widest value seen so far, so columns stay aligned as the trace goes on. A kfree_skb drop location is shown
-after the function as ``at symbol+0xNN``. Stack frames (--output-stack) follow on their own lines.
+after the function as ``at symbol+0xNN``. TUNNEL (--output-tunnel) ends the line, unpadded as in pwru: the
+inner packet's tuple, ``-`` for an skb without one. Stack frames (--output-stack) follow on their own lines.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class TextFormatter:
         self._stack_id: Any = None
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
-        self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {})
+        self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {}, {})
 
     def header(self) -> str:
         """The column header line (no trailing newline)."""
@@ -57,6 +59,8 @@ class TextFormatter:
         parts.append(" FUNC")
         if c.caller:
             parts.append(" CALLER")
+        if c.tunnel:
+            parts.append(" TUNNEL")
         return "".join(parts)
 
     # -- pieces of a line, each computed from a decoded event record (on cache misses) --
@@ -75,7 +79,11 @@ class TextFormatter:
 
     def _tuple(self, event: Record) -> str:
         """TUPLE, unpadded: depends on the tuple fields only."""
-        return fields.tuple_text(event, self._config.tcp_flags)
+        return fields.tuple_text(fields.tuple_of(event), self._config.tcp_flags)
+
+    def _tunnel(self, event: Record) -> str:
+        """TUNNEL with its leading space: depends on the tunnel tuple's fields only."""
+        return " " + fields.tuple_text(fields.tuple_of(event, fields.TUNNEL_PREFIX), self._config.tcp_flags)
 
     def _func(self, event: Record) -> str:
         """FUNC with drop reason and location: depends on addr, kind, reason and location."""
@@ -115,7 +123,7 @@ class TextFormatter:
         """The lines of a batch's event records (other record types are not text-column material).
 
         Fast path: no record object is built for most records. Each piece of a line (CPU+PROCESS, the meta
-        columns, TUPLE, FUNC, CALLER) is cached, keyed by the record bytes it is computed from (spans located
+        columns, TUPLE, FUNC, CALLER, TUNNEL) is cached, keyed by the record bytes it is computed from (spans located
         by :meth:`RecordLayout.span`, i.e. from the object's BTF) or by the integers it depends on; a miss
         decodes the record once and computes the piece from it. One skb passing many probes repeats all of them
         but FUNC. Caches are emptied when they reach :data:`~pwru.output.fields.CACHE_LIMIT` entries. Stack
@@ -129,10 +137,11 @@ class TextFormatter:
             self._stack_id = layout.unpacker("stack_id")
             for cache in self._caches:
                 cache.clear()
-        (p0, p1), (m0, m1), (t0, t1) = self._spans
-        procs, metas, tuples, funcs, callers = self._caches
+        (p0, p1), (m0, m1), (t0, t1), (u0, u1) = self._spans
+        procs, metas, tuples, funcs, callers, tunnels = self._caches
         unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
         with_meta, with_tuple, with_caller, with_stack = c.meta, c.tuple, c.caller, c.stack
+        with_tunnel = c.tunnel
         plain_head = c.timestamp == "none"
         stacks, symbol = batch.stacks, self._names.symbol
         line_of = self._line
@@ -173,11 +182,19 @@ class TextFormatter:
                 if caller is None:
                     ev = ev or decode(buf)
                     caller = remember(callers, caller_addr, self._caller(ev))
+            tunnel = ""
+            if with_tunnel:
+                key = buf[u0:u1]
+                cached = tunnels.get(key)
+                if cached is None:
+                    ev = ev or decode(buf)
+                    cached = remember(tunnels, key, self._tunnel(ev))
+                tunnel = cached
             head = f"{skb:<#18x}{proc}" if plain_head else self._head(skb, proc, ts)
             if caller is None and tup is not None and len(tup) <= self._tuple_width:
-                append(f"{head}{meta} {tup.ljust(self._tuple_width)} {func}")  # _line's common case, inlined
+                append(f"{head}{meta} {tup.ljust(self._tuple_width)} {func}{tunnel}")  # _line's common case
             else:
-                append(line_of(head, meta, tup, func, caller))
+                append(line_of(head, meta, tup, func, caller) + tunnel)
         if with_stack:
             for i, buf in enumerate(events):
                 stack_id = stack_id_of(buf)[0]
