@@ -135,10 +135,12 @@ def test_sigint_during_attach_exits_clean(netns: Netns) -> None:
         proc = subprocess.Popen(pwru_cmd("--backend", "tracepoint", "--filter-netns", netns.path, FILTER),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         assert proc.stderr is not None
-        first = proc.stderr.readline()
+        said = [proc.stderr.readline()]
+        while said[-1] and not said[-1].startswith("Attaching"):
+            said.append(proc.stderr.readline())
         proc.send_signal(signal.SIGINT)
-        err = proc.communicate(timeout=30 * SLOW)[1]
-        assert first.startswith("Attaching"), first + err
+        err = "".join(said) + proc.communicate(timeout=30 * SLOW)[1]
+        assert said[-1].startswith("Attaching"), err
         assert proc.returncode in (0, 130), err
         assert "Traceback" not in err and "internal error" not in err, err
         assert "Listening" not in err, "the SIGINT did not land during the attach"
