@@ -109,13 +109,13 @@ def test_spec_load_refuses(case: str, fifo: Path, huge: Path, tmp_path: Path) ->
 def test_kernel_context_says_why(fifo: Path, tmp_path: Path) -> None:
     """KernelContext is the second line of defence (after resolve), with the same words."""
     with pytest.raises(UserError, match=r"^cannot read kernel BTF /dev/zero: not a regular file \(a character"):
-        KernelContext("/dev/zero").spec
+        _ = KernelContext("/dev/zero").spec
     with pytest.raises(UserError, match=r"^cannot read kernel BTF .*btf.fifo: not a regular file \(a FIFO\)$"):
-        KernelContext(str(fifo)).spec
+        _ = KernelContext(str(fifo)).spec
     junk = tmp_path / "junk.btf"
     junk.write_bytes(b"not btf at all, not even close")
     with pytest.raises(UserError, match=r"^cannot read kernel BTF .*junk.btf: bad BTF magic"):
-        KernelContext(str(junk)).spec
+        _ = KernelContext(str(junk)).spec
 
 
 def test_read_regular_file_enforces_the_bound_on_what_is_read(tmp_path: Path) -> None:
