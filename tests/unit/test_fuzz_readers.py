@@ -426,6 +426,7 @@ def _string(seed: bytes, name: str) -> int:
     return spec._str_start + spec.string_offsets(name)[0]
 
 
+@functools.cache
 def _btf_regressions() -> dict[str, tuple[bytes, str]]:
     """Inputs that once escaped as a bare exception: (input, the clean error's message, a regex)."""
     tiny = tiny_btf()
@@ -477,6 +478,7 @@ def test_encode_out_of_range_is_a_btf_error() -> None:
         spec.encode()
 
 
+@functools.cache
 def _elf_regressions() -> dict[str, tuple[bytes, str]]:
     seed = object_bytes()
     e = ELFFile(io.BytesIO(seed))
