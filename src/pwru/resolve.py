@@ -14,7 +14,6 @@ import stat
 
 from pwru import netns
 from pwru.config import Config, FlagError
-from pwru.ebpf import btf
 
 #: Config fields only this step fills (no flag does); the drift test in tests/unit/test_flags.py reads it.
 FILLS: tuple[str, ...] = ("filter.ifindex",)
@@ -69,7 +68,9 @@ def check_existing_file(flag: str, path: str, max_size: int | None = None) -> st
     if stat.S_ISDIR(st.st_mode):
         raise FlagError(flag, f"{path}: is a directory")
     if not stat.S_ISREG(st.st_mode):
-        raise FlagError(flag, f"{path}: not a regular file ({btf.file_kind(st.st_mode)})")
+        from pwru.ebpf.btf import file_kind  # here, not at the top: cli loads nothing of pwru.ebpf before dispatch
+
+        raise FlagError(flag, f"{path}: not a regular file ({file_kind(st.st_mode)})")
     if max_size is not None and st.st_size > max_size:
         raise FlagError(flag, f"{path}: {st.st_size} bytes, more than the {max_size >> 20} MiB limit")
     return path
@@ -97,7 +98,9 @@ def resolve(config: Config) -> Config:
     if config.output.file is not None:
         check_output_path("output-file", config.output.file)
     if config.kernel.kernel_btf is not None:
-        check_existing_file("kernel-btf", config.kernel.kernel_btf, btf.MAX_BTF_SIZE)
+        from pwru.ebpf.btf import MAX_BTF_SIZE  # only when asked: see check_existing_file
+
+        check_existing_file("kernel-btf", config.kernel.kernel_btf, MAX_BTF_SIZE)
     if config.ready_file is not None:
         check_output_path("ready-file", config.ready_file)
     return dataclasses.replace(config, filter=dataclasses.replace(f, netns=inode, netns_path=path, ifindex=ifindex))
