@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 
 from pwru import netns
 from pwru.config import Config, FlagError
@@ -52,12 +53,26 @@ def resolve_ifname(name: str, netns_inode: int | None, netns_path: str | None) -
     return index, netns_inode, netns_path
 
 
-def check_existing_file(flag: str, path: str) -> str:
-    """``path`` when it names an existing regular file."""
-    if not os.path.exists(path):
-        raise FlagError(flag, f"{path}: no such file")
-    if os.path.isdir(path):
+def check_existing_file(flag: str, path: str, max_size: int | None = None) -> str:
+    """``path`` when it names an existing regular file (of at most ``max_size`` bytes).
+
+    stat only: a FIFO or a device is refused here, before anything opens it (a FIFO's open would block, and
+    /dev/zero never ends).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FlagError(flag, f"{path}: no such file") from None
+    except OSError as e:
+        raise FlagError(flag, f"{path}: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise FlagError(flag, f"{path}: is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        from pwru.ebpf.btf import file_kind  # here, not at the top: cli loads nothing of pwru.ebpf before dispatch
+
+        raise FlagError(flag, f"{path}: not a regular file ({file_kind(st.st_mode)})")
+    if max_size is not None and st.st_size > max_size:
+        raise FlagError(flag, f"{path}: {st.st_size} bytes, more than the {max_size >> 20} MiB limit")
     return path
 
 
@@ -83,7 +98,9 @@ def resolve(config: Config) -> Config:
     if config.output.file is not None:
         check_output_path("output-file", config.output.file)
     if config.kernel.kernel_btf is not None:
-        check_existing_file("kernel-btf", config.kernel.kernel_btf)
+        from pwru.ebpf.btf import MAX_BTF_SIZE  # only when asked: see check_existing_file
+
+        check_existing_file("kernel-btf", config.kernel.kernel_btf, MAX_BTF_SIZE)
     if config.ready_file is not None:
         check_output_path("ready-file", config.ready_file)
     return dataclasses.replace(config, filter=dataclasses.replace(f, netns=inode, netns_path=path, ifindex=ifindex))
