@@ -262,3 +262,16 @@ def in_netns(path: str) -> Iterator[None]:
         finally:
             if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns back")
+
+
+def wait_ready(proc: subprocess.Popen[str], ready: Path, timeout: float = 300) -> float:
+    """Wait until pwru (``proc``) created its ready file; the seconds it took. Fails when pwru exits first."""
+    t0 = time.monotonic()
+    while not ready.exists():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"pwru exited {proc.returncode} before ready:\n{err}")
+        if time.monotonic() - t0 > timeout * SLOW:
+            raise AssertionError("pwru not ready in time")
+        time.sleep(0.05)
+    return time.monotonic() - t0
