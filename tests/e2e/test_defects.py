@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SLOW, Netns, left_behind, pwru_bpf_objects, udp_send
+from .conftest import SLOW, Netns, left_behind, pwru_bpf_objects, udp_send, wait_ready
 
 pytestmark = pytest.mark.root
 
@@ -28,14 +28,6 @@ ONE_TRACEPOINT = ("--filter-func", "tp:netif_receive_skb", "--filter-trace-netfi
 
 def _pwru_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "pwru", *args]
-
-
-def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout * SLOW
-    while not path.exists():
-        assert proc.poll() is None, f"pwru exited {proc.returncode} before ready"
-        assert time.monotonic() < deadline, "pwru not ready in time"
-        time.sleep(0.02)
 
 
 def _stop(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
@@ -83,7 +75,7 @@ def test_piped_into_head_counts_what_the_pipe_took(tmp_path: Path, netns: Netns,
     )  # fmt: skip
     assert proc.stdout is not None
     try:
-        _wait_for(ready, proc)
+        wait_ready(proc, ready)
         udp_send(netns, "127.0.0.1", 9999, count=2)
         head = [proc.stdout.readline() for _ in range(3)]  # what head -3 reads; then it exits
         proc.stdout.close()
@@ -169,7 +161,7 @@ def test_full_disk_under_output_file_is_one_line(tmp_path: Path, netns: Netns, b
     proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        _wait_for(ready, proc)
+        wait_ready(proc, ready)
         deadline = time.monotonic() + 60 * SLOW
         while proc.poll() is None and time.monotonic() < deadline:
             udp_send(netns, "127.0.0.1", 9999, count=20, interval=0)
@@ -245,7 +237,7 @@ def test_privileges_are_capabilities_not_the_uid(netns: Netns, backend: str) -> 
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/", env=env,
     )  # fmt: skip
     try:
-        _wait_for(ready, proc)
+        wait_ready(proc, ready)
         udp_send(netns, "127.0.0.1", 9999, count=2)
         time.sleep(0.5 * SLOW)
     finally:
