@@ -9,10 +9,10 @@ refused before anything is loaded: it costs less than :data:`FAST_CPU` seconds o
 at most one parse of the kernel's BTF), where loading and attaching cost more. Cases that cannot attach run
 :data:`PARALLEL` at a time, which keeps the whole file well under a minute.
 
-Cases for defects of issue 15 that are being fixed in another branch carry ``xfail`` (strict): they state the
-behaviour the fix must have, and the integrator drops the mark when merging it. Every case runs with a 2 GB
-address-space limit and a timeout, so that the unfixed code (``--kernel-btf /dev/zero``, a backtracking
-``--filter-func``) cannot take the machine down.
+A case of a known defect not fixed yet carries ``xfail`` (strict) with its reason: it states the behaviour the
+fix must have, and the fix drops the mark. Every case runs with a 2 GB address-space limit and a timeout, so that
+a regression (``--kernel-btf /dev/zero`` read without bound, a backtracking ``--filter-func``, both issue 15)
+cannot take the machine down.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ PARALLEL = 4
 #: reading the kernel's BTF (no function matches), instead of tracing until the timeout.
 NO_MATCH = ("--filter-func", "nomatch_pwru_catalogue")
 
-ANOTHER_BRANCH = "issue 15: fixed in another branch"
 NEW_CLI_DEFECT = "new defect (not in issue 15's list): the fix belongs in cli.py, owned by another engineer"
 
 
@@ -63,7 +62,7 @@ class Case:
     code: int = 2
     needle: str = ""  # text the one stderr line must contain (default: the first --flag of args)
     fast: bool = True  # refused before loading anything
-    xfail: str = ""  # why the case fails today (strict)
+    xfail: str = ""  # why the case fails today (a known defect; strict)
     prefix: tuple[str, ...] = ()  # a command pwru runs under
     closed: tuple[int, ...] = ()  # standard descriptors closed in pwru (1, 2)
     rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -84,11 +83,6 @@ class Case:
 
 def c(id_: str, *args: str, **kw: object) -> Case:
     return Case(id_, args, **kw)  # type: ignore[arg-type]
-
-
-def x(id_: str, *args: str, **kw: object) -> Case:
-    """A case of a defect being fixed in another branch."""
-    return Case(id_, args, xfail=ANOTHER_BRANCH, **kw)  # type: ignore[arg-type]
 
 
 def _libpcap_files() -> list[str]:
@@ -174,10 +168,10 @@ CASES: tuple[Case, ...] = (
     c("func-bad-class", "--filter-func", "[a-"),
     c("func-nothing-to-repeat", "--filter-func", "*"),
     c("func-matches-nothing", "--filter-func", "nomatch_.*", code=1),
-    x("func-backreference", "--filter-func", "(?P<a>x)(?P=a)"),
-    x("func-lookahead", "--filter-func", "(?=x)"),
-    x("func-repeat-over-1000", "--filter-func", "x{1001}"),
-    x("func-backtracking", "--filter-func", r"(.*.*)*x\d", code=1, timeout=8),  # spins for minutes
+    c("func-backreference", "--filter-func", "(?P<a>x)(?P=a)"),
+    c("func-lookahead", "--filter-func", "(?=x)"),
+    c("func-repeat-over-1000", "--filter-func", "x{1001}"),
+    c("func-backtracking", "--filter-func", r"(.*.*)*x\d", code=1, timeout=8),  # issue 15: spun for minutes
     # --- --filter-netns ---
     c("netns-relative", "--filter-netns", "relative/path"),
     c("netns-inode-zero", "--filter-netns", "inode:0"),
@@ -227,25 +221,25 @@ CASES: tuple[Case, ...] = (
     # --- output and ready files ---
     c("output-missing-dir", "--output-file", "/nonexistent/dir/out"),
     c("output-directory", "--output-file", "{d}/adir"),
-    # (the unfixed code waits for a first event to find out that it cannot write: killed after `timeout`)
-    x("output-dev-full", "--output-file", "{d}/full-out", code=1, fast=False, may_attach=True, timeout=8),
-    x("output-proc-file", "--output-file", "/proc/version", fast=False, may_attach=True, timeout=8),
-    x("output-cannot-create", "--output-file", "/proc/pwru-catalogue.out", may_attach=True),
+    # (issue 15: these were found only after attaching, when the first event was written)
+    c("output-dev-full", "--output-file", "{d}/full-out", may_attach=True),
+    c("output-proc-file", "--output-file", "/proc/version", may_attach=True),
+    c("output-cannot-create", "--output-file", "/proc/pwru-catalogue.out", may_attach=True),
     c("ready-missing-dir", "--ready-file", "/nonexistent/dir/r"),
     c("ready-directory", "--ready-file", "{d}/adir"),
-    x("ready-proc-file", "--ready-file", "/proc/version", may_attach=True),
-    x("ready-dev-full", "--ready-file", "{d}/full-ready", may_attach=True),
-    x("ready-cannot-create", "--ready-file", "/proc/pwru-catalogue.ready", may_attach=True),
+    c("ready-proc-file", "--ready-file", "/proc/version", may_attach=True),
+    c("ready-dev-full", "--ready-file", "{d}/full-ready", may_attach=True),
+    c("ready-cannot-create", "--ready-file", "/proc/pwru-catalogue.ready", may_attach=True),
     # --- --kernel-btf ---
     c("btf-missing", "--kernel-btf", "/nonexistent"),
     c("btf-directory", "--kernel-btf", "{d}/adir"),
     c("btf-text-file", "--kernel-btf", "/etc/passwd", needle="kernel BTF"),
     c("btf-truncated", "--kernel-btf", "{d}/truncated.btf", needle="kernel BTF"),
-    c("btf-dev-null", "--kernel-btf", "/dev/null", needle="kernel BTF"),
+    c("btf-dev-null", "--kernel-btf", "/dev/null"),
     c("btf-unreadable", "--kernel-btf", "/proc/self/mem", needle="kernel BTF"),
     c("btf-list-funcs", "--list-funcs", "--kernel-btf", "/etc/passwd", needle="kernel BTF"),
-    x("btf-fifo", "--kernel-btf", "{d}/fifo", timeout=8),  # blocks in open() for ever
-    x("btf-dev-zero", "--kernel-btf", "/dev/zero", timeout=15),  # reads until the 2 GB address-space limit
+    c("btf-fifo", "--kernel-btf", "{d}/fifo", timeout=8),  # issue 15: blocked in open() for ever
+    c("btf-dev-zero", "--kernel-btf", "/dev/zero", timeout=15),  # issue 15: read until the machine ran out
     # --- --kmods, --filter-non-skb-funcs ---
     c("kmods-unknown", "--kmods", "nosuchmod_xyz"),
     c("kmods-one-unknown", "--kmods", "veth,nosuchmod_xyz", needle="nosuchmod_xyz"),
@@ -257,35 +251,36 @@ CASES: tuple[Case, ...] = (
     c("netfilter-inode-netns", "--filter-trace-netfilter", "true", "--filter-netns", "inode:12345"),
     Case("two-listings", ("--list-funcs", "--list-backends"), needle="--list", xfail=NEW_CLI_DEFECT),
     # --- empty values: refused, never read as "unset" ---
-    x("empty-backend", "--backend", "", *NO_MATCH, needle="--backend"),
-    x("empty-mark", "--filter-mark", "", *NO_MATCH, needle="--filter-mark"),
-    x("empty-ifname", "--filter-ifname", "", *NO_MATCH, needle="--filter-ifname"),
-    x("empty-kmods", "--kmods", "", *NO_MATCH, needle="--kmods"),
-    x("comma-kmods", "--kmods", ",", *NO_MATCH, needle="--kmods"),
-    x("empty-netns", "--filter-netns", "", *NO_MATCH, needle="--filter-netns"),
-    x("empty-netfilter", "--filter-trace-netfilter", "", *NO_MATCH, needle="--filter-trace-netfilter"),
-    x("empty-non-skb", "--filter-non-skb-funcs", "", *NO_MATCH, needle="--filter-non-skb-funcs"),
-    x("empty-tunnel-l2", "--filter-tunnel-pcap-l2", "", *NO_MATCH, needle="--filter-tunnel-pcap-l2"),
-    x("empty-tunnel-l3", "--filter-tunnel-pcap-l3", "", *NO_MATCH, needle="--filter-tunnel-pcap-l3"),
-    x("empty-output-file", "--output-file", "", *NO_MATCH, needle="--output-file"),
-    x("empty-kernel-btf", "--kernel-btf", "", *NO_MATCH, needle="--kernel-btf"),
-    x("empty-ready-file", "--ready-file", "", *NO_MATCH, needle="--ready-file"),
-    x("empty-func", "--list-funcs", "--filter-func", "", needle="--filter-func"),  # else: lists everything
+    c("empty-backend", "--backend", "", *NO_MATCH, needle="--backend"),
+    c("empty-mark", "--filter-mark", "", *NO_MATCH, needle="--filter-mark"),
+    c("empty-ifname", "--filter-ifname", "", *NO_MATCH, needle="--filter-ifname"),
+    c("empty-kmods", "--kmods", "", *NO_MATCH, needle="--kmods"),
+    c("comma-kmods", "--kmods", ",", *NO_MATCH, needle="--kmods"),
+    c("empty-netns", "--filter-netns", "", *NO_MATCH, needle="--filter-netns"),
+    c("empty-netfilter", "--filter-trace-netfilter", "", *NO_MATCH, needle="--filter-trace-netfilter"),
+    c("empty-non-skb", "--filter-non-skb-funcs", "", *NO_MATCH, needle="--filter-non-skb-funcs"),
+    c("empty-tunnel-l2", "--filter-tunnel-pcap-l2", "", *NO_MATCH, needle="--filter-tunnel-pcap-l2"),
+    c("empty-tunnel-l3", "--filter-tunnel-pcap-l3", "", *NO_MATCH, needle="--filter-tunnel-pcap-l3"),
+    c("empty-output-file", "--output-file", "", *NO_MATCH, needle="--output-file"),
+    c("empty-kernel-btf", "--kernel-btf", "", *NO_MATCH, needle="--kernel-btf"),
+    c("empty-ready-file", "--ready-file", "", *NO_MATCH, needle="--ready-file"),
+    c("empty-func", "--list-funcs", "--filter-func", "", needle="--filter-func"),  # else: lists everything
     # --- the environment ---
     c("not-root-run", "udp", code=1, prefix=NOBODY, needle="CAP_"),
-    x("not-root-list-funcs", "--list-funcs", code=1, prefix=NOBODY, needle="CAP_", forbid=("kernel forbids",)),
-    x("no-libpcap", "udp", code=1, prefix=WITHOUT_LIBPCAP, needle="libpcap", check=_names_tried_once),
-    x("fd-limit-16", "udp", code=1, rlimits={resource.RLIMIT_NOFILE: (16, 16)}, may_attach=True),
-    x("stdout-closed", "udp", code=1, closed=(1,), may_attach=True),
-    x("stderr-closed-bad-flag", "--backend", "nope", closed=(2,)),  # the message went to stdout
-    x("stderr-closed-run", "udp", code=1, closed=(2,), may_attach=True),
+    c("not-root-list-funcs", "--list-funcs", code=1, prefix=NOBODY, needle="CAP_", forbid=("kernel forbids",)),
+    c("no-libpcap", "udp", code=1, prefix=WITHOUT_LIBPCAP, needle="libpcap", check=_names_tried_once),
+    # refused after the plan is made (it counts the descriptors the plan needs), before loading: not `fast`
+    c("fd-limit-16", "udp", code=1, rlimits={resource.RLIMIT_NOFILE: (16, 16)}, may_attach=True, fast=False),
+    c("stdout-closed", "udp", closed=(1,), may_attach=True, needle="standard output"),
+    c("stderr-closed-bad-flag", "--backend", "nope", closed=(2,)),  # issue 15: the message went to stdout
+    c("stderr-closed-no-match", *NO_MATCH, code=1, closed=(2,)),  # an error found after reading BTF
 )
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The files the cases name as ``{d}/...``: a directory, a FIFO, a truncated copy of the kernel's BTF, and
-    private copies of /dev/full (the unfixed code unlinks its --ready-file at exit, device nodes included)."""
+    private copies of /dev/full (pwru once unlinked its --ready-file at exit, device nodes included)."""
     d = tmp_path_factory.mktemp("bad-input")
     (d / "adir").mkdir()
     os.mkfifo(d / "fifo")
@@ -380,7 +375,6 @@ def test_catalogue_size() -> None:
     assert len({k.id for k in CASES}) == len(CASES)
 
 
-@pytest.mark.xfail(strict=True, reason=ANOTHER_BRANCH)
 def test_stale_ready_file_is_removed_at_start(tmp_path: Path) -> None:
     """A ready file left by an earlier run must be gone before pwru attaches: a script waiting for it must not
     see pwru ready early. pwru is stopped (SIGSTOP) as soon as it says it is attaching, and the file looked at."""
@@ -409,15 +403,9 @@ def test_stale_ready_file_is_removed_at_start(tmp_path: Path) -> None:
     assert left_behind(before) == set()
 
 
-NEW_READY_DEFECT = (
-    "new defect (not in issue 15's list): at exit pwru unlinks whatever --ready-file names, device nodes "
-    "included (a catalogue run deleted /dev/full); the fix belongs in run.py/resolve.py, owned by others"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=NEW_READY_DEFECT)
 def test_ready_file_that_is_not_a_regular_file_is_refused_and_kept(tmp_path: Path) -> None:
-    """``--ready-file`` naming a device (here a private copy of /dev/null) is refused before loading (exit 2,
+    """Found by this catalogue: pwru used to unlink whatever ``--ready-file`` named at exit (it deleted
+    /dev/full). ``--ready-file`` naming a device (here a private copy of /dev/null) is refused before loading (exit 2,
     one line), and the node is still there afterwards. Should pwru run, it is stopped with SIGTERM once it
     listens, which is when the unfixed code unlinks the ready file."""
     node = tmp_path / "null"

@@ -201,7 +201,6 @@ def small_disk(tmp_path: Path) -> object:
     sh("umount", "-l", str(mnt), check=False)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: fixed in another branch (a write error at run time: one line)")
 def test_full_disk_under_output_file(netns: Netns, small_disk: Path, tmp_path: Path) -> None:
     """A 1 MB tmpfs filled by the output (a flood): pwru ends by itself, non-zero, with one clear line."""
     before = pwru_bpf_objects()
