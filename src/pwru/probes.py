@@ -349,6 +349,24 @@ def _netfilter(ctx: AttachContext, probes: list[Probe]) -> None:
                 prog.close()  # the links hold the programs
 
 
+#: How far a netfilter point moves inward from its priority when the kernel says it is taken (EBUSY: one BPF
+#: hook per priority, so a second pwru, or another tool, holds it).
+NF_PRIORITY_STEPS = 16
+
+
+def _netfilter_link(prog: Program, pf: int, hooknum: int, priority: int) -> tuple[link.Link | None, str]:
+    """A netfilter link at ``priority``, or the nearest free one towards the middle (still before, or after,
+    every hook the kernel and the rule sets place)."""
+    inward = 1 if priority < 0 else -1
+    for step in range(NF_PRIORITY_STEPS):
+        try:
+            return link.attach_netfilter(prog, pf, hooknum, priority + inward * step), ""
+        except OSError as e:
+            if e.errno != errno.EBUSY or step == NF_PRIORITY_STEPS - 1:
+                return None, f"attach: {e.strerror}"
+    raise AssertionError("unreachable")
+
+
 def _netfilter_links(ctx: AttachContext, inode: int, path: str, group: list[tuple[Probe, Program]]) -> None:
     """Link each loaded program at its point, from a thread inside netns ``inode``; every link made is kept in
     the attachment, also when something fails half way."""
@@ -360,10 +378,8 @@ def _netfilter_links(ctx: AttachContext, inode: int, path: str, group: list[tupl
                 return
             nf = p.netfilter
             assert nf is not None
-            try:
-                made.append((p, link.attach_netfilter(prog, nf.pf, nf.hooknum, nf.priority), ""))
-            except OSError as e:
-                made.append((p, None, f"attach: {e.strerror}"))
+            lk, why = _netfilter_link(prog, nf.pf, nf.hooknum, nf.priority)
+            made.append((p, lk, why))
 
     failure = ""
     try:

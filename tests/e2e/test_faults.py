@@ -176,12 +176,6 @@ def test_two_instances_at_once(netns: Netns, tmp_path: Path) -> None:
     assert tps[0] == tps[1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="new defect (not in issue 15's list): the kernel refuses a second BPF netfilter hook at a priority "
-    "taken (EBUSY), so a second pwru gets none of the netfilter points, shown only as '(ignored 20)'; the fix "
-    "belongs in netfilter.py/probes.py (the next free priority, or one clear warning)",
-)
 def test_two_instances_both_see_the_netfilter_points(netns: Netns, tmp_path: Path) -> None:
     one, two = _two_runs(netns, tmp_path)
     nf = [{str(e["func"]) for e in r.json_events() if str(e["func"]).startswith("nf:")} for r in (one, two)]
