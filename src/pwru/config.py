@@ -136,6 +136,10 @@ class Config:
     list_backends: bool = False
     list_funcs: bool = False
 
+    def __post_init__(self) -> None:
+        if self.list_backends and self.list_funcs:
+            raise UserError("--list-backends and --list-funcs: give one of them (each is a command of its own)")
+
 
 #: The section dataclass of each sectioned field of :class:`Config`, by field name.
 SECTIONS: dict[str, type] = {
