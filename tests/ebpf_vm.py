@@ -1,7 +1,7 @@
 """A small eBPF machine for the instructions the pcap translator emits, to run its bodies fast in tests.
 
-A body is compiled once into Python functions, one per basic block (the translator's jumps all go forward, so
-a block returns the index of the next); runs then cost microseconds, so the fuzzer can compare tens of
+A body is prepared once into Python closures, one per instruction (each returns the index of the next; the
+translator's jumps all go forward); runs then cost microseconds, so the fuzzer can compare tens of
 thousands of (expression, packet) verdicts with libpcap in CI time. The real kernel still runs a slice of them
 (tests/kernel/test_filter_fuzz.py): this machine is checked against the kernel, not trusted alone.
 
@@ -89,29 +89,6 @@ def _sx32(v: int) -> int:
     return v & M64 if v >= 0 else (v + (1 << 64)) & M64
 
 
-_ALU = {
-    AluOp.ADD: "({a} + {b})",
-    AluOp.SUB: "({a} - {b})",
-    AluOp.MUL: "({a} * {b})",
-    AluOp.OR: "({a} | {b})",
-    AluOp.AND: "({a} & {b})",
-    AluOp.XOR: "({a} ^ {b})",
-    AluOp.LSH: "({a} << ({b} & {sm}))",
-    AluOp.RSH: "({a} >> ({b} & {sm}))",
-    AluOp.DIV: "({a} // {b} if {b} else 0)",
-    AluOp.MOD: "({a} % {b} if {b} else {a})",
-    AluOp.MOV: "{b}",
-}
-_CMP = {
-    JmpOp.JEQ: "==",
-    JmpOp.JNE: "!=",
-    JmpOp.JGT: ">",
-    JmpOp.JGE: ">=",
-    JmpOp.JLT: "<",
-    JmpOp.JLE: "<=",
-}
-
-
 def _helper(env: Env, r: list[int], helper: int) -> None:
     if helper == 113:  # bpf_probe_read_kernel(dst, size, src)
         dst, size, src = r[1], r[2] & M32, r[3]
@@ -133,113 +110,170 @@ def _helper(env: Env, r: list[int], helper: int) -> None:
         r[i] = SCRAMBLE ^ i
 
 
+Op = Callable[[list[int], "Env"], int]
+
+
 class Program:
-    """A translated body, compiled for this machine."""
+    """A translated body, prepared for this machine: one closure per instruction, returning the index of
+    the next (-1 after ``exit``). Closures cost a microsecond to make, so preparing a body is cheaper than
+    running it a few times, and a run is a tight loop."""
 
     def __init__(self, body: Sequence[Instruction]) -> None:
         self.body = list(body)
         n = len(self.body)
-        starts = {0}
-        dest: dict[int, int] = {}
+        self.ops: list[Op] = []
         for i, insn in enumerate(self.body):
             if insn.is_ld_imm64:
                 raise Unsupported("ld_imm64")
+            nxt = i + 1
             if insn.is_jump:
-                rel = insn.imm if insn.is_long_jump else insn.off
-                d = i + 1 + rel
-                if not i < d <= n - 1:
-                    raise Fault(f"jump at {i} to {d}: not forward inside the body")
-                dest[i] = d
-                starts.add(d)
-                starts.add(i + 1)
-            elif insn.is_exit or insn.is_call:
-                starts.add(i + 1)
-        order = sorted(s for s in starts if s < n)
-        self.block_of = {s: k for k, s in enumerate(order)}
-        src = ["def _make(Fault, _helper, M32, M64):"]
-        for k, s in enumerate(order):
-            end = order[k + 1] if k + 1 < len(order) else n
-            src.append(f"  def b{k}(r, env):")
-            src.append(f"    env.steps += {end - s}")
-            for i in range(s, end):
-                src.extend("    " + line for line in self._code(i, dest, end))
-            last = self.body[end - 1]
-            if not (last.is_exit or (last.is_jump and last.jmp_op == JmpOp.JA)) and not last.is_jump:
-                if end >= n:
-                    src.append("    raise Fault('fell off the end of the body')")
-                else:
-                    src.append(f"    return {self.block_of[end]}")
-        src.append(f"  return [{', '.join(f'b{k}' for k in range(len(order)))}]")
-        scope: dict[str, object] = {}
-        exec(compile("\n".join(src), "<ebpf>", "exec"), scope)  # the code generated above
-        make = scope["_make"]
-        assert callable(make)
-        self.blocks: list[Callable[[list[int], Env], int]] = make(Fault, _helper, M32, M64)
-
-    def _code(self, i: int, dest: dict[int, int], end: int) -> list[str]:
-        insn = self.body[i]
-        cls, d, s, off, imm = insn.cls, insn.dst, insn.src, insn.off, insn.imm
-        if cls in (Class.ALU, Class.ALU64):
-            wide = cls == Class.ALU64
-            mask, sm = ("M64", 63) if wide else ("M32", 31)
-            op = insn.alu_op
-            a = f"r[{d}]" if wide else f"(r[{d}] & M32)"
-            if insn.source == Source.X:
-                b = f"r[{s}]" if wide else f"(r[{s}] & M32)"
+                dest = nxt + (insn.imm if insn.is_long_jump else insn.off)
+                if not i < dest <= n - 1:
+                    raise Fault(f"jump at {i} to {dest}: not forward inside the body")
+                self.ops.append(_jump(insn, dest, nxt))
+            elif nxt >= n and not insn.is_exit:
+                raise Fault("the body does not end with exit")
             else:
-                b = str(_sx32(imm) if wide else imm & M32)
-            if op == AluOp.NEG:
-                return [f"r[{d}] = (-{a}) & {mask}"]
-            if op == AluOp.END:
-                if wide or insn.source != Source.X:
-                    raise Unsupported(f"byte swap {insn}")
-                nbytes = imm // 8
-                return [f"r[{d}] = int.from_bytes((r[{d}] & {(1 << imm) - 1}).to_bytes({nbytes}, 'little'), 'big')"]
-            if op not in _ALU or (op == AluOp.MOV and insn.off) or (op in (AluOp.DIV, AluOp.MOD) and insn.off):
-                raise Unsupported(f"ALU {insn}")
-            return [f"r[{d}] = {_ALU[op].format(a=a, b=b, sm=sm)} & {mask}"]
-        if cls == Class.LDX and insn.mode == Mode.MEM:
-            return [f"r[{d}] = env.mem.load((r[{s}] + {off}) & M64, {insn.size.nbytes})"]
-        if cls == Class.ST and insn.mode == Mode.MEM:
-            return [f"env.mem.store((r[{d}] + {off}) & M64, {insn.size.nbytes}, {imm & M64})"]
-        if cls == Class.STX and insn.mode == Mode.MEM:
-            return [f"env.mem.store((r[{d}] + {off}) & M64, {insn.size.nbytes}, r[{s}])"]
-        if insn.is_exit:
-            return ["return -1"]
-        if insn.is_helper_call:
-            return [f"_helper(env, r, {imm})"]
-        if insn.is_jump:
-            target = self.block_of[dest[i]]
-            if insn.jmp_op == JmpOp.JA:
-                return [f"return {target}"]
-            wide = cls == Class.JMP
-            a = f"r[{d}]" if wide else f"(r[{d}] & M32)"
-            if insn.source == Source.X:
-                b = f"r[{s}]" if wide else f"(r[{s}] & M32)"
-            else:
-                b = str(_sx32(imm) if wide else imm & M32)
-            op = insn.jmp_op
-            if op == JmpOp.JSET:
-                cond = f"({a} & {b})"
-            elif op in _CMP:
-                cond = f"{a} {_CMP[op]} {b}"
-            else:
-                raise Unsupported(f"jump {insn}")
-            nxt = self.block_of[i + 1]
-            return [f"return {target} if {cond} else {nxt}"]
-        raise Unsupported(f"instruction {insn}")
+                self.ops.append(_op(insn, nxt))
 
     def run(self, env: Env, r1: int, r2: int, r3: int = 0) -> int:
         r = [0, r1, r2, r3, 0, 0, SCRAMBLE, SCRAMBLE, SCRAMBLE, SCRAMBLE, STACK_BASE + STACK_SIZE]
         env.mem.add(STACK_BASE, bytes(STACK_SIZE), writable=True)
+        ops = self.ops
         try:
-            b = 0
-            blocks = self.blocks
-            while b >= 0:
-                b = blocks[b](r, env)
+            pc = 0
+            steps = 0
+            while pc >= 0:
+                pc = ops[pc](r, env)
+                steps += 1
+            env.steps += steps
         finally:
             env.mem.regions.pop()
         return r[0]
+
+
+def _operand(insn: Instruction, wide: bool) -> tuple[bool, int]:
+    """(from a register?, the register or the immediate as the operation sees it)."""
+    if insn.source == Source.X:
+        return True, insn.src
+    return False, (_sx32(insn.imm) if wide else insn.imm & M32)
+
+
+_ALU_FN: dict[AluOp, Callable[[int, int, int], int]] = {
+    AluOp.ADD: lambda a, b, sm: a + b,
+    AluOp.SUB: lambda a, b, sm: a - b,
+    AluOp.MUL: lambda a, b, sm: a * b,
+    AluOp.OR: lambda a, b, sm: a | b,
+    AluOp.AND: lambda a, b, sm: a & b,
+    AluOp.XOR: lambda a, b, sm: a ^ b,
+    AluOp.LSH: lambda a, b, sm: a << (b & sm),
+    AluOp.RSH: lambda a, b, sm: a >> (b & sm),
+    AluOp.DIV: lambda a, b, sm: a // b if b else 0,
+    AluOp.MOD: lambda a, b, sm: a % b if b else a,
+    AluOp.MOV: lambda a, b, sm: b,
+}
+_CMP_FN: dict[JmpOp, Callable[[int, int], bool]] = {
+    JmpOp.JEQ: lambda a, b: a == b,
+    JmpOp.JNE: lambda a, b: a != b,
+    JmpOp.JGT: lambda a, b: a > b,
+    JmpOp.JGE: lambda a, b: a >= b,
+    JmpOp.JLT: lambda a, b: a < b,
+    JmpOp.JLE: lambda a, b: a <= b,
+    JmpOp.JSET: lambda a, b: bool(a & b),
+}
+
+
+def _jump(insn: Instruction, dest: int, nxt: int) -> Op:
+    if insn.jmp_op == JmpOp.JA:
+        return lambda r, env: dest
+    fn = _CMP_FN.get(insn.jmp_op)
+    if fn is None:
+        raise Unsupported(f"jump {insn}")
+    wide = insn.cls == Class.JMP
+    mask = M64 if wide else M32
+    d = insn.dst
+    by_reg, b = _operand(insn, wide)
+    if by_reg:
+        return lambda r, env: dest if fn(r[d] & mask, r[b] & mask) else nxt
+    return lambda r, env: dest if fn(r[d] & mask, b) else nxt
+
+
+def _op(insn: Instruction, nxt: int) -> Op:
+    cls, d, s, off, imm = insn.cls, insn.dst, insn.src, insn.off, insn.imm
+    if cls in (Class.ALU, Class.ALU64):
+        wide = cls == Class.ALU64
+        mask, sm = (M64, 63) if wide else (M32, 31)
+        op = insn.alu_op
+        if op == AluOp.NEG:
+
+            def neg(r: list[int], env: Env) -> int:
+                r[d] = (-(r[d] & mask)) & mask
+                return nxt
+
+            return neg
+        if op == AluOp.END:
+            if wide or insn.source != Source.X:
+                raise Unsupported(f"byte swap {insn}")
+            nbytes, low = imm // 8, (1 << imm) - 1
+
+            def swap(r: list[int], env: Env) -> int:
+                r[d] = int.from_bytes((r[d] & low).to_bytes(nbytes, "little"), "big")
+                return nxt
+
+            return swap
+        fn = _ALU_FN.get(op)
+        if fn is None or insn.off:
+            raise Unsupported(f"ALU {insn}")
+        by_reg, b = _operand(insn, wide)
+        if by_reg:
+
+            def alu_x(r: list[int], env: Env) -> int:
+                r[d] = fn(r[d] & mask, r[b] & mask, sm) & mask
+                return nxt
+
+            return alu_x
+
+        def alu_k(r: list[int], env: Env) -> int:
+            r[d] = fn(r[d] & mask, b, sm) & mask
+            return nxt
+
+        return alu_k
+    if cls == Class.LDX and insn.mode == Mode.MEM:
+        size = insn.size.nbytes
+
+        def ldx(r: list[int], env: Env) -> int:
+            r[d] = env.mem.load((r[s] + off) & M64, size)
+            return nxt
+
+        return ldx
+    if cls == Class.ST and insn.mode == Mode.MEM:
+        size, value = insn.size.nbytes, imm & M64
+
+        def st(r: list[int], env: Env) -> int:
+            env.mem.store((r[d] + off) & M64, size, value)
+            return nxt
+
+        return st
+    if cls == Class.STX and insn.mode == Mode.MEM:
+        size = insn.size.nbytes
+
+        def stx(r: list[int], env: Env) -> int:
+            env.mem.store((r[d] + off) & M64, size, r[s])
+            return nxt
+
+        return stx
+    if insn.is_exit:
+        return lambda r, env: -1
+    if insn.is_helper_call:
+        if imm not in (7, 8, 113):
+            raise Unsupported(f"helper {imm}")
+
+        def call(r: list[int], env: Env) -> int:
+            _helper(env, r, imm)
+            return nxt
+
+        return call
+    raise Unsupported(f"instruction {insn}")
 
 
 def run_on_packet(prog: Program, packet: bytes, skb: bytes = b"", *, cpu: int = 0) -> int:

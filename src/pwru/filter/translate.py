@@ -14,7 +14,7 @@ Two modes:
 
 * ``direct``: data/data_end are packet pointers (tc, xdp, socket filters). Every load is bounds-checked
   against data_end the way the verifier wants; variable (``ind``) offsets are bounded to 0xffff first.
-  Loads that reach beyond 0xffff bytes reject.
+  Loads that reach beyond 0xfeff bytes reject (see DIRECT_HEADROOM).
 * ``probe``: data/data_end are plain kernel addresses (kprobe, fentry, tp_btf). Every load is a bounds check,
   then ``bpf_probe_read_kernel`` into the bounce slot; a failing helper rejects.
 
@@ -54,7 +54,11 @@ EmitMode = Literal["direct", "probe"]
 
 DATA, DATA_END, A, X = Reg.R6, Reg.R7, Reg.R8, Reg.R9
 PROBE_SLOT = -8
-MAX_PACKET_OFF = 0xFFFF
+# The verifier gives a packet pointer a range only while its largest offset (the data pointer's own fixed offset
+# included) stays within 0xffff; direct-mode loads end below MAX_PACKET_OFF, which leaves callers DIRECT_HEADROOM
+# bytes to pass a data pointer past skb->data (the kernel tests put a dummy Ethernet header there).
+DIRECT_HEADROOM = 0x100
+MAX_PACKET_OFF = 0xFFFF - DIRECT_HEADROOM
 MAX_SHORT_JUMP = 0x7FFF
 HELPER_PROBE_READ_KERNEL = 113
 HELPER_GET_PRANDOM_U32 = 7
@@ -467,6 +471,8 @@ def _finish(out: list[Instruction], marks: dict[str, int], long_jumps: LongJumps
         assert insn.target is not None
         return marks[insn.target]
 
+    # Only the translator's own jumps carry a target; gotos are JMP|JA (opcode 0x05), exit 0x95.
+    goto, exit_op = asm.Class.JMP | JmpOp.JA, asm.Class.JMP | JmpOp.EXIT
     reachable = bytearray(len(out))
     todo = [0]
     while todo:
@@ -475,11 +481,11 @@ def _finish(out: list[Instruction], marks: dict[str, int], long_jumps: LongJumps
             continue
         reachable[i] = 1
         insn = out[i]
-        if insn.is_exit:
+        if insn.op == exit_op:
             continue
-        if insn.is_jump and insn.target is not None:
+        if insn.target is not None:
             todo.append(dest(insn))
-            if insn.jmp_op == JmpOp.JA:
+            if insn.op == goto:
                 continue
         todo.append(i + 1)
     kept = [i for i in range(len(out)) if reachable[i]]
@@ -488,7 +494,7 @@ def _finish(out: list[Instruction], marks: dict[str, int], long_jumps: LongJumps
     for pos, i in enumerate(kept):
         insn = out[i]
         nxt = kept[pos + 1] if pos + 1 < len(kept) else None
-        if insn.is_jump and insn.jmp_op == JmpOp.JA and insn.target is not None and dest(insn) == nxt:
+        if insn.op == goto and insn.target is not None and dest(insn) == nxt:
             continue
         pruned.append(i)
     # A removed goto's own index may be a destination: move such marks to the next kept instruction.
@@ -515,7 +521,7 @@ def _widen(body: list[Instruction], targets: list[int], long_jumps: LongJumps) -
         start = [0] * (len(body) + 1)
         for i, insn in enumerate(body):
             size = 1
-            if i in wide and insn.jmp_op != JmpOp.JA:
+            if wide and i in wide and insn.jmp_op != JmpOp.JA:
                 size = 2 if insn.jmp_op in _OPPOSITE else 3
             start[i + 1] = start[i] + size
         far = {
@@ -540,7 +546,7 @@ def _widen(body: list[Instruction], targets: list[int], long_jumps: LongJumps) -
         if t < 0:
             result.append(insn)
         elif i not in wide:
-            result.append(dataclasses.replace(insn, off=start[t] - start[i] - 1, label=None, target=None))
+            result.append(Instruction(insn.op, insn.dst, insn.src, start[t] - start[i] - 1, insn.imm))
         elif insn.jmp_op == JmpOp.JA:
             result.append(_gotol(start[t] - start[i] - 1))
         elif insn.jmp_op in _OPPOSITE:  # if !cond goto +1; gotol target
