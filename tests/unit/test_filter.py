@@ -242,3 +242,30 @@ def test_libpcap_reads_uninitialized_scratch_memory_and_the_translation_zero() -
     frame = bytes.fromhex("66778899aabb66778899aabb123452")
     for mode in ("direct", "probe"):
         assert run_on_packet(Program(f.to_ebpf("l2", mode)), frame) == 262144  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("has_gotol", [True, False])
+def test_build_object_uses_gotol_or_says_the_filter_is_too_large(
+    monkeypatch: pytest.MonkeyPatch, has_gotol: bool
+) -> None:
+    import pwru.filter
+    from pwru.config import Config, FilterConfig
+    from pwru.ebpf import features
+    from pwru.errors import UserError
+    from pwru.filter import CompiledFilter
+    from pwru.run import build_object
+
+    big = CompiledFilter("a huge filter", far_program(3500), far_program(10))
+    monkeypatch.setattr(pwru.filter, "compile_filter", lambda expr, progress=None: big if expr else None)
+    monkeypatch.setattr(features, "long_jump", lambda: features.Feature("long_jump", has_gotol, "test"))
+    config = Config(filter=FilterConfig(pcap="a huge filter"))
+    if has_gotol:
+        spec, consts = build_object(config)
+        assert consts["cfg_has_pcap"] == 1
+        body = spec.functions["filter_pcap_l2"].insns
+        assert any(i.is_long_jump for i in body)
+        return
+    with pytest.raises(UserError) as info:
+        build_object(config)
+    assert str(info.value).startswith("the filter is too large for this kernel (a jump spans ")
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)
