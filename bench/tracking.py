@@ -24,6 +24,8 @@ import time
 import uuid
 from pathlib import Path
 
+from pwru.ebpf.fdinfo import held_ids
+
 FILTER = "udp and dst port 9999"
 MISS = "udp and dst port 9998"  # --miss: a filter no datagram of the flood matches
 SENDER = r"""
@@ -38,18 +40,9 @@ print(n / (time.monotonic() - t))
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
-def prog_ids(pid: int) -> set[int]:
-    """Programs held by process ``pid``: through its link (and program) descriptors."""
-    ids = set()
-    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
-        try:
-            text = fdinfo.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("prog_id:"):
-                ids.add(int(line.split()[1]))
-    return ids
+def prog_info(prog_id: int) -> dict[str, int]:
+    show = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)], capture_output=True, text=True)
+    return json.loads(show.stdout) if show.returncode == 0 else {}  # type: ignore[no-any-return]
 
 
 def one_run(cmd: list[str], netns: str, packets: int, tmp: Path, filt: str) -> tuple[float, float, float]:
@@ -71,8 +64,7 @@ def one_run(cmd: list[str], netns: str, packets: int, tmp: Path, filt: str) -> t
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         time.sleep(0.5)
-        progs = [json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(i)], capture_output=True,
-                                           text=True, check=True).stdout) for i in prog_ids(proc.pid)]  # fmt: skip
+        progs = [prog_info(i) for i in held_ids(proc.pid, "prog_id")]
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait()

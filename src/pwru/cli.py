@@ -4,6 +4,7 @@ The flags are declared in :mod:`pwru.flags`; :func:`main` parses them, builds th
 (:func:`pwru.resolve.resolve`) and dispatches to ``pwru.run``. This module is the only place where errors become
 messages and exit statuses: :class:`~pwru.errors.UserError` (its own code, 2 by default), the errors of
 ``pwru.ebpf`` (1), Ctrl-C (130), EPIPE (141), anything else an internal error (1, traceback with ``--debug``).
+It also makes sure descriptors 0-2 are open before anything else is (see :func:`guard_standard_fds`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,38 @@ def _dispatch(config: Config) -> int:
     return int(entry(config))
 
 
+def guard_standard_fds() -> frozenset[int]:
+    """Put /dev/null on each of descriptors 0, 1 and 2 that is closed, and return those that were.
+
+    Otherwise the first file or BPF object pwru opens takes the number, and output or messages meant for the
+    terminal are written into it. Python starts with ``sys.stdout`` / ``sys.stderr`` None when it found them
+    closed (``print(file=None)`` then writes to stdout): they are made again on the new descriptors. Whether a
+    closed standard output is an error depends on the command (:func:`pwru.resolve.check_stdout`); a closed
+    standard error only loses the messages, the exit status still tells.
+    """
+    closed: set[int] = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+    for fd in sorted(closed):
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 -- it lives as long as the process
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    return frozenset(closed)
+
+
+def _writes_stdout(config: Config) -> bool:
+    """Whether the command writes to standard output: listings, and events without --output-file."""
+    return config.list_backends or config.list_funcs or config.output.file is None
+
+
 def _quiet_stdout() -> None:
     # After EPIPE, point fd 1 at /dev/null so the interpreter's final flush does not complain.
     try:
@@ -76,17 +109,18 @@ def ebpf_message(e: EBPFError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the process exit status (0 ok, 1 error, 2 usage, 130 interrupted, 141 EPIPE)."""
     args = sys.argv[1:] if argv is None else list(argv)
+    closed = guard_standard_fds()
     debug = False
     try:
         values = flags.parse_argv(args)
         debug = bool(values["debug"])
-        if values["help"]:
-            sys.stdout.write(flags.usage())
-            return 0
-        if values["version"]:
-            print(f"pwru {__version__}")
+        if values["help"] or values["version"]:
+            resolve.check_stdout(1 in closed)
+            sys.stdout.write(flags.usage() if values["help"] else f"pwru {__version__}\n")
             return 0
         config = resolve.resolve(flags.build_config(values))
+        if _writes_stdout(config):
+            resolve.check_stdout(1 in closed)
         _setup_logging(config.debug)
         return _dispatch(config)
     except UserError as e:

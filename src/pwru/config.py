@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
+
+import re2
 
 from pwru.errors import UserError
 
@@ -33,11 +36,24 @@ class FlagError(UserError):
 
 
 @dataclass(frozen=True)
+class FuncPattern:
+    """--filter-func: an RE2 expression, as pwru's (Go's regexp is RE2): matching takes time linear in the name
+    whatever the pattern, so no pattern can make pwru spin on backtracking. It must match the whole name."""
+
+    text: str
+    compiled: Any = field(compare=False, repr=False)  # re2._Regexp (the package has no type information)
+
+    def fullmatch(self, name: str) -> Any:
+        """The match of the whole ``name``, or None (the interface of ``re.Pattern.fullmatch``)."""
+        return self.compiled.fullmatch(name)
+
+
+@dataclass(frozen=True)
 class FilterConfig:
     """Which packets and functions are traced."""
 
     pcap: str = ""  # the pcap expression (words joined)
-    func: re.Pattern[str] | None = None  # --filter-func, must match a whole name
+    func: FuncPattern | None = None  # --filter-func, must match a whole name
     netns: int | None = None  # inode; --filter-netns, or set by --filter-ifname to the current netns
     netns_path: str | None = None  # a file naming that netns, when known
     ifname: str | None = None
@@ -138,13 +154,22 @@ def parse_choice(flag: str, value: str, choices: tuple[str, ...]) -> str:
 
 
 def parse_backend(value: str) -> str:
-    """--backend; an empty value means auto, as in pwru."""
-    return parse_choice("backend", value or "auto", BACKENDS)
+    """--backend (an empty value is refused by the parser, see :func:`check_not_empty`)."""
+    return parse_choice("backend", value, BACKENDS)
 
 
 def parse_trace_netfilter(value: str) -> str:
-    """--filter-trace-netfilter; an empty value means auto."""
-    return parse_choice("filter-trace-netfilter", value or "auto", NETFILTER_MODES)
+    """--filter-trace-netfilter."""
+    return parse_choice("filter-trace-netfilter", value, NETFILTER_MODES)
+
+
+def check_not_empty(flag: str, text: str) -> str:
+    """A value given on the command line: an empty (or blank) one is refused, never read as "unset" (leaving the
+    flag out gives its default; cilium/pwru reads an empty --backend, --filter-ifname or --kmods as unset and
+    refuses an empty --filter-mark)."""
+    if not text.strip():
+        raise FlagError(flag, "empty value (leave the flag out for its default)")
+    return text
 
 
 def parse_uint(flag: str, value: str, *, minimum: int = 0, maximum: int = 2**64 - 1) -> int:
@@ -180,14 +205,22 @@ def parse_mark(value: str) -> tuple[int, int]:
     return mark & mask, mask
 
 
-def parse_func_regex(value: str) -> re.Pattern[str] | None:
-    """--filter-func: a regular expression that must match the whole function name."""
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # RE2 would also log the parse error to stderr, lines more than the one message
+    return options
+
+
+def parse_func_regex(value: str) -> FuncPattern | None:
+    """--filter-func: an RE2 regular expression that must match the whole function name."""
     if not value:
         return None
     try:
-        return re.compile(value)
-    except re.error as e:
-        raise FlagError("filter-func", f"invalid regular expression {value!r}: {e}") from None
+        compiled = re2.compile(value, options=_re2_options())
+    except re2.error as e:
+        why = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise FlagError("filter-func", f"invalid regular expression {value!r}: {why}") from None
+    return FuncPattern(value, compiled)
 
 
 def parse_netns(value: str) -> tuple[int | None, str | None]:

@@ -6,7 +6,8 @@ it fills (``section`` + ``attr``), the function that turns its raw value into th
 constants (``cfg_*`` in pwru.bpf.c) it sets, each computed from the final, resolved Config.
 
 Parsing follows pwru's (pflag) conventions: ``--flag value`` or ``--flag=value``; booleans are ``--flag``,
-``--flag=true|false`` (also 1/0, t/f) or ``--no-flag``; list flags repeat and/or take commas. Every word that
+``--flag=true|false`` (also 1/0, t/f) or ``--no-flag``; list flags repeat and/or take commas. An empty value
+(``--backend ''``) is an error: leaving the flag out is how to get its default. Every word that
 is not a flag goes to the one ``words`` entry (the pcap filter, joined with spaces); ``--`` ends the flags.
 Nothing here touches the file system or a namespace: :func:`pwru.resolve.resolve` does that afterwards.
 
@@ -196,6 +197,8 @@ class FlagTable:
                 i += 1
             else:
                 raise FlagError(name, "needs a value")
+            # An empty value is refused, not read as "unset" (a list's empty items are dropped, so "," is too).
+            cfg.check_not_empty(name, text.replace(",", "") if flag.kind == LIST else text)
             if flag.kind == LIST:
                 current = values[name]
                 assert isinstance(current, list)
@@ -299,7 +302,7 @@ FLAGS: tuple[Flag, ...] = (
         "filter-func",
         STR,
         "",
-        "filter kernel functions to be probed by name (regular expression matching the whole name)",
+        "filter kernel functions to be probed by name (RE2 regular expression matching the whole name)",
         FILTERS,
         "filter",
         "func",

@@ -47,9 +47,10 @@ class KernelContext:
                     f"no kernel BTF at {path}: the kernel needs CONFIG_DEBUG_INFO_BTF=y, or give --kernel-btf FILE"
                 )
             try:
+                # Spec.load reads only a regular file, and at most btf.MAX_BTF_SIZE bytes of it.
                 self._spec = btf.kernel_btf() if path == VMLINUX_BTF else Spec.load(path)
             except (OSError, ValueError) as e:
-                raise UserError(f"cannot read kernel BTF {path}: {e}") from None
+                raise UserError(f"cannot read kernel BTF {path}: {_detail(e, path)}") from None
         return self._spec
 
     def module_names(self) -> list[str]:
@@ -66,7 +67,12 @@ class KernelContext:
         """A module's split BTF on top of :attr:`spec`, parsed once."""
         spec = self._module_specs.get(name)
         if spec is None:
-            spec = self._module_specs[name] = Spec.load(btf.KERNEL_BTF_DIR / name, base=self.spec)
+            path = btf.KERNEL_BTF_DIR / name
+            try:
+                spec = Spec.load(path, base=self.spec)
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot read the BTF of module {name} ({path}): {_detail(e, path)}") from None
+            self._module_specs[name] = spec
         return spec
 
     def modules(self) -> list[tuple[str, Spec]]:
@@ -105,3 +111,9 @@ class KernelContext:
             fds, self._module_fds = list(self._module_fds.values()), {}
         for fd in fds:
             os.close(fd)
+
+
+def _detail(e: Exception, path: Path) -> str:
+    """The error's text without the path the message around it names already."""
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return text.removeprefix(f"{path}: ")

@@ -116,7 +116,8 @@ def run_in_netns(path: str, fn: Callable[[], T], inode: int | None = None) -> T:
 
     With ``inode``, ``path`` must still name that namespace (a ``/proc/PID`` path names another one once the
     pid is reused), else :class:`NetnsError`. Exceptions raised by ``fn`` (or by entering the namespace) are
-    raised here. The calling thread's namespace is never changed.
+    raised here. The calling thread's namespace is never changed. When it is the namespace already, ``fn`` runs
+    in the calling thread.
     """
     try:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -139,6 +140,8 @@ def run_in_netns(path: str, fn: Callable[[], T], inode: int | None = None) -> T:
         _check_net_fd(target, path)
         if inode is not None and os.fstat(target).st_ino != inode:
             raise NetnsError(f"{path} no longer names netns inode {inode}")
+        if os.fstat(target).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
+            return fn()  # already there: entering needs CAP_SYS_ADMIN, which a run with CAP_BPF alone lacks
         thread = threading.Thread(target=worker, name="pwru-netns", daemon=True)
         thread.start()
         thread.join()

@@ -10,14 +10,15 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import backends, discovery, flags, netfilter, tracking
+from pwru import backends, discovery, flags, netfilter, resolve, tracking
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
@@ -25,9 +26,9 @@ from pwru.ebpf.elf import ObjectSpec
 from pwru.ebpf.ringbuf import RingBufReader
 from pwru.errors import UserError
 from pwru.kernel import KernelContext
-from pwru.output import make_formatter, open_sink
+from pwru.output import Sink, make_formatter, open_sink
 from pwru.pipeline import LineOutput, Pipeline
-from pwru.probes import Attachment, Plan, Probe, Progress, execute
+from pwru.probes import Attach, Attachment, Plan, Probe, Progress, execute
 from pwru.records import Schema
 from pwru.stages import LimitStage, StackStage, Stage
 from pwru.symbols import Symbols
@@ -42,9 +43,18 @@ log = logging.getLogger("pwru")
 #: Records taken from the ring buffer per loop turn: bounds the memory a full ring costs user space (its
 #: records, their lines and the encoded output exist at once) without adding turns worth measuring.
 READ_BATCH = 2048
-#: How the progress and summary lines name each kind of probe (``Probe.kind``).
-KIND_NOUNS = {"func": "functions", "tracepoint": "tracepoints", "nf_hook": "netfilter hooks",
-              "bpf_prog": "BPF programs", "helper": "helpers"}  # fmt: skip
+#: How the progress and summary lines name each kind of probe (``Probe.kind``): singular, plural.
+KIND_NOUNS = {"func": ("function", "functions"), "tracepoint": ("tracepoint", "tracepoints"),
+              "nf_hook": ("netfilter hook", "netfilter hooks"), "bpf_prog": ("BPF program", "BPF programs"),
+              "helper": ("helper", "helpers")}  # fmt: skip
+#: File descriptors a run holds per probe, by attach method (program + link where each probe loads its own
+#: program; a perf event where the program is shared; nothing per probe for kprobe-multi's one link), and per
+#: distinct program (loaded once, shared by the probes of the method, linked once for kprobe-multi).
+FDS_PER_PROBE = {Attach.KPROBE_MULTI: 0, Attach.KPROBE: 1, Attach.KRETPROBE: 1, Attach.FENTRY: 2, Attach.FEXIT: 2,
+                 Attach.TP_BTF: 2, Attach.NETFILTER: 1}  # fmt: skip
+FDS_PER_PROGRAM = {Attach.KPROBE_MULTI: 2, Attach.KPROBE: 1, Attach.KRETPROBE: 1, Attach.NETFILTER: 1}
+#: Descriptors beyond those counted: the ring buffer's epoll, sinks, netns files, what Python opens meanwhile.
+FDS_SPARE = 64
 
 
 def kernel_context(config: Config) -> KernelContext:
@@ -56,6 +66,7 @@ def kernel_context(config: Config) -> KernelContext:
 
 
 def list_backends(config: Config) -> int:
+    resolve.check_privileges()  # without them every backend would read "unavailable", blaming the kernel
     kernel = kernel_context(config)
     for name in backends.NAMES:
         f = backends.feature_for(name, kernel)
@@ -65,6 +76,7 @@ def list_backends(config: Config) -> int:
 
 
 def list_funcs(config: Config) -> int:
+    resolve.check_privileges()  # the feature probes behind --backend auto need them
     kernel = kernel_context(config)
     try:
         backend = backends.choose("auto", kernel) if config.kernel.backend == "auto" else config.kernel.backend
@@ -85,6 +97,76 @@ def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def fds_needed(plan: Plan, open_now: int) -> int:
+    """The file descriptors a run of ``plan`` needs at most: ``open_now`` plus what attaching every probe opens
+    (see :data:`FDS_PER_PROBE`) plus :data:`FDS_SPARE`."""
+    programs = {(p.attach, p.program) for p in plan.probes}
+    per_probe = sum(FDS_PER_PROBE.get(p.attach, 2) for p in plan.probes)
+    per_program = sum(FDS_PER_PROGRAM.get(method, 0) for method, _ in programs)
+    return open_now + per_probe + per_program + FDS_SPARE
+
+
+def ensure_fd_limit(plan: Plan) -> None:
+    """Raise RLIMIT_NOFILE to what the plan needs (the hard limit too, which takes CAP_SYS_RESOURCE); raise
+    :class:`UserError` when it cannot be, before anything is loaded: with too few descriptors most probes would
+    fail to attach and the run would trace a fraction of the plan."""
+    needed = fds_needed(plan, len(os.listdir("/proc/self/fd")))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, max(hard, needed)))
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise UserError(
+            f"{counted(plan)} need about {needed} open files, but RLIMIT_NOFILE is {soft} (hard limit {hard}) and "
+            f"cannot be raised ({why}): raise it first (ulimit -n {needed}), or trace fewer (--filter-func)",
+            exit_code=1,
+        ) from None
+    log.debug("RLIMIT_NOFILE raised from %d/%d to %d", soft, hard, needed)
+
+
+class ReadyFile:
+    """--ready-file: removed at start (a file left by an earlier run must not say this one is ready), written
+    once everything is attached (under a temporary name, then renamed: a script never reads it half written),
+    removed at exit. Failures are one line each (a :class:`UserError`, exit 1)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+
+    def clear_stale(self) -> None:
+        if self.path is None:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise UserError(f"--ready-file: {self.path}: cannot remove it: {e.strerror}", exit_code=1) from None
+        log.debug("removed the ready file of an earlier run: %s", self.path)
+
+    def signal(self) -> None:
+        if self.path is None:
+            return
+        tmp = ""
+        try:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(self.path)), prefix=".pwru-ready-")
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            if tmp:
+                with suppress(OSError):
+                    os.unlink(tmp)
+            raise UserError(f"--ready-file: {self.path}: {e.strerror}", exit_code=1) from None
+
+    def remove(self) -> None:
+        if self.path is not None:
+            with suppress(OSError):
+                os.unlink(self.path)
 
 
 class Stopper:
@@ -113,16 +195,22 @@ def _kinds(plan: Plan) -> list[str]:
     return list(dict.fromkeys(p.kind for p in plan.probes))
 
 
+def count_of(n: int, kind: str) -> str:
+    """``1 tracepoint``, ``30 tracepoints``: ``n`` probes of ``kind`` (``Probe.kind``)."""
+    one, many = KIND_NOUNS[kind]
+    return f"{n} {one if n == 1 else many}"
+
+
 def counted(plan: Plan, probes: list[Probe] | None = None) -> str:
-    """``30 tracepoints and 40 netfilter hooks``: ``probes`` (the whole plan by default) by the plan's kinds."""
+    """``30 tracepoints and 1 netfilter hook``: ``probes`` (the whole plan by default) by the plan's kinds."""
     chosen = plan.probes if probes is None else probes
-    return " and ".join(f"{sum(p.kind == k for p in chosen)} {KIND_NOUNS[k]}" for k in _kinds(plan))
+    return " and ".join(count_of(sum(p.kind == k for p in chosen), k) for k in _kinds(plan))
 
 
 def _progress_printer(plan: Plan, backend: str) -> Progress:
     """A progress bar on a terminal; one plain line otherwise."""
     tty = sys.stderr.isatty()
-    what = " and ".join(KIND_NOUNS[k] for k in _kinds(plan))
+    what = " and ".join(KIND_NOUNS[k][1] for k in _kinds(plan))
     if not tty:
         print(f"Attaching {counted(plan)} ({backend})...", file=sys.stderr)
     last = [0.0]
@@ -242,8 +330,11 @@ def schema_of(obj: ObjectSpec) -> Schema:
 
 
 def run(config: Config) -> int:
-    if os.geteuid() != 0:
-        raise UserError("must run as root (needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)", exit_code=1)
+    # What can be checked on the host is checked before anything is loaded into the kernel.
+    resolve.check_privileges()
+    resolve.check_libpcap(config)
+    ready = ReadyFile(config.ready_file)
+    ready.clear_stale()
     _raise_fd_limit()
     t_start = time.monotonic()
     kernel = kernel_context(config)
@@ -266,35 +357,48 @@ def run(config: Config) -> int:
         plan.add(skb_probes)
         plan.add(nf_probes)
         plan.add(track_probes)
+        ensure_fd_limit(plan)
         reasons = discovery.drop_reasons(kernel.spec, kernel.modules())
-        stopper = Stopper()
-        with stopper.installed():
-            constants = flags.constants(config) | spliced
-            coll = Collection(obj, kernel_btf=kernel.spec, constants=constants)
-            try:
-                return _run_loaded(config, backend, kernel, coll, plan, schema, reasons, stopper, t_start)
-            finally:
-                coll.close()
+        sink = open_sink(config)  # an --output-file that cannot be opened is said before anything is loaded
+        try:
+            stopper = Stopper()
+            with stopper.installed():
+                constants = flags.constants(config) | spliced
+                coll = Collection(obj, kernel_btf=kernel.spec, constants=constants)
+                try:
+                    loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready)
+                    return _run_loaded(loaded, stopper, t_start)
+                finally:
+                    coll.close()
+        finally:
+            sink.close()  # idempotent: the pipeline closes it first when there was one
     finally:
         kernel.close()
 
 
-def _run_loaded(
-    config: Config,
-    backend: str,
-    kernel: KernelContext,
-    coll: Collection,
-    plan: Plan,
-    schema: Schema,
-    reasons: dict[int, str],
-    stopper: Stopper,
-    t_start: float,
-) -> int:
+@dataclass
+class Loaded:
+    """What a run has once the object is loaded: the parts the attach, read and exit steps share."""
+
+    config: Config
+    backend: str
+    kernel: KernelContext
+    coll: Collection
+    plan: Plan
+    schema: Schema
+    reasons: dict[int, str]
+    sink: Sink
+    ready: ReadyFile
+
+
+def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
+    config, backend, kernel, coll, plan = run.config, run.backend, run.kernel, run.coll, run.plan
     progress = _progress_printer(plan, backend)
     t_attach = time.monotonic()
     att = execute(plan, coll, kernel, progress, lambda: stopper.stopped)
     attach_time = time.monotonic() - t_attach
     pipeline: Pipeline | None = None
+    printed: Callable[[], int] = lambda: 0  # noqa: E731
     try:
         if stopper.stopped:
             return 0
@@ -306,6 +410,7 @@ def _run_loaded(
         print(f"Attached {counted(plan, shown)} (ignored {len(ignored)})", file=sys.stderr)
         for p, why in ignored:
             log.debug("ignored %s: %s", p.display_name, why)
+        _warn_kinds_all_ignored(plan, shown, ignored)
         keepers = sorted({f"{p.display_name}({p.attach.value})" for p in att.attached if not p.shows})
         if keepers:
             log.debug("skb tracking probes: %s", " ".join(keepers))
@@ -314,17 +419,34 @@ def _run_loaded(
                 log.warning("skb tracking: could not attach %s (%s): %s", p.display_name, p.attach.value, why)
         if backend != "tracepoint" or config.output.stack or config.output.caller:
             kernel.kallsyms.preload()  # function names for the events, read while waiting for the first ones
-        pipeline, limit = make_pipeline(config, kernel, coll, plan, schema, reasons)
-        _read(config, coll, pipeline, limit, stopper, t_start)
+        pipeline, limit, printed = make_pipeline(config, kernel, coll, plan, run.schema, run.reasons, run.sink)
+        _read(run, pipeline, limit, stopper, t_start)
     finally:
-        _finish(config, att, coll, pipeline, attach_time)
+        _finish(run, att, pipeline, printed, attach_time)
     return 0
 
 
+def _warn_kinds_all_ignored(plan: Plan, shown: list[Probe], ignored: list[tuple[Probe, str]]) -> None:
+    """A kind of probe none of which could be attached (every netfilter hook, say, for want of CAP_SYS_ADMIN to
+    enter a namespace) is a hole in what the trace shows: say so with the first reason, not only under --debug."""
+    for kind in _kinds(plan):
+        failed = [(p, why) for p, why in ignored if p.kind == kind]
+        if failed and not any(p.kind == kind for p in shown):
+            p, why = failed[0]
+            log.warning("none of the %s could be attached (%s: %s)", KIND_NOUNS[kind][1], p.display_name, why)
+
+
 def make_pipeline(
-    config: Config, kernel: KernelContext, coll: Collection, plan: Plan, schema: Schema, reasons: dict[int, str]
-) -> tuple[Pipeline, LimitStage | None]:
-    """The stages and outputs the flags ask for."""
+    config: Config,
+    kernel: KernelContext,
+    coll: Collection,
+    plan: Plan,
+    schema: Schema,
+    reasons: dict[int, str],
+    sink: Sink,
+) -> tuple[Pipeline, LimitStage | None, Callable[[], int]]:
+    """The stages and outputs the flags ask for, and how many events have been written out so far (what the
+    sink took in full, less the header: events still buffered when the output broke were not printed)."""
     stages: list[Stage] = []
     limit = LimitStage(config.output.limit_lines) if config.output.limit_lines else None
     if limit is not None:
@@ -332,26 +454,28 @@ def make_pipeline(
     if config.output.stack:
         stages.append(StackStage(coll.maps["stacks"].stack_trace, kernel.kallsyms))
     names = Symbols(kernel.kallsyms, plan.names(), reasons, schema.probe_kind("index"))
-    output = LineOutput(make_formatter(config, names), open_sink(config))
-    return Pipeline(schema, stages, [output]), limit
+    formatter = make_formatter(config, names)
+    header_units = 1 if formatter.header() else 0
+    output = LineOutput(formatter, sink)
+    return Pipeline(schema, stages, [output]), limit, lambda: max(0, sink.delivered - header_units)
 
 
-def _read(
-    config: Config, coll: Collection, pipeline: Pipeline, limit: LimitStage | None, stopper: Stopper, t_start: float
-) -> None:
-    reader = RingBufReader(coll.maps["events"])
+def _read(run: Loaded, pipeline: Pipeline, limit: LimitStage | None, stopper: Stopper, t_start: float) -> None:
+    reader = RingBufReader(run.coll.maps["events"])
     try:
         pipeline.start()
         print("Listening for events..", file=sys.stderr)
         log.debug("ready after %.3f s", time.monotonic() - t_start)
-        if config.ready_file:
-            Path(config.ready_file).write_text(str(os.getpid()))
+        run.ready.signal()
         read_loop(reader, pipeline, lambda: stopper.stopped, limit, pipeline.schema.layout("event").size)
     finally:
         reader.close()
 
 
-def _finish(config: Config, att: Attachment, coll: Collection, pipeline: Pipeline | None, attach_time: float) -> None:
+def _finish(
+    run: Loaded, att: Attachment, pipeline: Pipeline | None, printed: Callable[[], int], attach_time: float
+) -> None:
+    config, coll = run.config, run.coll
     t_detach = time.monotonic()
     att.close()
     detach_time = time.monotonic() - t_detach
@@ -360,7 +484,6 @@ def _finish(config: Config, att: Attachment, coll: Collection, pipeline: Pipelin
             pipeline.close()
     finally:
         lost = coll.maps["lost"].lookup_u64(0) or 0
-        printed = pipeline.events if pipeline is not None else 0
         untracked = ""
         if config.tracking.skb:
             full = coll.maps["track_full"].lookup_u64(0) or 0
@@ -369,12 +492,11 @@ def _finish(config: Config, att: Attachment, coll: Collection, pipeline: Pipelin
             )
             tracking.report_unfreed(coll.maps["tracked"], att)
         print(
-            f"pwru: {printed} events printed, {lost} lost{untracked}; attached {len(att.attached)} in "
+            f"pwru: {printed()} events printed, {lost} lost{untracked}; attached {len(att.attached)} in "
             f"{attach_time:.2f} s, detached in {detach_time:.2f} s",
             file=sys.stderr,
         )
-        if config.ready_file:
-            Path(config.ready_file).unlink(missing_ok=True)
+        run.ready.remove()
 
 
 class RecordSource(Protocol):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from pwru.ebpf.fdinfo import held_ids
+
 BACKENDS = [b for b in os.environ.get("PWRU_TEST_BACKENDS", "auto").split(",") if b]
 # Everything inside a VM is about ten times slower.
 SLOW = float(os.environ.get("PWRU_TEST_SLOWDOWN", "1"))
@@ -232,15 +234,7 @@ def left_behind(before: set[str], timeout: float = 10) -> set[str]:
 def map_entries(pid: int, name: str) -> int:
     """Entries of BPF map ``name`` held by process ``pid`` (found through its descriptors, so other BPF users on
     the machine, other pwru runs included, do not count)."""
-    ids = set()
-    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
-        try:
-            text = fdinfo.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("map_id:"):
-                ids.add(int(line.split()[1]))
+    ids = held_ids(pid, "map_id")
     shown = json.loads(sh("bpftool", "-j", "map", "show").stdout or "[]")
     mine = [m["id"] for m in shown if m["id"] in ids and m.get("name") == name]
     assert len(mine) == 1, (name, mine)
@@ -262,3 +256,16 @@ def in_netns(path: str) -> Iterator[None]:
         finally:
             if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns back")
+
+
+def wait_ready(proc: subprocess.Popen[str], ready: Path, timeout: float = 300) -> float:
+    """Wait until pwru (``proc``) created its ready file; the seconds it took. Fails when pwru exits first."""
+    t0 = time.monotonic()
+    while not ready.exists():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"pwru exited {proc.returncode} before ready:\n{err}")
+        if time.monotonic() - t0 > timeout * SLOW:
+            raise AssertionError("pwru not ready in time")
+        time.sleep(0.05)
+    return time.monotonic() - t0

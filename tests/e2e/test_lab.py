@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BACKENDS, SLOW, Netns, left_behind, pwru_bpf_objects, sh, tcp_connect, udp_send
+from .conftest import BACKENDS, SLOW, Netns, left_behind, pwru_bpf_objects, sh, tcp_connect, udp_send, wait_ready
 
 pytestmark = pytest.mark.root
 
@@ -96,17 +96,9 @@ def _run_scenario(backend: str, ns: Netns, tmp: Path) -> LabRun:
         ns.path,
         FILTER,
     ]
-    t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp)
     try:
-        while not ready.exists():
-            if proc.poll() is not None:
-                out, err = proc.communicate()
-                raise AssertionError(f"pwru exited {proc.returncode} before ready:\n{err}")
-            if time.monotonic() - t0 > 300 * SLOW:
-                raise AssertionError("pwru not ready in time")
-            time.sleep(0.05)
-        ready_seconds = time.monotonic() - t0
+        ready_seconds = wait_ready(proc, ready)
         udp_send(ns, "127.0.0.1", 9998)
         udp_send(ns, "127.0.0.1", 9999)
         tcp_connect(ns, "127.0.0.1", 8080, timeout=0.3)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.root
 OLD_PORT, NEW_PORT = 7777, 7778
 #: Ethernet + IPv4 without options: the UDP destination port's offset in the frame tc sees.
 DPORT_OFFSET = 14 + 20 + 2
-LINE = re.compile(r"^(0x[0-9a-f]+) .* (\S+:\d+->\S+:(\d+)\(udp\)) (\S+)")
+LINE = re.compile(r"^(0x[0-9a-f]+) .* (\S+:\d+->\S+:(\d+)\(udp\)) +(\S+)")  # TUPLE is padded
 
 
 def rewrite_port_insns(old: int, new: int) -> bytes:

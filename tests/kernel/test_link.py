@@ -4,7 +4,6 @@ namespaces); kprobe and kprobe-multi must fail cleanly with an errno where the k
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import socket
@@ -33,11 +32,10 @@ from pwru.ebpf.link import (
 from pwru.ebpf.maps import Map
 from pwru.ebpf.prog import Program
 from pwru.ebpf.syscall import AttachType, LinkType, MapType, ProgType
+from tests.e2e.conftest import in_netns as in_netns_path
 
 pytestmark = pytest.mark.root
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 
 
 def counting_insns(counter: Map, retval: int) -> bytes:
@@ -70,17 +68,9 @@ def count(m: Map) -> int:
     return v
 
 
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
+def in_netns(name: str) -> contextlib.AbstractContextManager[None]:
     """Run the block with this thread inside network namespace ``name``."""
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as target:
-        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
+    return in_netns_path(f"/run/netns/{name}")
 
 
 def sh(*args: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import subprocess
 import sys
 import types
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pwru import __version__, cli, flags
+from pwru import __version__, cli, flags, resolve
 from pwru.config import Config, FilterConfig, KernelConfig, OutputConfig
 from pwru.ebpf.errors import BPFError, EBPFError, NotSupported, VerifierError
 from pwru.errors import UserError
@@ -360,3 +362,252 @@ def test_main_resolves_before_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "_dispatch", dispatch)
     assert cli.main(["--filter-ifname=lo", "--filter-netns=/proc/self/ns/net"]) == 0
     assert (seen[0].filter.ifindex, seen[0].filter.netns) == (1, os.stat("/proc/self/ns/net").st_ino)
+
+
+# --- issue 15: the defects of the command line, the run loop and the output ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--backend", ""],
+        ["--backend="],
+        ["--filter-mark", ""],
+        ["--filter-ifname", ""],
+        ["--kmods", ""],
+        ["--kmods", ","],
+        ["--kmods", "veth", "--kmods="],
+        ["--filter-trace-netfilter="],
+        ["--filter-func", " "],
+    ],
+)
+def test_empty_values_are_errors_not_unset(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """They used to mean "unset" without a word (``--backend ''`` ran auto, ``--filter-ifname ''`` no filter)."""
+    assert cli.main(args) == 2
+    out, err = capsys.readouterr()
+    name = args[-1].partition("=")[0] if args[-1].startswith("--") else args[-2]
+    assert (out, err) == ("", f"pwru: {name}: empty value (leave the flag out for its default)\n")
+
+
+def test_invalid_re2_pattern_is_one_line_in_a_real_process() -> None:
+    """RE2 also logs a parse error on stderr by itself: that must not add lines to ours."""
+    p = _run("--filter-func", "(?<=ip)_rcv")
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr == "pwru: --filter-func: invalid regular expression '(?<=ip)_rcv': invalid perl operator: (?<=\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--output-file", "/dev/full"], "pwru: --output-file: /dev/full: not a regular file\n"),
+        (["--ready-file", "/dev/null"], "pwru: --ready-file: /dev/null: not a regular file\n"),
+        (["--ready-file", "/proc/pwru-ready"], "pwru: --ready-file: /proc: cannot create files there: "),
+        (["--output-file", "/sys/kernel/pwru.log"], "pwru: --output-file: /sys/kernel: cannot create files there: "),
+    ],
+)
+def test_unwritable_output_paths_are_refused_before_loading(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They used to be found when first written, after attaching, as an internal error."""
+    assert cli.main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(message) and err.count("\n") == 1
+
+
+def _run_fds(*args: str, stdin: int | None = None, stdout: int | None = None, stderr: int | None = None,
+             close: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """pwru in a real process with some standard descriptors closed (``close``) or replaced."""
+    env = dict(os.environ, PYTHONPATH=SRC)
+
+    def closer() -> None:
+        for fd in close:
+            os.close(fd)
+
+    return subprocess.run(
+        [sys.executable, "-m", "pwru", *args], stdin=stdin, stdout=stdout if stdout is not None else subprocess.PIPE,
+        stderr=stderr if stderr is not None else subprocess.PIPE, text=True, env=env, timeout=60, check=False,
+        preexec_fn=closer,
+    )  # fmt: skip
+
+
+def test_closed_stdout_is_refused_before_anything(tmp_path: Path) -> None:
+    err = tmp_path / "err"
+    with open(err, "w") as e:
+        p = _run_fds("--list-funcs", stderr=e.fileno(), stdout=subprocess.DEVNULL, close=(1,))
+    assert p.returncode == 2
+    assert err.read_text() == "pwru: standard output is closed (redirect it to a file, or use --output-file)\n"
+    with open(err, "w") as e, open(os.devnull) as ro:
+        p = _run_fds("--version", stdout=ro.fileno(), stderr=e.fileno())
+    assert p.returncode == 2 and "standard output is open for reading only" in err.read_text()
+
+
+def test_closed_stderr_sends_nothing_to_stdout() -> None:
+    """With stderr closed, errors became ``internal error: AttributeError: 'NoneType' object has no attribute
+    'isatty'`` printed on stdout. Now the error goes to where stderr was (nowhere) and the status tells."""
+    p = _run_fds("--backend", "nope", stderr=subprocess.DEVNULL, close=(2,))
+    assert (p.returncode, p.stdout) == (2, "")
+    p = _run_fds("--version", stderr=subprocess.DEVNULL, close=(2,))
+    assert (p.returncode, p.stdout) == (0, f"pwru {__version__}\n")
+
+
+def test_guard_standard_fds_keeps_numbers_0_to_2_taken() -> None:
+    code = (
+        "import os, sys\n"
+        "from pwru import cli\n"
+        "closed = cli.guard_standard_fds()\n"
+        "fd = os.open('/dev/null', os.O_RDONLY)\n"
+        "sys.stderr.write(f'{sorted(closed)} {fd} {sys.stdout is not None}')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=SRC)
+    p = subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                       env=env, timeout=60, check=False, preexec_fn=lambda: os.close(1))  # fmt: skip
+    assert p.stderr == "[1] 3 True", p.stderr
+
+
+def test_libpcap_missing_is_one_line_naming_each_library_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ctypes
+    import ctypes.util
+
+    from pwru.filter import pcap
+
+    real = ctypes.CDLL
+
+    def no_libpcap(name: str | None, *a: object, **kw: object) -> object:
+        if name is not None and "pcap" in name:
+            raise OSError(f"{name}: cannot open shared object file")
+        return real(name, *a, **kw)  # type: ignore[arg-type]
+
+    importlib.import_module("pwru.run")  # its imports load libc through ctypes before the patch
+    monkeypatch.setattr(pcap, "_lib", None)
+    monkeypatch.setattr(ctypes, "CDLL", no_libpcap)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libpcap.so.0.8")
+    monkeypatch.setattr(cli, "_dispatch", lambda config: importlib.import_module("pwru.run").run(config))
+    assert cli.main(["udp"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("pwru: libpcap not found (tried libpcap.so.0.8, libpcap.so.1, libpcap.so): "), err
+    assert err.endswith("(install libpcap: apt-get install libpcap0.8)\n")
+
+
+@pytest.mark.parametrize(
+    ("caps", "missing"),
+    [
+        (0, ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]),
+        (1 << 39 | 1 << 38 | 1 << 12, []),
+        (1 << 21 | 1 << 12, []),  # CAP_SYS_ADMIN stands for CAP_BPF and CAP_PERFMON (as before Linux 5.8)
+        (1 << 39 | 1 << 12, ["CAP_PERFMON"]),
+        (1 << 21, ["CAP_NET_ADMIN"]),
+        (0x1FFFEFFFFFF, []),  # root here: everything but CAP_SYS_RESOURCE
+    ],
+)
+def test_privileges_are_capabilities_not_the_uid(caps: int, missing: list[str]) -> None:
+    assert resolve.missing_caps(caps) == missing
+
+
+def test_effective_caps_of_a_status_file(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tpwru\nCapInh:\t0000000000000000\nCapEff:\t000000c000001000\n")
+    assert resolve.missing_caps(resolve.effective_caps(str(status))) == []
+    assert resolve.effective_caps() >= 0  # this process's own
+
+
+def test_a_process_without_capabilities_is_told_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resolve, "effective_caps", lambda: 1 << 12)
+    with pytest.raises(UserError) as e:
+        resolve.check_privileges()
+    assert e.value.exit_code == 1
+    assert str(e.value) == (
+        "missing privileges: this process lacks CAP_BPF, CAP_PERFMON "
+        "(run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)"
+    )
+
+
+def _probe(kind: str, attach: object, program: str, name: str = "x") -> object:
+    from pwru.probes import Probe
+
+    return Probe(kind, name, program, attach)  # type: ignore[arg-type]
+
+
+def test_counts_are_singular_or_plural() -> None:
+    from pwru import run
+    from pwru.probes import Attach, Plan
+
+    plan = Plan()
+    plan.add([_probe("tracepoint", Attach.TP_BTF, "tp_skb"), _probe("nf_hook", Attach.NETFILTER, "nf_skb")])
+    assert run.counted(plan) == "1 tracepoint and 1 netfilter hook"
+    plan.add([_probe("tracepoint", Attach.TP_BTF, "tp_skb", "y")])
+    assert run.counted(plan) == "2 tracepoints and 1 netfilter hook"
+    assert run.counted(plan, []) == "0 tracepoints and 0 netfilter hooks"
+    assert run.count_of(1, "func") == "1 function" and run.count_of(3, "func") == "3 functions"
+
+
+def test_descriptors_needed_follow_the_attach_methods() -> None:
+    from pwru import run
+    from pwru.probes import Attach, Plan
+
+    plan = Plan()
+    plan.add([_probe("tracepoint", Attach.TP_BTF, "tp_skb", f"t{i}") for i in range(30)])
+    assert run.fds_needed(plan, 10) == 10 + 30 * 2 + run.FDS_SPARE  # a program and a link each
+    multi = Plan()
+    multi.add([_probe("func", Attach.KPROBE_MULTI, f"kprobe_skb_{i % 5 + 1}", f"f{i}") for i in range(1000)])
+    assert run.fds_needed(multi, 10) == 10 + 5 * 2 + run.FDS_SPARE  # one program and one link per position
+
+
+def test_too_low_a_descriptor_limit_is_said_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With RLIMIT_NOFILE=16 pwru attached 3 of 30 tracepoints and ran on without a word."""
+    import resource
+
+    from pwru import run
+    from pwru.probes import Attach, Plan
+
+    plan = Plan()
+    plan.add([_probe("tracepoint", Attach.TP_BTF, "tp_skb", f"t{i}") for i in range(30)])
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (16, 16))
+
+    def refuse(which: int, limits: tuple[int, int]) -> None:
+        raise ValueError("not allowed to raise maximum limit")
+
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    with pytest.raises(UserError) as e:
+        run.ensure_fd_limit(plan)
+    assert e.value.exit_code == 1
+    assert re.fullmatch(
+        r"30 tracepoints need about \d+ open files, but RLIMIT_NOFILE is 16 \(hard limit 16\) and cannot be raised "
+        r"\(not allowed to raise maximum limit\): raise it first \(ulimit -n \d+\), or trace fewer \(--filter-func\)",
+        str(e.value),
+    ), str(e.value)
+    raised: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "setrlimit", lambda which, limits: raised.append(limits))
+    run.ensure_fd_limit(plan)  # allowed (CAP_SYS_RESOURCE): the hard limit goes up too
+    assert raised and raised[0][0] == raised[0][1] >= 30 * 2
+
+
+def test_ready_file_is_replaced_whole_and_a_stale_one_removed(tmp_path: Path) -> None:
+    from pwru.run import ReadyFile
+
+    path = tmp_path / "ready"
+    path.write_text("left by an earlier run")
+    ready = ReadyFile(str(path))
+    ready.clear_stale()
+    assert not path.exists()
+    ready.signal()
+    assert path.read_text() == str(os.getpid())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ready"]  # no temporary left
+    ready.remove()
+    assert not path.exists()
+    ReadyFile(None).clear_stale()
+    ReadyFile(None).signal()
+
+
+def test_ready_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    from pwru.run import ReadyFile
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    ready = ReadyFile(str(gone / "ready"))
+    gone.rmdir()
+    with pytest.raises(UserError) as e:
+        ready.signal()
+    assert (e.value.exit_code, str(e.value)) == (1, f"--ready-file: {gone / 'ready'}: No such file or directory")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -76,12 +77,39 @@ def test_func_regex_matches_whole_name() -> None:
 
 
 def test_func_regex_error() -> None:
-    with pytest.raises(cfg.FlagError, match=r"^--filter-func: invalid regular expression"):
+    with pytest.raises(cfg.FlagError, match=r"^--filter-func: invalid regular expression 'ip_\(rcv': missing \)"):
         cfg.parse_func_regex("ip_(rcv")
 
 
+@pytest.mark.parametrize("pattern", ["(?<=ip)_rcv", "ip_rcv\\1", "(?P<x>a)(?P=x)", "a{1001}"])
+def test_func_regex_is_re2(pattern: str) -> None:
+    """Lookbehind and backreferences are not RE2 (Python's re accepts them): refused, as pwru (Go) refuses them."""
+    with pytest.raises(cfg.FlagError, match=r"^--filter-func: invalid regular expression"):
+        cfg.parse_func_regex(pattern)
+
+
+def test_func_regex_takes_linear_time() -> None:
+    """Python's re backtracks on this exponentially in the name's length (seconds for these 14 characters, minutes
+    for real function names: issue 15); RE2 answers at once."""
+    f = cfg.FilterConfig(func=cfg.parse_func_regex(r"(.*.*)*x\d"))
+    t = time.monotonic()
+    assert not f.func_allowed("ip_rcv_finish_")
+    assert f.func_allowed("ab_x1")
+    assert time.monotonic() - t < 0.5
+
+
+def test_func_pattern_compares_by_text() -> None:
+    assert cfg.parse_func_regex("ip_.*") == cfg.parse_func_regex("ip_.*") != cfg.parse_func_regex("tcp_.*")
+
+
+@pytest.mark.parametrize("text", ["", " ", "\t"])
+def test_empty_values_are_refused(text: str) -> None:
+    with pytest.raises(cfg.FlagError, match=r"^--backend: empty value \(leave the flag out for its default\)$"):
+        cfg.check_not_empty("backend", text)
+    assert cfg.check_not_empty("backend", "auto") == "auto"
+
+
 def test_backend() -> None:
-    assert cfg.parse_backend("") == "auto"
     for b in cfg.BACKENDS:
         assert cfg.parse_backend(b) == b
     with pytest.raises(cfg.FlagError, match=r"^--backend: invalid value 'kprobes'"):

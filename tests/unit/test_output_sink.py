@@ -233,3 +233,53 @@ def test_open_sink(tmp_path: Path) -> None:
     (ro / "o.log").mkdir()  # a directory where the file should be
     with pytest.raises(UserError, match=r"^--output-file: "):
         open_sink(Config(output=OutputConfig(file=str(ro / "o.log"))))
+
+
+# --- issue 15: what was written before the output broke, and write errors as one line ---------------------------
+
+
+def test_delivered_counts_what_was_written_before_the_pipe_broke() -> None:
+    """Piped into ``head -3``, the summary said no event was printed though two reached head: now the count is
+    the lines the pipe took in full, not those handed to the sink."""
+    r, w = os.pipe()
+    sink = StdoutSink(fd=w, line_buffered=False, clock=Clock())
+    sink.write_lines(["HEADER"])
+    sink.write_lines(["event 1", "event 2"])
+    sink.flush()
+    assert sink.delivered == 3
+    assert os.read(r, 1 << 16) == b"HEADER\nevent 1\nevent 2\n"
+    os.close(r)  # head -3 exits
+    sink.write_lines(["event 3", "event 4"])
+    with pytest.raises(BrokenPipeError):  # the command line exits quietly with 141
+        sink.flush()
+    assert sink.delivered == 3
+    sink.close()
+    os.close(w)
+
+
+def test_units_of_a_partly_written_batch_are_counted_one_by_one(tmp_path: Path) -> None:
+    """A write that stops half way (a full disk) counts the lines it wrote whole, not the rest."""
+    from pwru.output.sink import _units_within
+
+    lines = ["a" * 10, "é" * 5, "c" * 10]  # 11, 11 and 11 bytes with their newlines
+    chunks = [(4, ["hdr"], 1), (33, lines, 3), (5, None, 1)]
+    assert [_units_within(chunks, n) for n in (0, 3, 4, 14, 15, 26, 36, 37, 41, 42)] == [0, 0, 1, 1, 2, 3, 3, 4, 4, 5]
+
+
+def test_write_errors_are_one_line_output_errors(tmp_path: Path) -> None:
+    from pwru.output.sink import OutputError
+
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        sink = StdoutSink(fd=full, line_buffered=True)
+        with pytest.raises(OutputError) as e:
+            sink.write_lines(["x"])
+        assert (str(e.value), e.value.exit_code) == (f"file descriptor {full}: No space left on device", 1)
+        assert sink.delivered == 0
+    finally:
+        os.close(full)
+    f = RotatingFileSink("/dev/full")  # refused by the resolve step; the sink itself must still say it clearly
+    f.write_lines(["x" * 100])
+    with pytest.raises(OutputError) as e:
+        f.close()
+    assert str(e.value) == "--output-file: /dev/full: No space left on device"

@@ -17,6 +17,7 @@ from pwru.config import Config, OutputConfig
 from pwru.ebpf.elf import ObjectSpec
 from pwru.output import Formatter, TextFormatter, make_formatter
 from pwru.output.json import JsonFormatter
+from pwru.output.text import CALLER_WIDTH, FUNC_WIDTH, tuple_width
 from pwru.records import Batch, Schema
 
 SKB = 0xFF4804DB4078A4E8
@@ -118,6 +119,8 @@ def make_event(**kw: Any) -> dict[str, Any]:
     return d
 
 
+#: pwru's example lines up to the TUPLE column, which pwru pads to the widest tuple seen so far and we to a fixed
+#: width (see test_columns_never_move).
 PWRU_EXAMPLE = """\
 SKB                CPU PROCESS          NETNS      MARK/x        IFACE       PROTO  MTU   LEN   TUPLE FUNC
 0xff4804db4078a4e8 1   ~sr/bin/curl:621 4026531840 0               0         0x0000 1500  60    \
@@ -126,14 +129,56 @@ SKB                CPU PROCESS          NETNS      MARK/x        IFACE       PRO
 10.99.0.1:55378->10.99.0.2:8080(tcp) kfree_skb_reason(SKB_DROP_REASON_NETFILTER_DROP)"""
 
 
-def test_matches_pwru_example_byte_for_byte() -> None:
+def test_matches_pwru_example_but_for_the_tuple_padding() -> None:
     f = TextFormatter(OutputConfig(), FakeNames())
     lines = [
         f.header(),
         fmt(f, make_event()),
         fmt(f, make_event(probe=0x2000, reason=6, protocol=0x0800)),
     ]
-    assert "\n".join(lines) == PWRU_EXAMPLE
+    expected = []
+    for line in PWRU_EXAMPLE.splitlines():
+        m = re.fullmatch(r"(.*) (\S+) (\S+)", line)
+        assert m is not None
+        head, tup, func = m.groups()
+        expected.append(f"{head} {tup.ljust(tuple_width(False))} {func}")
+    assert lines == expected
+
+
+def test_tuple_width_fits_every_ipv4_tuple() -> None:
+    assert tuple_width(False) == len("255.255.255.255:65535->255.255.255.255:65535(udplite)")
+    assert tuple_width(True) == len("255.255.255.255:65535->255.255.255.255:65535(tcp:FIN|PSH|ACK)")
+
+
+def test_columns_never_move() -> None:
+    """pwru widens TUPLE to the widest tuple seen so far, so FUNC moved right mid-stream and no longer sat under
+    its header; here FUNC stays in the header's column, an overlong (IPv6) tuple widens its own line only, and
+    every line has the header's number of space-separated fields."""
+    f = TextFormatter(OutputConfig(), FakeNames())
+    header = f.header()
+    col = header.index(" FUNC") + 1
+    v6_long = make_event(
+        l3_proto=0x86DD, saddr=v6("fd00:1111:2222:3333:4444:5555:6666:7777"),
+        daddr=v6("fd00:1111:2222:3333:4444:5555:6666:8888"), sport=65535, dport=65535,
+    )  # fmt: skip
+    widest_v4 = make_event(saddr=v4("255.255.255.255"), daddr=v4("255.255.255.255"), sport=65535, dport=65535,
+                           l4_proto=136)  # fmt: skip
+    events = [make_event(l4_proto=1), make_event(), widest_v4, v6_long, make_event(l4_proto=1)]
+    lines = [fmt(f, e) for e in events]
+    for e, line in zip(events, lines, strict=True):
+        assert len(line.split()) == len(header.split()), line
+        if e is v6_long:
+            tup = "[fd00:1111:2222:3333:4444:5555:6666:7777]:65535->[fd00:1111:2222:3333:4444:5555:6666:8888]:65535"
+            tup += "(tcp)"
+            assert line.endswith(f" {tup} ip_local_out") and line.index("ip_local_out") > col
+        else:
+            assert line.index("ip_local_out") == col, line
+    # the same with TCP flags
+    f = TextFormatter(OutputConfig(tcp_flags=True), FakeNames())
+    col = f.header().index(" FUNC") + 1
+    for e in (make_event(tcp_flags=0x12), make_event(saddr=v4("255.255.255.255"), daddr=v4("255.255.255.255"),
+                                                     sport=65535, dport=65535, tcp_flags=0x19)):
+        assert fmt(f, e).index("ip_local_out") == col
 
 
 def test_iface_mark_and_hex() -> None:
@@ -181,14 +226,6 @@ def test_tcp_flags_pwru_style() -> None:
     assert "(tcp) " in fmt(TextFormatter(OutputConfig(tcp_flags=True), FakeNames()), make_event())
 
 
-def test_tuple_column_padded_to_widest_seen() -> None:
-    f = TextFormatter(OutputConfig(), FakeNames())
-    fmt(f, make_event())
-    short = fmt(f, make_event(l4_proto=1))
-    widest = len("10.99.0.1:55378->10.99.0.2:8080(tcp)")
-    assert " " + "10.99.0.1->10.99.0.2(icmp)".ljust(widest) + " ip_local_out" in short
-
-
 def test_tracepoint_drop_with_location() -> None:
     e = make_event(probe_kind=INDEX, probe=7, reason=2, location=0xA000)
     line = fmt(TextFormatter(OutputConfig(), FakeNames()), e)
@@ -208,11 +245,13 @@ def test_no_meta_no_tuple() -> None:
 
 def test_caller_column() -> None:
     f = TextFormatter(OutputConfig(caller=True, meta=False, tuple=False), FakeNames())
-    assert f.header().endswith(" FUNC CALLER")
-    fmt(f, make_event(probe=0x2000, reason=6, caller=0xB000))
+    assert f.header().endswith(" " + "FUNC".ljust(FUNC_WIDTH) + " CALLER")
+    col = f.header().index(" CALLER") + 1
+    drop = fmt(f, make_event(probe=0x2000, reason=6, caller=0xB000))
     line = fmt(f, make_event(caller=0xB000))
-    widest = len("kfree_skb_reason(SKB_DROP_REASON_NETFILTER_DROP)")
-    assert line.endswith(" " + "ip_local_out".ljust(widest) + " ip_finish_output2+0x1c")
+    assert line.endswith(" " + "ip_local_out".ljust(FUNC_WIDTH) + " ip_finish_output2+0x1c")
+    assert drop.index("ip_finish_output2") == line.index("ip_finish_output2") == col
+    assert fmt(f, make_event()).endswith(" -")  # no caller
 
 
 def test_stack_lines() -> None:
@@ -275,18 +314,21 @@ VXLAN = make_event(
 
 def test_tunnel_column_ends_the_line_as_in_pwru() -> None:
     f = TextFormatter(OutputConfig(tunnel=True), FakeNames())
-    assert f.header().endswith(" TUPLE FUNC TUNNEL")
+    assert f.header().endswith(" " + "FUNC".ljust(FUNC_WIDTH) + " TUNNEL")
     line = fmt(f, VXLAN)
-    assert line.endswith(" 10.99.0.1:41000->10.99.0.2:4789(udp) ip_local_out 192.168.99.1:5000->192.168.99.2:7001(tcp)")
+    outer = "10.99.0.1:41000->10.99.0.2:4789(udp)".ljust(tuple_width(False))
+    assert line.endswith(f" {outer} {'ip_local_out'.ljust(FUNC_WIDTH)} 192.168.99.1:5000->192.168.99.2:7001(tcp)")
+    assert line.index("192.168.99.1") == f.header().index(" TUNNEL") + 1
     tcp_flags = TextFormatter(OutputConfig(tunnel=True, tcp_flags=True), FakeNames())
     assert fmt(tcp_flags, VXLAN).endswith("->192.168.99.2:7001(tcp:SYN)")
-    assert fmt(f, make_event()).endswith(" ip_local_out -")  # no inner packet
+    assert fmt(f, make_event()).endswith(" " + "ip_local_out".ljust(FUNC_WIDTH) + " -")  # no inner packet
     assert " TUNNEL" not in TextFormatter(OutputConfig(), FakeNames()).header()
     assert "192.168.99" not in fmt(TextFormatter(OutputConfig(), FakeNames()), VXLAN)
 
 
 def test_tunnel_after_caller_and_ipv6_inner() -> None:
     f = TextFormatter(OutputConfig(tunnel=True, caller=True, meta=False), FakeNames())
-    assert f.header().endswith(" FUNC CALLER TUNNEL")
+    assert f.header().endswith(" " + "FUNC".ljust(FUNC_WIDTH) + " " + "CALLER".ljust(CALLER_WIDTH) + " TUNNEL")
     e = {**VXLAN, "caller": 0xB000, **tunnel(saddr=v6("fd77::1"), daddr=v6("fd77::2"), l3_proto=0x86DD, l4_proto=58)}
-    assert fmt(f, e).endswith(" ip_local_out ip_finish_output2+0x1c [fd77::1]->[fd77::2](icmp6)")
+    func, caller = "ip_local_out".ljust(FUNC_WIDTH), "ip_finish_output2+0x1c".ljust(CALLER_WIDTH)
+    assert fmt(f, e).endswith(f" {func} {caller} [fd77::1]->[fd77::2](icmp6)")

@@ -18,6 +18,7 @@ import dataclasses
 import enum
 import functools
 import os
+import stat
 import struct
 import sys
 from array import array
@@ -30,6 +31,11 @@ from pwru.ebpf.errors import EBPFError, NotSupported
 
 BTF_MAGIC = 0xEB9F
 KERNEL_BTF_DIR = Path("/sys/kernel/btf")
+#: The largest BTF file :meth:`Spec.load` reads. A vmlinux BTF is 5-10 MB; the kernel itself refuses BTF
+#: above 16 MiB from user space (BTF_MAX_SIZE), so 256 MiB only guards against endless inputs (/dev/zero).
+MAX_BTF_SIZE = 256 << 20
+#: How deep :meth:`Spec.find_member` looks through nested anonymous members (C code nests a handful).
+_MAX_ANON_DEPTH = 32
 
 _HEADER = struct.Struct("<HBBIIIII")  # magic, version, flags, hdr_len, type_off, type_len, str_off, str_len
 _TYPE = struct.Struct("<III")  # name_off, info, size_or_type
@@ -454,8 +460,12 @@ class Spec:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], base: Spec | None = None) -> Spec:
-        """Parse a raw BTF file (e.g. ``/sys/kernel/btf/vmlinux``)."""
-        return cls.from_bytes(Path(path).read_bytes(), base)
+        """Parse a raw BTF file (e.g. ``/sys/kernel/btf/vmlinux``).
+
+        Only a regular file of at most :data:`MAX_BTF_SIZE` bytes is read (a FIFO would block, /dev/zero never
+        end): anything else is a :class:`BTFError` naming the path. Failing to open it is an OSError.
+        """
+        return cls.from_bytes(read_regular_file(path, MAX_BTF_SIZE, BTFError), base)
 
     # -- size / iteration ------------------------------------------------------------------------------
 
@@ -520,7 +530,10 @@ class Spec:
         end = self._data.find(b"\0", start, self._str_end)
         if end < 0:
             raise BTFError(f"string at {offset} is not terminated")
-        return self._data[start:end].decode()
+        try:
+            return self._data[start:end].decode()
+        except UnicodeDecodeError:
+            raise BTFError(f"string at {offset} is not valid UTF-8") from None
 
     @property
     def strings(self) -> bytes:
@@ -686,18 +699,20 @@ class Spec:
         assert found is not None
         return dataclasses.replace(found, bit_offset=base_bits)
 
-    def find_member(self, comp: Struct | Union, name: str) -> tuple[Member, int] | None:
+    def find_member(self, comp: Struct | Union, name: str, _depth: int = 0) -> tuple[Member, int] | None:
         """Member ``name`` of ``comp``, looking through anonymous struct/union members: ``(member, extra bit
         offset of the anonymous members it sits in)``, or None when there is no such member."""
         for m in comp.members:
             if m.name == name:
                 return m, 0
+        if _depth >= _MAX_ANON_DEPTH:  # malformed BTF can nest a struct in itself
+            raise BTFError(f"anonymous members of {comp.name or 'a ' + comp.kind.name.lower()} nest too deep")
         for m in comp.members:
             if m.name:
                 continue
             inner = self.resolve_type(m.type)
             if isinstance(inner, Struct | Union):
-                hit = self.find_member(inner, name)
+                hit = self.find_member(inner, name, _depth + 1)
                 if hit is not None:
                     return hit[0], hit[1] + m.bit_offset
         return None
@@ -774,7 +789,7 @@ class Spec:
             cls = Struct if kind == Kind.STRUCT else Union
             return cls(name, size, tuple(members), kflag)
         if kind == Kind.FUNC:
-            return Func(name, size, Linkage(vlen))
+            return Func(name, size, _linkage(vlen, off))
         if kind == Kind.TYPEDEF:
             return Typedef(name, size)
         if kind == Kind.CONST:
@@ -808,7 +823,7 @@ class Spec:
         if kind == Kind.FWD:
             return Fwd(name, kflag)
         if kind == Kind.VAR:
-            return Var(name, size, Linkage(_U32.unpack_from(data, p)[0]))
+            return Var(name, size, _linkage(_U32.unpack_from(data, p)[0], off))
         if kind == Kind.DATASEC:
             secinfo = tuple(VarSecinfo(*_SECINFO.unpack_from(data, p + 12 * i)) for i in range(vlen))
             return Datasec(name, size, secinfo)
@@ -976,8 +991,25 @@ class Spec:
         return header + bytes(types) + bytes(strings)
 
 
+def _linkage(value: int, off: int) -> Linkage:
+    try:
+        return Linkage(value)
+    except ValueError:
+        raise BTFError(f"bad linkage {value} in the type at offset {off}") from None
+
+
 def encode_type(t: Type, stroff: Callable[[str], int]) -> bytes:
-    """Encode one type record; ``stroff(name)`` returns (allocating if needed) a string offset."""
+    """Encode one type record; ``stroff(name)`` returns (allocating if needed) a string offset.
+
+    :class:`BTFError` when a field does not fit its BTF width (a size above 2**32, more than 65535 members).
+    """
+    try:
+        return _encode_type(t, stroff)
+    except struct.error as e:
+        raise BTFError(f"cannot encode {t.kind.name} {t.name!r}: a field is out of range ({e})") from None
+
+
+def _encode_type(t: Type, stroff: Callable[[str], int]) -> bytes:
 
     def head(kind: Kind, vlen: int, size_or_type: int, kflag: bool = False, name: str = "") -> bytes:
         info = (int(kflag) << 31) | (int(kind) << 24) | vlen
@@ -1050,6 +1082,8 @@ def _index(data: bytes, start: int, end: int) -> tuple[array[int], bytes, array[
         fixed[k], per[k], known[k] = f, p, True
     off = start
     while off < end:
+        if off + _TYPE.size > end:
+            raise BTFError(f"type record at offset {off - start} runs past the end of the type section")
         name_off, info = unpack(data, off)
         kind = (info >> 24) & 0x1F
         if not known[kind]:
@@ -1061,6 +1095,46 @@ def _index(data: bytes, start: int, end: int) -> tuple[array[int], bytes, array[
     if off != end:
         raise BTFError("type section does not end on a type boundary")
     return offsets, bytes(kinds), names
+
+
+def read_regular_file(path: str | os.PathLike[str], limit: int, error: type[EBPFError]) -> bytes:
+    """The bytes of ``path`` when it is a regular file of at most ``limit`` bytes; else ``error(message)``.
+
+    Opened non-blocking so that a FIFO cannot stall the open itself, checked with fstat on the open file (no
+    race with a rename), and read with the bound enforced on what is read (``/proc`` and ``/sys`` files
+    report sizes that are 0 or a page). Failing to open or read is the usual OSError.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{os.fsdecode(path)}: not a regular file ({file_kind(st.st_mode)})")
+        if st.st_size > limit:
+            raise error(f"{os.fsdecode(path)}: {st.st_size} bytes, more than the {limit >> 20} MiB limit")
+        chunks = []
+        total = 0
+        while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise error(f"{os.fsdecode(path)}: more than the {limit >> 20} MiB limit")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in the words of ls(1)."""
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a file"
 
 
 # ---------------------------------------------------------------------------------------------------------

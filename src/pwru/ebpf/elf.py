@@ -21,8 +21,8 @@ import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from elftools.common import exceptions as elftools_errors
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
@@ -57,6 +57,12 @@ LINE_INFO_REC_SIZE = 16
 CORE_RELO_REC_SIZE = 16
 BPF_F_RDONLY_PROG = 1 << 7
 BPF_F_MMAPABLE = 1 << 10
+#: The largest object file :meth:`ObjectSpec.load` reads (pwru's own is under 1 MB).
+MAX_OBJECT_SIZE = 256 << 20
+#: The largest zero-filled (``SHT_NOBITS``, ``.bss``) section accepted: its bytes are allocated here, and the
+#: kernel refuses array-map values above KMALLOC_MAX_SIZE (4 MiB on x86-64) anyway.
+MAX_NOBITS_SIZE = 64 << 20
+SHF_COMPRESSED = 0x800
 
 
 class ELFError(EBPFError, ValueError):
@@ -190,6 +196,8 @@ class BTFExt:
         magic, version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
         if magic != btf.BTF_MAGIC or version != 1:
             raise ELFError(f".BTF.ext: bad magic {magic:#x} or version {version}")
+        if hdr_len < 24 or hdr_len > len(data):
+            raise ELFError(f".BTF.ext: header length {hdr_len} out of range")
         fi_off, fi_len, li_off, li_len = struct.unpack_from("<IIII", data, 8)
         co_off = co_len = 0
         if hdr_len >= 32:
@@ -212,7 +220,7 @@ def _ext_section(
     if length == 0:
         return out
     end = start + length
-    if end > len(data):
+    if end > len(data) or length < 4:
         raise ELFError(".BTF.ext info block runs past the end of the section")
     (rec_size,) = struct.unpack_from("<I", data, start)
     if rec_size < min_size:
@@ -220,6 +228,8 @@ def _ext_section(
     p = start + 4
     fmt = struct.Struct(f"<{words}I")
     while p < end:
+        if p + 8 > end:
+            raise ELFError(".BTF.ext section header runs past its block")
         name_off, count = struct.unpack_from("<II", data, p)
         p += 8
         if p + count * rec_size > end:
@@ -504,16 +514,20 @@ class ObjectSpec:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ObjectSpec:
-        """Parse an object file."""
-        spec = cls.from_bytes(Path(path).read_bytes())
+        """Parse an object file (a regular file of at most :data:`MAX_OBJECT_SIZE` bytes)."""
+        spec = cls.from_bytes(btf.read_regular_file(path, MAX_OBJECT_SIZE, ELFError))
         spec.path = str(path)
         return spec
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ObjectSpec:
-        """Parse an object file's bytes."""
+        """Parse an object file's bytes; a malformed one is an :class:`ELFError` (or a BTF/asm error)."""
         spec = cls()
-        _Reader(spec, bytes(data)).read()
+        try:
+            _Reader(spec, bytes(data)).read()
+        except elftools_errors.ELFError as e:
+            # pyelftools reads lazily: a bad header field surfaces wherever it is first used.
+            raise ELFError(f"malformed ELF object: {e}") from None
         return spec
 
     def program(self, name: str) -> ProgramSpec:
@@ -555,16 +569,34 @@ class _Reader:
         if not self.elf.little_endian:
             raise ELFError("big-endian BPF objects are not supported")
         self.sections: list[Section] = list(self.elf.iter_sections())
+        for sec in self.sections:
+            self._check_section(sec)
         symtab = self.elf.get_section_by_name(".symtab")
         if not isinstance(symtab, SymbolTableSection):
             raise ELFError("object has no symbol table")
         self.symbols = list(symtab.iter_symbols())
+        for sym in self.symbols:
+            shndx = sym["st_shndx"]
+            if isinstance(shndx, int) and shndx >= len(self.sections):
+                raise ELFError(f"symbol {sym.name!r}: section index {shndx} out of range")
+
+    def _check_section(self, sec: Section) -> None:
+        """Sizes and offsets against the file before any section is read (pyelftools reads short silently)."""
+        size, offset = sec["sh_size"], sec["sh_offset"]
+        if sec["sh_type"] == "SHT_NOBITS":
+            if size > MAX_NOBITS_SIZE:
+                raise ELFError(f"section {sec.name!r}: {size} zero bytes, more than {MAX_NOBITS_SIZE >> 20} MiB")
+            return
+        if sec["sh_type"] != "SHT_NULL" and offset + size > len(self.data):
+            raise ELFError(f"section {sec.name!r} runs past the end of the file")
+        if sec["sh_flags"] & SHF_COMPRESSED and not sec.name.startswith(".debug"):
+            raise ELFError(f"section {sec.name!r} is compressed (not supported)")
 
     def read(self) -> None:
         spec = self.spec
         lic = self.elf.get_section_by_name("license")
         if lic is not None:
-            spec.license = lic.data().split(b"\0", 1)[0].decode() or "GPL"
+            spec.license = lic.data().split(b"\0", 1)[0].decode(errors="replace") or "GPL"
         self._read_btf()
         self._read_data_sections()
         self._read_maps()
@@ -685,7 +717,8 @@ class _Reader:
         assert isinstance(ds, btf.Datasec)
         for v in ds.vars:
             var = b.type(v.type)
-            assert isinstance(var, btf.Var)
+            if not isinstance(var, btf.Var):
+                raise ELFError(f".maps: entry {v.type} is a {var.kind.name}, not a variable")
             self.spec.maps[var.name] = _btf_map(b, var.name, var.type)
 
     # -- functions -------------------------------------------------------------------------------------
@@ -733,7 +766,7 @@ class _Reader:
                 for off, type_id, access_off, kind in relos:
                     if start <= off < start + size:
                         access = spec.btf.string(access_off) if spec.btf is not None else ""
-                        fn.core_relos.append(CoreRelo(local(off), type_id, access, CoreReloKind(kind)))
+                        fn.core_relos.append(CoreRelo(local(off), type_id, access, _relo_kind(kind, sym.name)))
                 for off, rsym, rtype in rels:
                     if start <= off < start + size:
                         self._apply_relocation(fn, local(off), rsym, rtype, sec.name)
@@ -747,6 +780,8 @@ class _Reader:
         for sec in self.sections:
             if isinstance(sec, RelocationSection) and sec["sh_info"] == target_idx:
                 for rel in sec.iter_relocations():
+                    if rel["r_info_sym"] >= len(self.symbols):
+                        raise ELFError(f"{sec.name}: relocation against symbol {rel['r_info_sym']} out of range")
                     out.append((rel["r_offset"], self.symbols[rel["r_info_sym"]], rel["r_info_type"]))
         return out
 
@@ -817,6 +852,13 @@ class _Reader:
                     raise ELFError(f"{fn.name}: call at {i} into the middle of a function in {section!r}")
                 insn.target = starts[dest]
                 insn.imm = -1
+
+
+def _relo_kind(kind: int, where: str) -> CoreReloKind:
+    try:
+        return CoreReloKind(kind)
+    except ValueError:
+        raise ELFError(f"{where}: unknown CO-RE relocation kind {kind}") from None
 
 
 def _index_at(slot_index: dict[int, int], slot: int, what: str) -> int:

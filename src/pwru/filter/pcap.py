@@ -61,7 +61,7 @@ def _libpcap() -> ctypes.CDLL:
         return _lib
     names = ["libpcap.so.0.8", "libpcap.so.1", "libpcap.so"]
     found = ctypes.util.find_library("pcap")
-    if found:
+    if found and found not in names:  # usually libpcap.so.0.8 again: a name tried twice reads as a bug
         names.append(found)
     err: OSError | None = None
     for name in names:

@@ -4,7 +4,11 @@ Both sinks take lines in batches (:meth:`Sink.write_lines`), or whole units of b
 binary outputs such as pcapng blocks), and buffer them: a terminal gets every batch at
 once (line buffered); a pipe or a file gets blocks of :data:`BLOCK_SIZE` bytes, but never waits more than
 ``max_latency`` seconds between flushes while lines keep coming. Call ``flush()`` when the reader goes idle
-and ``close()`` at exit.
+and ``close()`` at exit. Each sink counts the units (lines given to ``write_lines``, calls of ``write``) the
+kernel took in full (``delivered``): when the output breaks (the reader of a pipe went away, the disk is full)
+what was still buffered or only partly written is not counted. A write error is raised as
+:class:`OutputError` (one line, exit 1), except EPIPE on standard output, which stays a ``BrokenPipeError``
+(the command line exits quietly with 141, as a program killed by SIGPIPE would).
 
 Rotating file (``--output-file``): when a write would take the file past ``max_bytes`` it is renamed to
 ``<name>-<local time 2006-01-02T15-04-05.000><ext>`` and a new file is started (an existing file is
@@ -39,8 +43,18 @@ COMPRESS_SUFFIX = ".gz"
 log = logging.getLogger("pwru")
 
 
+class OutputError(UserError):
+    """Output could not be written (``standard output: No space left on device``); the run stops (exit 1)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=1)
+
+
 class Sink(Protocol):
     """A destination for output: text lines or units of bytes."""
+
+    #: Units written in full so far.
+    delivered: int
 
     def write_lines(self, lines: Sequence[str]) -> None:
         """Write each string as one line (a newline is added after each)."""
@@ -65,20 +79,55 @@ def _encode(lines: Sequence[str]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8", "replace")
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> tuple[int, OSError | None]:
+    """Write ``data``; returns the bytes written and the error that stopped the writing (None when all were)."""
     view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    done = 0
+    while done < len(view):
+        try:
+            done += os.write(fd, view[done:])
+        except InterruptedError:
+            continue
+        except OSError as e:
+            return done, e
+    return done, None
+
+
+#: A piece of the buffer: its size in bytes, its lines (None for a unit of bytes) and how many units it holds.
+_Chunk = tuple[int, Sequence[str] | None, int]
+
+
+def _units_within(chunks: list[_Chunk], written: int) -> int:
+    """How many whole units of ``chunks`` (in buffer order) lie in their first ``written`` bytes."""
+    units = 0
+    for size, lines, count in chunks:
+        if written >= size:
+            units += count
+            written -= size
+            continue
+        if lines is not None:  # a partly written batch of lines: count the lines that made it
+            for line in lines:
+                written -= len(line.encode("utf-8", "replace")) + 1
+                if written < 0:
+                    break
+                units += 1
+        break
+    return units
 
 
 class _Buffered:
     def __init__(self, line_buffered: bool, max_latency: float, clock: Callable[[], float]) -> None:
         self._buf = bytearray()
+        self._chunks: list[_Chunk] = []
         self._line_buffered = line_buffered
         self._max_latency = max_latency
         self._clock = clock
         self._last_flush = clock()
+        self.delivered = 0
+
+    def _append(self, data: bytes, lines: Sequence[str] | None) -> None:
+        self._buf += data
+        self._chunks.append((len(data), lines, 1 if lines is None else len(lines)))
 
     def _after_write(self) -> None:
         if (
@@ -91,10 +140,17 @@ class _Buffered:
     def flush(self) -> None:
         self._last_flush = self._clock()
         if self._buf:
-            data, self._buf = self._buf, bytearray()
-            self._emit(data)
+            data, chunks = self._buf, self._chunks
+            self._buf, self._chunks = bytearray(), []
+            written, error = self._emit(data)
+            self.delivered += _units_within(chunks, written)
+            if error is not None:
+                raise self._error(error)
 
-    def _emit(self, data: bytearray) -> None:
+    def _emit(self, data: bytearray) -> tuple[int, OSError | None]:
+        raise NotImplementedError
+
+    def _error(self, e: OSError) -> Exception:
         raise NotImplementedError
 
 
@@ -119,18 +175,26 @@ class StdoutSink(_Buffered):
 
     def write_lines(self, lines: Sequence[str]) -> None:
         """Buffer the lines; flush per the buffering rules."""
-        self.write(_encode(lines))
+        if lines:
+            self._append(_encode(lines), lines)
+            self._after_write()
 
     def write(self, data: bytes) -> None:
         """Buffer ``data``; flush per the buffering rules."""
-        self._buf += data
+        self._append(data, None)
         self._after_write()
 
-    def _emit(self, data: bytearray) -> None:
+    def _emit(self, data: bytearray) -> tuple[int, OSError | None]:
         if self._fd == 1:
-            with contextlib.suppress(ValueError, AttributeError):
+            with contextlib.suppress(ValueError, AttributeError, OSError):
                 sys.stdout.flush()  # keep order with anything print()ed before
-        _write_all(self._fd, data)
+        return _write_all(self._fd, data)
+
+    def _error(self, e: OSError) -> Exception:
+        if isinstance(e, BrokenPipeError):
+            return e
+        name = "standard output" if self._fd == 1 else f"file descriptor {self._fd}"
+        return OutputError(f"{name}: {e.strerror or e}")
 
     def close(self) -> None:
         """Flush (the descriptor stays open: it is not ours)."""
@@ -179,7 +243,7 @@ class RotatingFileSink(_Buffered):
             raise ValueError("write to a closed sink")
         data = _encode(lines)
         if self._size + len(data) <= self.max_bytes:
-            self._buf += data
+            self._append(data, lines)
             self._size += len(data)
             self._after_write()
         else:
@@ -192,12 +256,15 @@ class RotatingFileSink(_Buffered):
             raise ValueError("write to a closed sink")
         if self._size + len(data) > self.max_bytes and self._size > 0:
             self.rotate()
-        self._buf += data
+        self._append(data, None)
         self._size += len(data)
         self._after_write()
 
-    def _emit(self, data: bytearray) -> None:
-        _write_all(self._fd, data)
+    def _emit(self, data: bytearray) -> tuple[int, OSError | None]:
+        return _write_all(self._fd, data)
+
+    def _error(self, e: OSError) -> Exception:
+        return OutputError(f"--output-file: {self.path}: {e.strerror or e}")
 
     def close(self) -> None:
         """Flush, close the file and wait for background compression/cleanup to finish."""
@@ -257,7 +324,10 @@ class RotatingFileSink(_Buffered):
         self.flush()
         os.close(self._fd)
         self._fd = -1
-        self._open_new()
+        try:
+            self._open_new()
+        except OSError as e:
+            raise self._error(e) from None
         self._schedule_mill()
 
     # -- backups: remove old ones, compress --

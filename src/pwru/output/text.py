@@ -1,10 +1,14 @@
 """pwru's text columns: ``SKB CPU PROCESS [TIMESTAMP] NETNS MARK/x IFACE PROTO MTU LEN TUPLE FUNC [CALLER]
 [TUNNEL]``.
 
-Widths follow pwru: fixed for the leading columns; TUPLE (and FUNC when CALLER follows it) padded to the
-widest value seen so far, so columns stay aligned as the trace goes on. A kfree_skb drop location is shown
-after the function as ``at symbol+0xNN``. TUNNEL (--output-tunnel) ends the line, unpadded as in pwru: the
-inner packet's tuple, ``-`` for an skb without one. Stack frames (--output-stack) follow on their own lines.
+Every column has a fixed width, so the header lines up with every line and ``awk '{print $N}'`` finds the same
+column all the way down (pwru pads TUPLE, and FUNC before CALLER, to the widest value seen so far, which moves
+the columns after them mid-stream). TUPLE fits the longest IPv4 tuple (:func:`tuple_width`); FUNC, when a
+column follows it, :data:`FUNC_WIDTH`; CALLER, when TUNNEL follows it, :data:`CALLER_WIDTH`. A longer value (an
+IPv6 tuple, a long function name) widens its own line only, by its overflow: the columns stay separated by
+spaces and the next line is back under the header. A kfree_skb drop location is shown after the function as
+``at symbol+0xNN``. TUNNEL (--output-tunnel) ends the line: the inner packet's tuple, ``-`` for an skb without
+one. Stack frames (--output-stack) follow on their own lines.
 """
 
 from __future__ import annotations
@@ -16,6 +20,25 @@ from pwru.output import fields
 from pwru.output.fields import remember
 from pwru.output.names import Names, sanitize
 from pwru.records import Batch, Record, RecordLayout
+
+#: FUNC's width when CALLER or TUNNEL follows it: a function with a drop reason
+#: (``kfree_skb_reason(SKB_DROP_REASON_NETFILTER_DROP)``) fits.
+FUNC_WIDTH = 48
+#: CALLER's width when TUNNEL follows it (``__netif_receive_skb_one_core+0x87`` fits).
+CALLER_WIDTH = 40
+_LONGEST_V4 = b"\xff" * 16  # 255.255.255.255
+_THREE_TCP_FLAGS = 0x19  # FIN|PSH|ACK
+
+
+def tuple_width(with_tcp_flags: bool) -> int:
+    """TUPLE's width: the longest IPv4 tuple with ports (``255.255.255.255:65535->255.255.255.255:65535(udplite)``);
+    with TCP flags also a TCP one with three of them set (``(tcp:FIN|PSH|ACK)``)."""
+    def width(l4: int, flags: int) -> int:
+        t = fields.Tuple(_LONGEST_V4, _LONGEST_V4, 65535, 65535, fields.ETH_P_IP, l4, flags)
+        return len(fields.tuple_text(t, with_tcp_flags))
+
+    widest = max(width(l4, 0) for l4 in fields.PORT_PROTOS)
+    return max(widest, width(6, _THREE_TCP_FLAGS)) if with_tcp_flags else widest
 
 
 def _center(text: str, width: int) -> str:
@@ -32,8 +55,9 @@ class TextFormatter:
         self._config = config
         self._names = names
         self._ts = fields.Timestamps(config.timestamp)
-        self._tuple_width = 0
-        self._func_width = 0
+        self._tuple_width = tuple_width(config.tcp_flags)
+        self._func_width = FUNC_WIDTH if config.caller or config.tunnel else 0
+        self._caller_width = CALLER_WIDTH if config.tunnel else 0
         self._layout: RecordLayout | None = None
         self._stack_id: Any = None
         self._spans: tuple[tuple[int, int], ...] = ()
@@ -55,10 +79,10 @@ class TextFormatter:
                 f" {'PROTO':<6} {'MTU':<5} {'LEN':<5}"
             )
         if c.tuple:
-            parts.append(" TUPLE")
-        parts.append(" FUNC")
+            parts.append(" " + "TUPLE".ljust(self._tuple_width))
+        parts.append(" " + "FUNC".ljust(self._func_width))
         if c.caller:
-            parts.append(" CALLER")
+            parts.append(" " + "CALLER".ljust(self._caller_width))
         if c.tunnel:
             parts.append(" TUNNEL")
         return "".join(parts)
@@ -78,22 +102,24 @@ class TextFormatter:
         )
 
     def _tuple(self, event: Record) -> str:
-        """TUPLE, unpadded: depends on the tuple fields only."""
-        return fields.tuple_text(fields.tuple_of(event), self._config.tcp_flags)
+        """TUPLE, padded, with its leading space: depends on the tuple fields only."""
+        return " " + fields.tuple_text(fields.tuple_of(event), self._config.tcp_flags).ljust(self._tuple_width)
 
     def _tunnel(self, event: Record) -> str:
         """TUNNEL with its leading space: depends on the tunnel tuple's fields only."""
         return " " + fields.tuple_text(fields.tuple_of(event, fields.TUNNEL_PREFIX), self._config.tcp_flags)
 
     def _func(self, event: Record) -> str:
-        """FUNC with drop reason and location: depends on addr, kind, reason and location."""
+        """FUNC with drop reason and location, padded when a column follows, with its leading space: depends on
+        addr, kind, reason and location."""
         func = fields.func_text(event, self._names)
         location = fields.location_text(event, self._names)
-        return f"{func} at {location}" if location else func
+        return " " + (f"{func} at {location}" if location else func).ljust(self._func_width)
 
     def _caller(self, event: Record) -> str:
-        """CALLER: depends on caller only."""
-        return sanitize(self._names.symbol(event.caller)) if event.caller else "-"
+        """CALLER, padded when TUNNEL follows, with its leading space: depends on caller only."""
+        caller = sanitize(self._names.symbol(event.caller)) if event.caller else "-"
+        return " " + caller.ljust(self._caller_width)
 
     def _head(self, skb: int, proc: str, ts: int) -> str:
         """TIME (absolute), SKB, CPU, PROCESS and TIMESTAMP; ``ts`` is the event's raw timestamp."""
@@ -102,20 +128,6 @@ class TextFormatter:
             return f"{skb:<#18x}{proc}"
         head = f"{skb:<#18x}{proc} {self._ts.value_at(skb, ts):<16}"
         return f"{self._ts.wall_clock_at(ts):<23} {head}" if mode == "absolute" else head
-
-    def _line(self, head: str, meta: str, tup: str | None, func: str, caller: str | None) -> str:
-        """A whole line from its pieces; widens TUPLE (and FUNC before CALLER) to the widest seen so far."""
-        if tup is None:
-            tup = ""
-        else:
-            if len(tup) > self._tuple_width:
-                self._tuple_width = len(tup)
-            tup = " " + tup.ljust(self._tuple_width)
-        if caller is None:
-            return f"{head}{meta}{tup} {func}"
-        if len(func) > self._func_width:
-            self._func_width = len(func)
-        return f"{head}{meta}{tup} {func.ljust(self._func_width)} {caller}"
 
     # -- formatting: the only path --
 
@@ -144,7 +156,6 @@ class TextFormatter:
         with_tunnel = c.tunnel
         plain_head = c.timestamp == "none"
         stacks, symbol = batch.stacks, self._names.symbol
-        line_of = self._line
         lines: list[str] = []
         append = lines.append
         events = batch.of_type("event")
@@ -164,24 +175,26 @@ class TextFormatter:
                     ev = ev or decode(buf)
                     cached = remember(metas, key, self._meta(ev))
                 meta = cached
-            tup = None
+            tup = ""
             if with_tuple:
                 key = buf[t0:t1]
-                tup = tuples.get(key)
-                if tup is None:
+                cached = tuples.get(key)
+                if cached is None:
                     ev = ev or decode(buf)
-                    tup = remember(tuples, key, self._tuple(ev))
+                    cached = remember(tuples, key, self._tuple(ev))
+                tup = cached
             fk = (probe, probe_kind, reason, location)
             func = funcs.get(fk)
             if func is None:
                 ev = ev or decode(buf)
                 func = remember(funcs, fk, self._func(ev))
-            caller = None
+            caller = ""
             if with_caller:
-                caller = callers.get(caller_addr)
-                if caller is None:
+                cached = callers.get(caller_addr)
+                if cached is None:
                     ev = ev or decode(buf)
-                    caller = remember(callers, caller_addr, self._caller(ev))
+                    cached = remember(callers, caller_addr, self._caller(ev))
+                caller = cached
             tunnel = ""
             if with_tunnel:
                 key = buf[u0:u1]
@@ -191,10 +204,7 @@ class TextFormatter:
                     cached = remember(tunnels, key, self._tunnel(ev))
                 tunnel = cached
             head = f"{skb:<#18x}{proc}" if plain_head else self._head(skb, proc, ts)
-            if caller is None and tup is not None and len(tup) <= self._tuple_width:
-                append(f"{head}{meta} {tup.ljust(self._tuple_width)} {func}{tunnel}")  # _line's common case
-            else:
-                append(line_of(head, meta, tup, func, caller) + tunnel)
+            append(f"{head}{meta}{tup}{func}{caller}{tunnel}")
         if with_stack:
             for i, buf in enumerate(events):
                 stack_id = stack_id_of(buf)[0]
