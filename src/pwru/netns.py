@@ -42,10 +42,16 @@ def _check_net_fd(fd: int, path: str) -> None:
         raise NetnsError(f"{path} is not a network namespace")
 
 
+#: How a file that should name a namespace is opened: O_NONBLOCK so that a FIFO (or a device that waits for a
+#: peer) given by mistake is refused by the type check instead of blocking the open forever; O_NOCTTY so that
+#: a terminal never becomes the controlling one. Neither changes anything for an nsfs file.
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+
+
 def netns_inode(path: str) -> int:
     """Inode number of the network namespace file ``path`` (``/proc/PID/ns/net``, ``/run/netns/NAME``)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, _OPEN_FLAGS)
     except OSError as e:
         raise NetnsError(f"{path}: {e.strerror}") from None
     try:
@@ -120,7 +126,7 @@ def run_in_netns(path: str, fn: Callable[[], T], inode: int | None = None) -> T:
     in the calling thread.
     """
     try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(path, _OPEN_FLAGS)
     except OSError as e:
         raise NetnsError(f"{path}: {e.strerror}") from None
     result: list[T] = []

@@ -10,9 +10,12 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -269,3 +272,80 @@ def wait_ready(proc: subprocess.Popen[str], ready: Path, timeout: float = 300) -
             raise AssertionError("pwru not ready in time")
         time.sleep(0.05)
     return time.monotonic() - t0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak tests (``@pytest.mark.soak``, an hour each) run only when ``-m`` names them: ``-m soak``."""
+    if "soak" in (config.option.markexpr or ""):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak") is not None]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]
+
+
+#: Address space a pwru under test may take (bad-input and fault tests): an input that makes it read without
+#: bound (``--kernel-btf /dev/zero``) ends in a MemoryError instead of taking the machine's memory.
+PWRU_ADDRESS_SPACE = 2 << 30
+
+
+@dataclass
+class Measured:
+    """A pwru process run to completion by :func:`run_measured`: its exit status, output, CPU time and whether
+    it had to be killed at the timeout."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    cpu: float  # user + system seconds of the process itself
+    wall: float
+    timed_out: bool
+
+
+def run_measured(
+    *args: str,
+    timeout: float = 60,
+    prefix: tuple[str, ...] = (),
+    closed: tuple[int, ...] = (),
+    rlimits: dict[int, tuple[int, int]] | None = None,
+) -> Measured:
+    """Run pwru to completion like :func:`run_cli`, with its surroundings changed: a command it runs under
+    (``prefix``: unshare, setpriv...), standard descriptors closed in it (``closed``: 1 for stdout, 2 for stderr),
+    resource limits (``rlimits``; RLIMIT_AS always bounded by :data:`PWRU_ADDRESS_SPACE`). Killed after
+    ``timeout`` seconds. Its own CPU time comes from wait4(2), so runs can go on in parallel threads."""
+    limits = {resource.RLIMIT_AS: (PWRU_ADDRESS_SPACE, PWRU_ADDRESS_SPACE), **(rlimits or {})}
+
+    def child_setup() -> None:
+        for which, value in limits.items():
+            resource.setrlimit(which, value)
+        for fd in closed:
+            os.close(fd)
+
+    killed = threading.Event()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.monotonic()
+        cmd = [*prefix, sys.executable, "-m", "pwru", *args]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, preexec_fn=child_setup)
+
+        def kill() -> None:
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout * SLOW, kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        wall = time.monotonic() - t0
+        out.seek(0)
+        err.seek(0)
+        return Measured(
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            usage.ru_utime + usage.ru_stime,
+            wall,
+            killed.is_set(),
+        )
