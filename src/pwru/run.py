@@ -35,7 +35,8 @@ from pwru.symbols import Symbols
 
 if TYPE_CHECKING:
     from pwru.ebpf.asm import Instruction
-    from pwru.filter import Link
+    from pwru.ebpf.btf import Spec
+    from pwru.filter import CompiledFilter, Link, SkbLayout
 
 log = logging.getLogger("pwru")
 
@@ -231,24 +232,27 @@ def _progress_printer(plan: Plan, backend: str) -> Progress:
     return progress
 
 
-def build_object(config: Config) -> tuple[ObjectSpec, dict[str, int]]:
+def build_object(config: Config, kernel_btf: Spec | None = None) -> tuple[ObjectSpec, dict[str, int]]:
     """The kernel program with the pcap filter spliced into its two stubs (L2 and L3) and the tunnel filters
     into theirs, and the constants that turn on the spliced ones (``cfg_has_pcap``, ``cfg_has_tunnel_pcap_*``).
-    Raises :class:`UserError` for an expression libpcap refuses, before anything is loaded."""
+    ``kernel_btf`` gives ``struct sk_buff``'s layout to filters with ancillary loads (vmlinux BTF without it).
+    Raises :class:`UserError` for an expression libpcap refuses or the kernel cannot run, before anything is
+    loaded."""
     from pwru.filter import FilterError, compile_filter
 
     try:
-        compiled = compile_filter(config.filter.pcap)
+        compiled = compile_filter(config.filter.pcap, progress=_say)
     except FilterError as e:
         raise UserError(str(e)) from None
+    splice = _Splicer(kernel_btf)
     tunnel = {
-        "l2": _tunnel_filter("filter.tunnel_pcap_l2", config.filter.tunnel_pcap_l2, "l2"),
-        "l3": _tunnel_filter("filter.tunnel_pcap_l3", config.filter.tunnel_pcap_l3, "l3"),
+        "l2": _tunnel_filter("filter.tunnel_pcap_l2", config.filter.tunnel_pcap_l2, "l2", splice),
+        "l3": _tunnel_filter("filter.tunnel_pcap_l3", config.filter.tunnel_pcap_l3, "l3", splice),
     }
     spec = ObjectSpec.load(object_path())
     if compiled is not None:
-        spec.replace_function("filter_pcap_l2", compiled.to_ebpf("l2", "probe"))
-        spec.replace_function("filter_pcap_l3", compiled.to_ebpf("l3", "probe"))
+        for link in ("l2", "l3"):
+            spec.replace_function(f"filter_pcap_{link}", splice(compiled, link, None))
     for link, body in tunnel.items():
         if body is not None:
             spec.replace_function(f"filter_pcap_tunnel_{link}", body)
@@ -256,14 +260,56 @@ def build_object(config: Config) -> tuple[ObjectSpec, dict[str, int]]:
     return spec, {"cfg_has_pcap": int(compiled is not None), **spliced}
 
 
-def _tunnel_filter(field: str, expr: str, link: Link) -> list[Instruction] | None:
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class _Splicer:
+    """Translates compiled filters for the kernel program (probe mode): the skb layout from kernel BTF and
+    the long-jump probe are asked for only when a filter needs them."""
+
+    def __init__(self, kernel_btf: Spec | None) -> None:
+        self._btf = kernel_btf
+        self._layout: SkbLayout | None = None
+
+    def layout(self) -> SkbLayout:
+        from pwru.ebpf.btf import kernel_btf
+        from pwru.filter import SkbLayout
+
+        if self._layout is None:
+            try:
+                self._layout = SkbLayout.from_btf(self._btf if self._btf is not None else kernel_btf())
+            except (OSError, ValueError) as e:
+                problem = f"the pcap filter reads skb fields, and the kernel BTF does not say where: {e}"
+                raise UserError(problem) from None
+        return self._layout
+
+    def __call__(self, compiled: CompiledFilter, link: Link, flag: str | None) -> list[Instruction]:
+        from pwru.ebpf import features
+        from pwru.filter import FilterTooLarge, TranslationError
+
+        try:
+            return compiled.to_ebpf(
+                link,
+                "probe",
+                skb=self.layout() if compiled.needs_skb else None,
+                long_jumps=lambda: features.long_jump().available,
+            )
+        except FilterTooLarge as e:
+            problem = f"the filter is too large for this kernel ({e})"
+        except TranslationError as e:
+            problem = f'invalid pcap filter "{compiled.expr}": {e}'
+        raise FlagError(flag, problem) if flag else UserError(problem)
+
+
+def _tunnel_filter(field: str, expr: str, link: Link, splice: _Splicer) -> list[Instruction] | None:
     """The body of a tunnel filter stub: ``expr`` compiled for ``link`` only (the inner packet from its MAC
     header is Ethernet, from its network header raw IP); None without an expression."""
     from pwru.filter import FilterError, compile_filter
 
     flag = flags.TABLE.filling(field).name
     try:
-        compiled = compile_filter(expr)
+        compiled = compile_filter(expr, progress=_say)
     except FilterError as e:
         raise FlagError(flag, str(e)) from None
     if compiled is None:
@@ -271,7 +317,7 @@ def _tunnel_filter(field: str, expr: str, link: Link) -> list[Instruction] | Non
     if compiled.classic(link) is None:
         error = compiled.l2_error if link == "l2" else compiled.l3_error
         raise FlagError(flag, f'invalid pcap filter "{expr}": {error}')
-    return compiled.to_ebpf(link, "probe")
+    return splice(compiled, link, flag)
 
 
 def schema_of(obj: ObjectSpec) -> Schema:
@@ -300,7 +346,7 @@ def run(config: Config) -> int:
         if not targets and not nf_probes:
             raise UserError("no function or tracepoint to trace: check --filter-func", exit_code=1)
         tracking.check_non_skb_funcs(config, backend, kernel)
-        obj, spliced = build_object(config)
+        obj, spliced = build_object(config, kernel.spec)
         schema = schema_of(obj)
         for name in tracking.SIZED_MAPS:
             obj.maps[name].max_entries = config.tracking.max_entries

@@ -142,3 +142,130 @@ def test_backward_jump_is_found_once_and_refused_by_both_entry_points() -> None:
     assert CProgram((CInsn(0x05, 0, 0, 0), CInsn(0x06))).first_backward_jump() is None
     with pytest.raises(TranslationError, match=r"loop \(protochain\)"):
         translate(loop)
+
+
+# --- far jumps ------------------------------------------------------------------------------------
+
+def far_program(loads: int) -> CProgram:
+    """``ldb [0]`` then ``loads`` more loads, each bounds-checked by a jump to the one reject block at the end
+    of the body: the first check's jump spans the whole body. Accepts with A (the last byte loaded)."""
+    body = [CInsn(0x30, 0, 0, i % 60) for i in range(loads)]  # ldb [i % 60]
+    return CProgram((CInsn(0x30, 0, 0, 59), *body, CInsn(0x16)))
+
+
+def test_a_far_jump_needs_gotol_or_is_too_large() -> None:
+    from pwru.filter.translate import FilterTooLarge
+
+    prog = far_program(3500)  # about 11 eBPF instructions a probe-mode load: beyond 32767
+    with pytest.raises(FilterTooLarge, match=r"a jump spans \d+ instructions, beyond the 32767"):
+        translate(prog, "probe")
+    asked: list[bool] = []
+
+    def kernel_has_gotol() -> bool:
+        asked.append(True)
+        return True
+
+    body = translate(prog, "probe", long_jumps=kernel_has_gotol)
+    assert asked == [True]
+    longs = [i for i in body if i.is_long_jump]
+    assert longs and all(-(1 << 15) <= i.off < (1 << 15) for i in body)
+    # a far conditional jump became a short one over a gotol: "if !cond goto +1; gotol"
+    first = next(n for n, i in enumerate(body) if i.is_long_jump)
+    assert body[first - 1].is_jump and body[first - 1].off == 1
+    # and small programs never ask
+    translate(far_program(10), "probe", long_jumps=lambda: pytest.fail("asked"))  # type: ignore[arg-type,return-value]
+
+
+def test_far_jumps_keep_the_verdicts() -> None:
+    from tests.ebpf_vm import Program, run_on_packet
+
+    prog = far_program(3500)
+    ref = PcapProgram(prog)
+    for mode in ("direct", "probe"):
+        vm = Program(translate(prog, mode, long_jumps=True))  # type: ignore[arg-type]
+        for pkt in (bytes(range(60)), bytes(59), b"", bytes(range(100))):
+            assert run_on_packet(vm, pkt) == ref.run(pkt)
+
+
+def test_widening_jset_uses_a_trampoline() -> None:
+    from pwru.ebpf.asm import Reg
+    from pwru.filter.translate import FilterTooLarge, _widen
+    from tests.ebpf_vm import Program, run_on_packet
+
+    filler = [asm.mov_imm(Reg.R0, 7)] * 40000
+    # if r1 & 1 goto far; r0 = 1; exit; <filler>; far: exit  (r1 = the packet address, even, then odd)
+    body = [asm.jmp_imm(JmpOp.JSET, Reg.R1, 1, 0), asm.mov_imm(Reg.R0, 1), asm.exit_(), *filler, asm.exit_()]
+    targets = [len(body) - 1] + [-1] * (len(body) - 1)
+    out = _widen(body, targets, True)
+    assert [str(i) for i in out[:3]] == ["if r1 & 0x1 goto +1", "goto +1", f"gotol +{40002}"]
+    assert run_on_packet(Program(out), b"") == 1  # PACKET_BASE is even: not taken
+    odd = Program([asm.alu_imm(asm.AluOp.ADD, Reg.R1, 1), *out])
+    assert run_on_packet(odd, b"") == 0  # taken: through the trampoline to the far exit (r0 still 0)
+    with pytest.raises(FilterTooLarge):
+        _widen(body, targets, False)
+
+
+def test_a_big_filter_says_it_is_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwru.filter
+    from pwru.filter import BIG_FILTER_TERMS, terms
+
+    said: list[str] = []
+    compile_filter("host 10.0.0.1 or host 10.0.0.2", progress=said.append)
+    assert said == []
+    assert terms("host 10.0.0.1 or host 10.0.0.2 and not port 80 || udp && tcp") == 5
+    assert terms("host android or host orchid.example") == 2  # words containing "and"/"or" are no connective
+
+    # libpcap itself would take minutes (its optimizer is cubic in the terms): the line comes before it.
+    def refuse(expr: str, dlt: int) -> None:
+        said.append("libpcap called")
+        raise FilterError(expr, "stop here")
+
+    monkeypatch.setattr(pwru.filter, "compile_cbpf", refuse)
+    big = " or ".join(f"port {i}" for i in range(BIG_FILTER_TERMS))
+    with pytest.raises(FilterError):
+        compile_filter(big, progress=said.append)
+    assert said[0] == f"Compiling the pcap filter ({BIG_FILTER_TERMS:,} terms)..." and said[1] == "libpcap called"
+
+
+def test_libpcap_reads_uninitialized_scratch_memory_and_the_translation_zero() -> None:
+    """A fuzzer finding (tests/data/filter/regressions.txt): on a non-IP frame this program reads M[0], which
+    only the Geneve branch writes; libpcap's interpreter then loads at a garbage offset and rejects, the
+    translation reads 0 and accepts, which is the expression's meaning (the frame is neither Geneve nor in
+    10.0/16, so "not (...)" holds)."""
+    from tests.ebpf_vm import Program, run_on_packet
+    from tests.filter_reference import uninitialized_scratch_read
+
+    f = compile_filter("not ((geneve 0) or (net 10.0.0.0 mask 255.255.0.0))")
+    assert f is not None and f.l2 is not None
+    assert uninitialized_scratch_read(f.l2) is not None
+    assert uninitialized_scratch_read(compile_cbpf("geneve 0", DLT_EN10MB)) is None
+    frame = bytes.fromhex("66778899aabb66778899aabb123452")
+    for mode in ("direct", "probe"):
+        assert run_on_packet(Program(f.to_ebpf("l2", mode)), frame) == 262144  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("has_gotol", [True, False])
+def test_build_object_uses_gotol_or_says_the_filter_is_too_large(
+    monkeypatch: pytest.MonkeyPatch, has_gotol: bool
+) -> None:
+    import pwru.filter
+    from pwru.config import Config, FilterConfig
+    from pwru.ebpf import features
+    from pwru.errors import UserError
+    from pwru.filter import CompiledFilter
+    from pwru.run import build_object
+
+    big = CompiledFilter("a huge filter", far_program(3500), far_program(10))
+    monkeypatch.setattr(pwru.filter, "compile_filter", lambda expr, progress=None: big if expr else None)
+    monkeypatch.setattr(features, "long_jump", lambda: features.Feature("long_jump", has_gotol, "test"))
+    config = Config(filter=FilterConfig(pcap="a huge filter"))
+    if has_gotol:
+        spec, consts = build_object(config)
+        assert consts["cfg_has_pcap"] == 1
+        body = spec.functions["filter_pcap_l2"].insns
+        assert any(i.is_long_jump for i in body)
+        return
+    with pytest.raises(UserError) as info:
+        build_object(config)
+    assert str(info.value).startswith("the filter is too large for this kernel (a jump spans ")
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)

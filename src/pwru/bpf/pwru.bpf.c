@@ -16,8 +16,8 @@
  *                          constants (cfg_tp_*), read in a switch so the verifier sees constant ctx offsets
  *
  * The packet filter: filter_pcap_l2/l3 are stubs whose instructions user space replaces with a translated
- * pcap expression (R1 = data, R2 = data_end, R0 != 0 accepts); filter_pcap_tunnel_l2/l3 likewise, for the
- * inner packet of an encapsulated skb (--filter-tunnel-pcap-l2/l3).
+ * pcap expression (R1 = data, R2 = data_end, R3 = the skb, R0 != 0 accepts); filter_pcap_tunnel_l2/l3
+ * likewise, for the inner packet of an encapsulated skb (--filter-tunnel-pcap-l2/l3).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -142,38 +142,39 @@ const struct event *const pwru_event_layout = 0;
 /*
  * The bodies are replaced before load. They must stay real subprograms (noinline) and their result must be
  * opaque to clang: the asm barrier hides the value, so callers test all 64 bits of R0 (a cBPF filter accepts
- * with its snap length, e.g. 0x40000, which a bool test of the low byte would miss).
+ * with its snap length, e.g. 0x40000, which a bool test of the low byte would miss), and uses the skb, so
+ * clang keeps passing it in R3 (the filter's ancillary loads read it: packet type, ifindex, ...).
  */
-static __noinline __u64 filter_pcap_l2(void *data, void *data_end)
+static __noinline __u64 filter_pcap_l2(void *data, void *data_end, struct sk_buff *skb)
 {
 	__u64 ret = (__u64)data_end - (__u64)data;
 
-	asm volatile("" : "+r"(ret));
+	asm volatile("" : "+r"(ret) : "r"(skb));
 	return ret;
 }
 
-static __noinline __u64 filter_pcap_l3(void *data, void *data_end)
+static __noinline __u64 filter_pcap_l3(void *data, void *data_end, struct sk_buff *skb)
 {
 	__u64 ret = (__u64)data_end - (__u64)data;
 
-	asm volatile("" : "+r"(ret));
+	asm volatile("" : "+r"(ret) : "r"(skb));
 	return ret;
 }
 
 /* --filter-tunnel-pcap-l2/l3: the same contract, run on the inner packet of an encapsulated skb. */
-static __noinline __u64 filter_pcap_tunnel_l2(void *data, void *data_end)
+static __noinline __u64 filter_pcap_tunnel_l2(void *data, void *data_end, struct sk_buff *skb)
 {
 	__u64 ret = (__u64)data_end - (__u64)data;
 
-	asm volatile("" : "+r"(ret));
+	asm volatile("" : "+r"(ret) : "r"(skb));
 	return ret;
 }
 
-static __noinline __u64 filter_pcap_tunnel_l3(void *data, void *data_end)
+static __noinline __u64 filter_pcap_tunnel_l3(void *data, void *data_end, struct sk_buff *skb)
 {
 	__u64 ret = (__u64)data_end - (__u64)data;
 
-	asm volatile("" : "+r"(ret));
+	asm volatile("" : "+r"(ret) : "r"(skb));
 	return ret;
 }
 
@@ -189,9 +190,9 @@ static __always_inline bool filter_pcap_tunnel(struct sk_buff *skb)
 		return true;
 	head = BPF_CORE_READ(skb, head);
 	data_end = head + BPF_CORE_READ(skb, tail);
-	if (cfg_has_tunnel_pcap_l2 && !filter_pcap_tunnel_l2(head + BPF_CORE_READ(skb, inner_mac_header), data_end))
+	if (cfg_has_tunnel_pcap_l2 && !filter_pcap_tunnel_l2(head + BPF_CORE_READ(skb, inner_mac_header), data_end, skb))
 		return false;
-	if (cfg_has_tunnel_pcap_l3 && !filter_pcap_tunnel_l3(head + l3_off, data_end))
+	if (cfg_has_tunnel_pcap_l3 && !filter_pcap_tunnel_l3(head + l3_off, data_end, skb))
 		return false;
 	return true;
 }
@@ -219,8 +220,8 @@ static __always_inline bool filter_pcap(struct sk_buff *skb)
 	__u16 mac_header = BPF_CORE_READ(skb, mac_header);
 
 	if (mac_header != SKB_HDR_UNSET && BPF_CORE_READ(skb, mac_len) != 0)
-		return filter_pcap_l2(head + mac_header, data_end) != 0;
-	return filter_pcap_l3(head + BPF_CORE_READ(skb, network_header), data_end) != 0;
+		return filter_pcap_l2(head + mac_header, data_end, skb) != 0;
+	return filter_pcap_l3(head + BPF_CORE_READ(skb, network_header), data_end, skb) != 0;
 }
 
 static __always_inline bool filter_skb(struct sk_buff *skb)

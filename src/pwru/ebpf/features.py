@@ -278,6 +278,18 @@ def netfilter_link() -> Feature:
     return _attempt("netfilter_link", body)
 
 
+@functools.cache
+def long_jump() -> Feature:
+    """``gotol`` (BPF_JMP32 | BPF_JA with a 32-bit offset in imm, kernel >= 6.6): a tiny program using it."""
+    insns = asm.assemble([asm.mov_imm(asm.R0, 0), asm.Instruction(asm.Class.JMP32 | asm.JmpOp.JA), asm.exit_()])
+
+    def body() -> str:
+        _load("long jumps (gotol, Linux 6.6+)", prog_type=ProgType.SOCKET_FILTER, insns=insns, log_level=0).close()
+        return "socket filter with a gotol loaded"
+
+    return _attempt("long_jump", body)
+
+
 #: The probes that need no target.
 PROBES: dict[str, Callable[[], Feature]] = {
     "ringbuf": ringbuf,
@@ -285,6 +297,7 @@ PROBES: dict[str, Callable[[], Feature]] = {
     "bpf_cookie": bpf_cookie,
     "tcx": tcx,
     "netfilter_link": netfilter_link,
+    "long_jump": long_jump,
 }
 #: The probes that attach to a kernel function (its symbol, also its name in vmlinux BTF).
 FUNCTION_PROBES: dict[str, Callable[[str], Feature]] = {

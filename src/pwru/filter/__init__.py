@@ -9,14 +9,35 @@ convention).
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Callable
 from typing import Literal
 
 from pwru.ebpf.asm import Instruction
+from pwru.filter import ancillary
+from pwru.filter.ancillary import SkbLayout
 from pwru.filter.cbpf import CProgram
 from pwru.filter.pcap import DLT_EN10MB, DLT_RAW, FilterError, compile_cbpf
-from pwru.filter.translate import EmitMode, TranslationError, check_loops, reject_all, translate
+from pwru.filter.translate import (
+    EmitMode,
+    FilterTooLarge,
+    LongJumps,
+    TranslationError,
+    check_loops,
+    reject_all,
+    translate,
+)
 
-__all__ = ["CompiledFilter", "FilterError", "Link", "TranslationError", "compile_filter"]
+__all__ = [
+    "CompiledFilter",
+    "FilterError",
+    "FilterTooLarge",
+    "Link",
+    "LongJumps",
+    "SkbLayout",
+    "TranslationError",
+    "compile_filter",
+]
 
 Link = Literal["l2", "l3"]
 
@@ -39,14 +60,23 @@ class CompiledFilter:
             return self.l3
         raise ValueError(f"unknown link type {link!r}")
 
-    def to_ebpf(self, link: Link, mode: EmitMode) -> list[Instruction]:
-        """The eBPF body for ``link`` in ``mode`` ("direct" or "probe"); reject-all if it did not compile."""
+    def to_ebpf(
+        self, link: Link, mode: EmitMode, *, skb: SkbLayout | None = None, long_jumps: LongJumps = False
+    ) -> list[Instruction]:
+        """The eBPF body for ``link`` in ``mode`` ("direct" or "probe"); reject-all if it did not compile.
+        ``skb`` and ``long_jumps`` as for :func:`~pwru.filter.translate.translate`; raises
+        :class:`TranslationError` (:class:`FilterTooLarge`) for what the mode or the kernel cannot do."""
         prog = self.classic(link)
         if prog is None:
             if mode not in ("direct", "probe"):
                 raise ValueError(f"unknown emission mode {mode!r}")
             return reject_all()
-        return translate(prog, mode)
+        return translate(prog, mode, skb=skb, long_jumps=long_jumps)
+
+    @property
+    def needs_skb(self) -> bool:
+        """Whether probe mode needs the kernel's ``struct sk_buff`` layout (ancillary loads of skb fields)."""
+        return any(p is not None and ancillary.needs_skb(p) for p in (self.l2, self.l3))
 
     def dump(self) -> str:
         """Both classic programs, ``tcpdump -d`` style, for debugging."""
@@ -57,14 +87,28 @@ class CompiledFilter:
         return "\n".join(parts)
 
 
-def compile_filter(expr: str) -> CompiledFilter | None:
+#: From this many terms on, compiling takes seconds (libpcap's optimizer is superlinear): say so first.
+BIG_FILTER_TERMS = 1000
+_CONNECTIVES = re.compile(r"(?<![\w.:-])(?:and|or)(?![\w.:-])|&&|\|\|")
+
+
+def terms(expr: str) -> int:
+    """How many terms ``expr`` joins with ``and``/``or`` (a size, for the user; not a parse)."""
+    return len(_CONNECTIVES.findall(expr)) + 1
+
+
+def compile_filter(expr: str, progress: Callable[[str], None] | None = None) -> CompiledFilter | None:
     """Compile ``expr`` with libpcap for both link types.
 
     Returns None for an empty expression (match everything, add no code). Raises :class:`FilterError` when
-    libpcap accepts it for neither link type (the Ethernet error message is the one reported).
+    libpcap accepts it for neither link type (the Ethernet error message is the one reported). ``progress``
+    gets one line before a big expression's compilation starts.
     """
     if not expr.strip():
         return None
+    n = terms(expr)
+    if progress is not None and n >= BIG_FILTER_TERMS:
+        progress(f"Compiling the pcap filter ({n:,} terms)...")
     progs: dict[int, CProgram | None] = {}
     errors: dict[int, FilterError] = {}
     for dlt in (DLT_EN10MB, DLT_RAW):

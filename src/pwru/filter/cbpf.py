@@ -107,7 +107,11 @@ _E = TypeVar("_E", bound=enum.IntEnum)
 
 def _member(kind: type[_E], value: int) -> _E | None:
     """The member of ``kind`` numbered ``value``, or None when it has none."""
-    return kind(value) if value in kind._value2member_map_ else None
+    member = kind._value2member_map_.get(value)  # a dict look-up: enum calls are slow on big programs
+    return member if isinstance(member, kind) else None
+
+
+_CLASSES = tuple(Class(i) for i in range(8))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +125,7 @@ class CInsn:
 
     @property
     def cls(self) -> Class:
-        return Class(self.code & 0x07)
+        return _CLASSES[self.code & 0x07]
 
     @property
     def size(self) -> Size | None:
