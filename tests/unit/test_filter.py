@@ -8,7 +8,16 @@ from pwru.ebpf import asm
 from pwru.ebpf.asm import Class, JmpOp
 from pwru.filter import FilterError, compile_filter
 from pwru.filter.cbpf import CInsn, CProgram
-from pwru.filter.pcap import DLT_EN10MB, DLT_RAW, PcapProgram, compile_cbpf
+from pwru.filter.pcap import (
+    DLT_EN10MB,
+    DLT_RAW,
+    FilterMemoryExhausted,
+    PcapProgram,
+    compile_cbpf,
+    compile_cbpf_bounded,
+    compile_memory_limit,
+    shown_expr,
+)
 from pwru.filter.translate import TranslationError, reject_all, translate
 
 
@@ -216,15 +225,68 @@ def test_a_big_filter_says_it_is_compiling(monkeypatch: pytest.MonkeyPatch) -> N
     assert terms("host android or host orchid.example") == 2  # words containing "and"/"or" are no connective
 
     # libpcap itself would take minutes (its optimizer is cubic in the terms): the line comes before it.
-    def refuse(expr: str, dlt: int) -> None:
-        said.append("libpcap called")
+    def refuse(expr: str, dlt: int, limit: int) -> None:
+        said.append(f"libpcap called, bounded to {limit >> 20} MiB")
         raise FilterError(expr, "stop here")
 
-    monkeypatch.setattr(pwru.filter, "compile_cbpf", refuse)
+    monkeypatch.setattr(pwru.filter, "compile_cbpf_bounded", refuse)
+    monkeypatch.setattr(pwru.filter, "compile_memory_limit", lambda: 3 << 30)
     big = " or ".join(f"port {i}" for i in range(BIG_FILTER_TERMS))
     with pytest.raises(FilterError):
         compile_filter(big, progress=said.append)
-    assert said[0] == f"Compiling the pcap filter ({BIG_FILTER_TERMS:,} terms)..." and said[1] == "libpcap called"
+    assert said[:2] == [
+        f"Compiling the pcap filter ({BIG_FILTER_TERMS:,} terms, at most 3,072 MiB)...",
+        "libpcap called, bounded to 3072 MiB",
+    ]
+
+
+_HOSTS_200 = " or ".join(f"host 10.{i // 250}.{i % 250}.1" for i in range(200))
+
+
+def test_a_bounded_compilation_gives_libpcaps_program_and_its_errors() -> None:
+    """The forked child's program is libpcap's own, instruction for instruction; its refusal is libpcap's."""
+    for expr, dlt in ((_HOSTS_200, DLT_EN10MB), ("udp port 53 or icmp6", DLT_RAW), ("vlan and tcp", DLT_EN10MB)):
+        assert compile_cbpf_bounded(expr, dlt, 256 << 20) == compile_cbpf(expr, dlt)
+    with pytest.raises(FilterError) as info:
+        compile_cbpf_bounded("tcp port", DLT_EN10MB, 256 << 20)
+    assert type(info.value) is FilterError and "syntax error" in info.value.message
+
+
+def test_a_filter_too_large_for_its_memory_bound_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """~12,000 terms made libpcap's optimizer ask for 15 GB here, and the OOM killer ended pwru (and more): a
+    big filter compiles in a child with a bounded address space, and running out is one clear line. Here
+    200 terms (about 5 MiB) against a 1 MiB bound stand for it."""
+    with pytest.raises(FilterMemoryExhausted) as info:
+        compile_cbpf_bounded(_HOSTS_200, DLT_EN10MB, 1 << 20)
+    assert "too large to compile: libpcap needed more than 1 MiB" in str(info.value)
+
+    import pwru.filter
+
+    monkeypatch.setattr(pwru.filter, "BIG_FILTER_TERMS", 100)
+    monkeypatch.setattr(pwru.filter, "compile_memory_limit", lambda: 1 << 20)
+    calls: list[int] = []
+    bounded = pwru.filter.compile_cbpf_bounded
+
+    def counted(expr: str, dlt: int, limit: int) -> CProgram:
+        calls.append(dlt)
+        return bounded(expr, dlt, limit)
+
+    monkeypatch.setattr(pwru.filter, "compile_cbpf_bounded", counted)
+    with pytest.raises(FilterMemoryExhausted) as info:
+        compile_filter(_HOSTS_200)
+    assert calls == [DLT_EN10MB]  # the raw-IP form is not tried only to fail as slowly again
+    line = str(info.value)
+    assert "\n" not in line and len(line) < 300, line
+    assert line.startswith('invalid pcap filter "host 10.0.0.1 or host 10.0.1.1 or ') and "characters)\"" in line
+    assert compile_memory_limit() >= 256 << 20
+
+
+def test_a_long_expression_is_shortened_in_messages() -> None:
+    assert shown_expr("tcp port 80") == "tcp port 80"
+    long = " or ".join(f"port {i}" for i in range(1000))
+    short = shown_expr(long)
+    assert len(short) <= 130 and short.startswith("port 0 or port 1") and short.endswith(f"({len(long):,} characters)")
+    assert str(FilterError(long, "x")) == f'invalid pcap filter "{short}": x'
 
 
 def test_libpcap_reads_uninitialized_scratch_memory_and_the_translation_zero() -> None:

@@ -17,7 +17,15 @@ from pwru.ebpf.asm import Instruction
 from pwru.filter import ancillary
 from pwru.filter.ancillary import SkbLayout
 from pwru.filter.cbpf import CProgram
-from pwru.filter.pcap import DLT_EN10MB, DLT_RAW, FilterError, compile_cbpf
+from pwru.filter.pcap import (
+    DLT_EN10MB,
+    DLT_RAW,
+    FilterError,
+    FilterMemoryExhausted,
+    compile_cbpf,
+    compile_cbpf_bounded,
+    compile_memory_limit,
+)
 from pwru.filter.translate import (
     EmitMode,
     FilterTooLarge,
@@ -87,7 +95,8 @@ class CompiledFilter:
         return "\n".join(parts)
 
 
-#: From this many terms on, compiling takes seconds (libpcap's optimizer is superlinear): say so first.
+#: From this many terms on, compiling takes seconds (libpcap's optimizer is superlinear): say so first, and
+#: compile in a child process with bounded memory (``pcap.compile_cbpf_bounded``).
 BIG_FILTER_TERMS = 1000
 _CONNECTIVES = re.compile(r"(?<![\w.:-])(?:and|or)(?![\w.:-])|&&|\|\|")
 
@@ -101,19 +110,24 @@ def compile_filter(expr: str, progress: Callable[[str], None] | None = None) -> 
     """Compile ``expr`` with libpcap for both link types.
 
     Returns None for an empty expression (match everything, add no code). Raises :class:`FilterError` when
-    libpcap accepts it for neither link type (the Ethernet error message is the one reported). ``progress``
-    gets one line before a big expression's compilation starts.
+    libpcap accepts it for neither link type (the Ethernet error message is the one reported), or when a big
+    expression needs more memory than :func:`~pwru.filter.pcap.compile_memory_limit` allows. ``progress`` gets
+    one line before a big expression's compilation starts.
     """
     if not expr.strip():
         return None
     n = terms(expr)
-    if progress is not None and n >= BIG_FILTER_TERMS:
-        progress(f"Compiling the pcap filter ({n:,} terms)...")
+    big = n >= BIG_FILTER_TERMS
+    limit = compile_memory_limit() if big else 0
+    if progress is not None and big:
+        progress(f"Compiling the pcap filter ({n:,} terms, at most {limit >> 20:,} MiB)...")
     progs: dict[int, CProgram | None] = {}
     errors: dict[int, FilterError] = {}
     for dlt in (DLT_EN10MB, DLT_RAW):
         try:
-            progs[dlt] = compile_cbpf(expr, dlt)
+            progs[dlt] = compile_cbpf_bounded(expr, dlt, limit) if big else compile_cbpf(expr, dlt)
+        except FilterMemoryExhausted:
+            raise  # the other link type would only take as long to fail again
         except FilterError as e:
             progs[dlt] = None
             errors[dlt] = e

@@ -8,11 +8,26 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import re
+import resource
+import struct
 import threading
 
 from pwru.filter.cbpf import CInsn, CProgram
 
-__all__ = ["DLT_EN10MB", "DLT_RAW", "SNAPLEN", "FilterError", "PcapProgram", "compile_cbpf", "offline_filter"]
+__all__ = [
+    "DLT_EN10MB",
+    "DLT_RAW",
+    "SNAPLEN",
+    "FilterError",
+    "FilterMemoryExhausted",
+    "PcapProgram",
+    "compile_cbpf",
+    "compile_cbpf_bounded",
+    "compile_memory_limit",
+    "offline_filter",
+]
 
 DLT_EN10MB = 1
 DLT_RAW = 12
@@ -20,11 +35,23 @@ SNAPLEN = 262144
 PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
 
 
+#: An expression longer than this is shown shortened in messages (its start, and how long it is).
+SHOWN_EXPR_CHARS = 120
+
+
+def shown_expr(expr: str) -> str:
+    """``expr`` as a message quotes it: whole when short, else its start and its length."""
+    if len(expr) <= SHOWN_EXPR_CHARS:
+        return expr
+    return f"{expr[: SHOWN_EXPR_CHARS - 20].rstrip()} ... ({len(expr):,} characters)"
+
+
 class FilterError(Exception):
-    """An expression libpcap refuses; ``str()`` is ``invalid pcap filter "<expr>": <libpcap message>``."""
+    """An expression libpcap refuses; ``str()`` is ``invalid pcap filter "<expr>": <libpcap message>``
+    (a long expression shortened, see :func:`shown_expr`)."""
 
     def __init__(self, expr: str, message: str) -> None:
-        super().__init__(f'invalid pcap filter "{expr}": {message}')
+        super().__init__(f'invalid pcap filter "{shown_expr(expr)}": {message}')
         self.expr = expr
         self.message = message
 
@@ -123,6 +150,96 @@ def compile_cbpf(expr: str, linktype: int, *, optimize: bool = True) -> CProgram
         finally:
             lib.pcap_close(handle)
     return CProgram(insns)
+
+
+class FilterMemoryExhausted(FilterError):
+    """A bounded compilation ran out of its memory (or its child died): the expression is too large."""
+
+
+_INSN = struct.Struct("<HBBI")
+_OUT_OF_MEMORY = re.compile(r"\b(?:[mc]alloc|realloc|out of memory|Cannot allocate memory)\b", re.IGNORECASE)
+
+
+def compile_memory_limit() -> int:
+    """How many bytes a bounded compilation may add to the address space: half the memory available now
+    (at least 256 MiB), so a filter libpcap's optimizer cannot handle fails alone instead of taking the machine
+    down with it (a ~12,000-term filter asked for more than 15 GB here)."""
+    available = 0
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(available // 2, 256 << 20)
+
+
+def _address_space() -> int:
+    """This process's current virtual size in bytes (VmSize), 0 when unknown."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _child_compile(expr: str, linktype: int, limit: int, optimize: bool, out: int) -> int:
+    """In the forked child: bound the address space, compile, send the result; the exit status."""
+    try:
+        total = _address_space() + limit
+        resource.setrlimit(resource.RLIMIT_AS, (total, total))
+        prog = compile_cbpf(expr, linktype, optimize=optimize)
+        data = b"P" + b"".join(_INSN.pack(i.code, i.jt, i.jf, i.k) for i in prog.insns)
+    except FilterError as e:
+        if _OUT_OF_MEMORY.search(e.message):  # libpcap's word for a failed allocation ("malloc", "calloc: ...")
+            return 3
+        data = b"E" + e.message.encode(errors="replace")
+    except MemoryError:
+        return 3
+    view = memoryview(data)
+    while view:
+        view = view[os.write(out, view) :]
+    return 0
+
+
+def compile_cbpf_bounded(expr: str, linktype: int, limit: int, *, optimize: bool = True) -> CProgram:
+    """:func:`compile_cbpf` in a forked child whose address space may grow by at most ``limit`` bytes.
+
+    libpcap's optimizer grows superlinearly with the expression, and on malloc failure it may abort rather
+    than return: only a separate process can be stopped from exhausting the machine's memory. A child that
+    runs out, or dies, is a :class:`FilterError` saying the filter is too large."""
+    lib = _libpcap()  # loaded (or refused) here, in the parent, where its error is reported as usual
+    del lib
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        status = 4
+        try:
+            os.close(rfd)
+            status = _child_compile(expr, linktype, limit, optimize, wfd)
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    chunks = []
+    try:
+        while chunk := os.read(rfd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(rfd)
+        _, wait_status = os.waitpid(pid, 0)
+    data = b"".join(chunks)
+    if os.waitstatus_to_exitcode(wait_status) != 0 or not data:
+        raise FilterMemoryExhausted(
+            expr,
+            f"too large to compile: libpcap needed more than {limit >> 20:,} MiB of memory "
+            "(split the filter, or match on fewer hosts and ports)",
+        )
+    if data[:1] == b"E":
+        raise FilterError(expr, data[1:].decode(errors="replace"))
+    body = data[1:]
+    return CProgram(tuple(CInsn(*_INSN.unpack_from(body, off)) for off in range(0, len(body), _INSN.size)))
 
 
 class PcapProgram:
