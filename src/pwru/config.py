@@ -176,10 +176,17 @@ def check_not_empty(flag: str, text: str) -> str:
     return text
 
 
+_OCTAL = re.compile(r"0[0-7_]+")
+
+
 def parse_uint(flag: str, value: str, *, minimum: int = 0, maximum: int = 2**64 - 1) -> int:
-    """A decimal integer within [minimum, maximum]."""
+    """An unsigned integer within [minimum, maximum], spelled as cilium/pwru's flags read it (Go's
+    ``strconv.ParseUint(s, 0, 64)``): decimal, ``0x``/``0o``/``0b`` prefixes, a leading ``0`` for octal,
+    ``_`` between digits; no sign, no spaces."""
     try:
-        n = int(value, 10)
+        if not value.isascii() or not value[:1].isdigit() or value != value.strip():
+            raise ValueError(value)  # Python's int() would take "+5", " 5 " and other scripts' digits
+        n = int(value, 8) if _OCTAL.fullmatch(value) else int(value, 0)
     except ValueError:
         raise FlagError(flag, f"not a number: {value!r}") from None
     if n < minimum or n > maximum:

@@ -139,7 +139,10 @@ CASES: tuple[Case, ...] = (
     c("track-max-above", "--filter-track-skb-max", "16777217"),
     c("track-max-huge", "--filter-track-skb-max", "99999999999999999999999999"),
     c("track-max-fraction", "--filter-track-skb-max", "1.5"),
-    c("track-max-hex", "--filter-track-skb-max", "0x10"),
+    c("track-max-plus", "--filter-track-skb-max", "+5"),  # Go's ParseUint, as pwru: no sign
+    c("track-max-bad-hex", "--filter-track-skb-max", "0x1g"),
+    c("limit-bad-octal", "--output-limit-lines", "08"),
+    c("limit-underscores", "--output-limit-lines", "1__000"),
     c("limit-word", "--output-limit-lines", "x"),
     c("limit-negative", "--output-limit-lines", "-5"),
     c("limit-2^64", "--output-limit-lines", "18446744073709551616"),

@@ -317,3 +317,45 @@ def test_soak_rss_stays_flat(netns: Netns, tmp_path: Path) -> None:
           f"({(last - first) / first:+.1%}); {printed} events printed, {lost} lost")  # fmt: skip
     assert printed > 0
     assert abs(last - first) <= 0.10 * first, samples
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout * SLOW
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return True  # dead, only waiting for its parent
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_big_filters_compiler_dies_with_pwru(sig: signal.Signals) -> None:
+    """A 1,000-term filter takes libpcap minutes in a child process (pwru.filter.pcap.compile_cbpf_bounded):
+    Ctrl-C or SIGKILL of pwru ends the child too, never a compiler left burning a CPU for minutes."""
+    expr = " or ".join(f"port {i}" for i in range(1, 1001))
+    proc = subprocess.Popen(pwru_cmd(*expr.split()), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line.startswith("Compiling the pcap filter (1,000 terms"), line
+        deadline = time.monotonic() + 10 * SLOW
+        while not (children := _children(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(children) == 1, children
+        proc.send_signal(sig)
+        proc.wait(timeout=10 * SLOW)
+        assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), proc.returncode
+        assert _gone(children[0]), "the compiler outlived pwru"
+    finally:
+        proc.kill()
+        proc.wait()

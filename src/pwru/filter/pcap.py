@@ -11,6 +11,7 @@ import ctypes.util
 import os
 import re
 import resource
+import signal
 import struct
 import threading
 
@@ -157,6 +158,7 @@ class FilterMemoryExhausted(FilterError):
 
 
 _INSN = struct.Struct("<HBBI")
+_PR_SET_PDEATHSIG = 1
 _OUT_OF_MEMORY = re.compile(r"\b(?:[mc]alloc|realloc|out of memory|Cannot allocate memory)\b", re.IGNORECASE)
 
 
@@ -188,6 +190,9 @@ def _address_space() -> int:
 def _child_compile(expr: str, linktype: int, limit: int, optimize: bool, out: int) -> int:
     """In the forked child: bound the address space, compile, send the result; the exit status."""
     try:
+        # Dies with its parent (a SIGKILLed pwru must not leave a compiler running for minutes) and on Ctrl-C.
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         total = _address_space() + limit
         resource.setrlimit(resource.RLIMIT_AS, (total, total))
         prog = compile_cbpf(expr, linktype, optimize=optimize)
@@ -226,6 +231,9 @@ def compile_cbpf_bounded(expr: str, linktype: int, limit: int, *, optimize: bool
     try:
         while chunk := os.read(rfd, 1 << 20):
             chunks.append(chunk)
+    except BaseException:  # Ctrl-C, SIGTERM's exception: the child goes too
+        os.kill(pid, signal.SIGKILL)
+        raise
     finally:
         os.close(rfd)
         _, wait_status = os.waitpid(pid, 0)
