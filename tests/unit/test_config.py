@@ -121,7 +121,7 @@ def test_parse_uint() -> None:
     for text, n in (("12", 12), ("0", 0), ("0x10", 16), ("0X1f", 31), ("0o17", 15), ("017", 15), ("0b101", 5),
                     ("1_000", 1000), ("0x_ff", 255), ("00", 0)):  # fmt: skip
         assert cfg.parse_uint("x", text) == n, text
-    for bad in ("-1", "+5", " 5", "5 ", "1e3", "", "08", "1__0", "_1", "1_", "0x", "５"):
+    for bad in ("-1", "+5", " 5", "5 ", "1e3", "", "08", "1__0", "_1", "1_", "0x", "\uff15"):  # the last: a fullwidth 5
         with pytest.raises(cfg.FlagError, match=r"^--x: "):
             cfg.parse_uint("x", bad)
 

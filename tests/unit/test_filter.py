@@ -155,6 +155,7 @@ def test_backward_jump_is_found_once_and_refused_by_both_entry_points() -> None:
 
 # --- far jumps ------------------------------------------------------------------------------------
 
+
 def far_program(loads: int) -> CProgram:
     """``ldb [0]`` then ``loads`` more loads, each bounds-checked by a jump to the one reject block at the end
     of the body: the first check's jump spans the whole body. Accepts with A (the last byte loaded)."""
@@ -277,7 +278,7 @@ def test_a_filter_too_large_for_its_memory_bound_is_one_line(monkeypatch: pytest
     assert calls == [DLT_EN10MB]  # the raw-IP form is not tried only to fail as slowly again
     line = str(info.value)
     assert "\n" not in line and len(line) < 300, line
-    assert line.startswith('invalid pcap filter "host 10.0.0.1 or host 10.0.1.1 or ') and "characters)\"" in line
+    assert line.startswith('invalid pcap filter "host 10.0.0.1 or host 10.0.1.1 or ') and 'characters)"' in line
     assert compile_memory_limit() >= 256 << 20
 
 

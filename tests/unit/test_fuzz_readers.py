@@ -43,7 +43,7 @@ from pwru.ebpf import btf, elf
 from pwru.ebpf.errors import EBPFError
 
 SCALE = float(os.environ.get("PWRU_FUZZ_SCALE", "1"))
-FUZZ_EXAMPLES = {"btf-tiny": 1500, "btf-object": 1000, "btf-vmlinux": 600, "elf-object": 120}
+FUZZ_EXAMPLES = {"btf-tiny": 1500, "btf-object": 1000, "btf-vmlinux": 600, "elf-object": 120, "btf-kernel-cut": 800}
 #: Hard bound on one input (parse plus walk); a real one takes milliseconds (the object ~0.5 s).
 INPUT_SECONDS = 30.0
 #: Address space one input may add; the largest seed is under 1 MB.

@@ -143,9 +143,7 @@ def compile_cbpf(expr: str, linktype: int, *, optimize: bool = True) -> CProgram
                 message = (lib.pcap_geterr(handle) or b"unknown error").decode(errors="replace")
                 raise FilterError(expr, message)
             try:
-                insns = tuple(
-                    CInsn(int(i.code), int(i.jt), int(i.jf), int(i.k)) for i in prog.bf_insns[: prog.bf_len]
-                )
+                insns = tuple(CInsn(int(i.code), int(i.jt), int(i.jf), int(i.k)) for i in prog.bf_insns[: prog.bf_len])
             finally:
                 lib.pcap_freecode(ctypes.byref(prog))
         finally:
