@@ -94,6 +94,9 @@ class OutputConfig:
         return self.file_max_size * MEGABYTE
 
 
+#: --filter-kprobe-batch's default (pwru's).
+KPROBE_BATCH_DEFAULT = 10
+
 #: --filter-track-skb-max: the default size of the kernel's tracked set (and of the call-chain maps).
 TRACK_MAX_DEFAULT = 16384
 
@@ -121,6 +124,7 @@ class KernelConfig:
     kmods: tuple[str, ...] = ()
     all_kmods: bool = False
     kernel_btf: str | None = None
+    kprobe_batch: int = KPROBE_BATCH_DEFAULT  # --filter-kprobe-batch: kprobes one attach worker takes in a row
 
 
 @dataclass(frozen=True)

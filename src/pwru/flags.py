@@ -287,6 +287,12 @@ def _max_size(value: int) -> int:
     return value
 
 
+def _kprobe_batch(value: int) -> int:
+    if value == 0:
+        raise FlagError("filter-kprobe-batch", "must be greater than 0")
+    return value
+
+
 def _track_max(value: int) -> int:
     if not 1 <= value <= 1 << 24:
         raise FlagError("filter-track-skb-max", f"{value} is out of range (1..{1 << 24})")
@@ -350,6 +356,18 @@ FLAGS: tuple[Flag, ...] = (
         "max_entries",
         parse=_track_max,
         metavar="N",
+    ),
+    Flag(
+        "filter-kprobe-batch",
+        UINT,
+        cfg.KPROBE_BATCH_DEFAULT,
+        "batch size for kprobe attaching (kprobe backend: kprobes one worker attaches in a row; "
+        "no meaning for the other backends)",
+        FILTERS,
+        "kernel",
+        "kprobe_batch",
+        parse=_kprobe_batch,
+        metavar="uint",
     ),
     Flag(
         "filter-netns",

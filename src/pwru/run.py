@@ -395,7 +395,7 @@ def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
     config, backend, kernel, coll, plan = run.config, run.backend, run.kernel, run.coll, run.plan
     progress = _progress_printer(plan, backend)
     t_attach = time.monotonic()
-    att = execute(plan, coll, kernel, progress, lambda: stopper.stopped)
+    att = execute(plan, coll, kernel, progress, lambda: stopper.stopped, config.kernel.kprobe_batch)
     attach_time = time.monotonic() - t_attach
     pipeline: Pipeline | None = None
     printed: Callable[[], int] = lambda: 0  # noqa: E731

@@ -141,6 +141,9 @@ CASES: tuple[Case, ...] = (
     c("track-max-fraction", "--filter-track-skb-max", "1.5"),
     c("track-max-plus", "--filter-track-skb-max", "+5"),  # Go's ParseUint, as pwru: no sign
     c("track-max-bad-hex", "--filter-track-skb-max", "0x1g"),
+    c("kprobe-batch-zero", "--filter-kprobe-batch", "0", needle="must be greater than 0"),
+    c("kprobe-batch-word", "--filter-kprobe-batch", "ten"),
+    c("kprobe-batch-negative", "--filter-kprobe-batch", "-1"),
     c("limit-bad-octal", "--output-limit-lines", "08"),
     c("limit-underscores", "--output-limit-lines", "1__000"),
     c("limit-word", "--output-limit-lines", "x"),
