@@ -293,6 +293,19 @@ def _kprobe_batch(value: int) -> int:
     return value
 
 
+def _percpu_buf(value: int) -> int:
+    low, high = cfg.PERCPU_BUF_RANGE
+    if not low <= value <= high:
+        raise FlagError("set-percpu-buf", f"{value} is out of range ({low}..{high} bytes)")
+    return value
+
+
+def _netns_names_max_length(value: int) -> int:
+    if value > cfg.NETNS_NAMES_MAX_LENGTH:
+        raise FlagError("netns-names-max-length", f"{value} is out of range (at most {cfg.NETNS_NAMES_MAX_LENGTH})")
+    return max(value, cfg.NETNS_NAMES_MIN_LENGTH)  # pwru raises a smaller value to its least
+
+
 def _track_max(value: int) -> int:
     if not 1 <= value <= 1 << 24:
         raise FlagError("filter-track-skb-max", f"{value} is out of range (1..{1 << 24})")
@@ -446,6 +459,42 @@ FLAGS: tuple[Flag, ...] = (
         consts=_shown("tunnel"),
     ),
     Flag("output-tcp-flags", BOOL, False, "print TCP flags", OUTPUT, "output", "tcp_flags"),
+    Flag(
+        "output-skb", BOOL, False, "print skb", OUTPUT, "output", "skb",
+        consts={"cfg_output_skb": lambda c: c.output.skb},
+    ),
+    Flag(
+        "output-skb-shared-info", BOOL, False, "print skb shared info", OUTPUT, "output", "shared_info",
+        consts={"cfg_output_shinfo": lambda c: c.output.shared_info},
+    ),
+    Flag(
+        "output-skb-cb", BOOL, False, "print skb->cb", OUTPUT, "output", "skb_cb",
+        consts={"cfg_output_cb": lambda c: c.output.skb_cb and c.output.meta},
+    ),
+    Flag(
+        "set-percpu-buf",
+        UINT,
+        cfg.PERCPU_BUF_DEFAULT,
+        "set the size of buffers to print skb data (used by --output-skb and --output-skb-shared-info)",
+        OUTPUT,
+        "output",
+        "percpu_buf",
+        parse=_percpu_buf,
+        consts={"cfg_percpu_buf": lambda c: c.output.percpu_buf},
+        metavar="uint32",
+    ),
+    Flag("output-netns-names", BOOL, False, "print netns names where possible", OUTPUT, "output", "netns_names"),
+    Flag(
+        "netns-names-max-length",
+        UINT,
+        cfg.NETNS_NAMES_MAX_LENGTH_DEFAULT,
+        "maximum number of chars to print per netns name (when not outputting JSON) (min 10)",
+        OUTPUT,
+        "output",
+        "netns_names_max_length",
+        parse=_netns_names_max_length,
+        metavar="uint8",
+    ),
     Flag("output-stack", BOOL, False, "print stack", OUTPUT, "output", "stack", consts=_shown("stack")),
     Flag(
         "output-caller", BOOL, False, "print caller function name", OUTPUT, "output", "caller",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import backends, discovery, flags, netfilter, resolve, tracking
+from pwru import backends, discovery, dumps, flags, netfilter, resolve, tracking
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
@@ -350,6 +350,7 @@ def run(config: Config) -> int:
         schema = schema_of(obj)
         for name in tracking.SIZED_MAPS:
             obj.maps[name].max_entries = config.tracking.max_entries
+        dumps.prepare(config, kernel.spec, obj, nf_probes)
         plan = Plan()
         skb_probes, track_probes = tracking.probes(
             config, backend, kernel, backends.skb_probes(backend, targets, set(obj.programs), kernel)
@@ -448,6 +449,9 @@ def make_pipeline(
     """The stages and outputs the flags ask for, and how many events have been written out so far (what the
     sink took in full, less the header: events still buffered when the output broke were not printed)."""
     stages: list[Stage] = []
+    dump_stage = dumps.stage(config)
+    if dump_stage is not None:
+        stages.append(dump_stage)
     limit = LimitStage(config.output.limit_lines) if config.output.limit_lines else None
     if limit is not None:
         stages.append(limit)

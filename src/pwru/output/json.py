@@ -87,7 +87,7 @@ class JsonFormatter:
             "proto": event.protocol,
             "mtu": event.mtu,
             "len": event.len,
-        }
+        } | ({"cb": list(fields.cb_words(event.cb))} if self._config.skb_cb else {})
 
     def _tuple_part(self, event: Record) -> dict[str, Any]:
         """``tuple`` (--output-tuple, IPv4/IPv6 only): depends on the tuple fields only."""
@@ -187,7 +187,14 @@ class JsonFormatter:
                 if stack_id >= 0:
                     frames = [sanitize(symbol(a)) for a in stacks.get(stack_id, ()) if a]
                     lines[i] = lines[i][:-1] + "," + _members({"stack": frames}) + "}"
+        if batch.dumps:
+            fields.add_dumps(lines, events, batch.dumps, unpack, _with_members)
         return lines
+
+
+def _with_members(line: str, part: dict[str, Any]) -> str:
+    """A JSON object's line with ``part``'s members added at its end."""
+    return line[:-1] + "," + _members(part) + "}"
 
 
 def _members(part: dict[str, Any]) -> str:

@@ -8,7 +8,8 @@ column follows it, :data:`FUNC_WIDTH`; CALLER, when TUNNEL follows it, :data:`CA
 IPv6 tuple, a long function name) widens its own line only, by its overflow: the columns stay separated by
 spaces and the next line is back under the header. A kfree_skb drop location is shown after the function as
 ``at symbol+0xNN``. TUNNEL (--output-tunnel) ends the line: the inner packet's tuple, ``-`` for an skb without
-one. Stack frames (--output-stack) follow on their own lines.
+one. Stack frames (--output-stack) follow on their own lines, then the structs the kernel printed (--output-skb,
+--output-skb-shared-info), as pwru.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pwru.records import Batch, Record, RecordLayout
 #: FUNC's width when CALLER or TUNNEL follows it: a function with a drop reason
 #: (``kfree_skb_reason(SKB_DROP_REASON_NETFILTER_DROP)``) fits.
 FUNC_WIDTH = 48
+#: ``__sk_buff->cb[]``'s width (--output-skb-cb): five words as ``0x%08X``, commas and brackets.
+CB_WIDTH = 56
 #: CALLER's width when TUNNEL follows it (``__netif_receive_skb_one_core+0x87`` fits).
 CALLER_WIDTH = 40
 _LONGEST_V4 = b"\xff" * 16  # 255.255.255.255
@@ -78,6 +81,8 @@ class TextFormatter:
                 f" {'NETNS':<10} {'MARK/x':<8} {_center('IFACE', fields.IFACE_WIDTH):>16}"
                 f" {'PROTO':<6} {'MTU':<5} {'LEN':<5}"
             )
+            if c.skb_cb:
+                parts.append(f" {'__sk_buff->cb[]':<{CB_WIDTH}}")
         if c.tuple:
             parts.append(" " + "TUPLE".ljust(self._tuple_width))
         parts.append(" " + "FUNC".ljust(self._func_width))
@@ -96,10 +101,11 @@ class TextFormatter:
     def _meta(self, event: Record) -> str:
         """NETNS .. LEN columns (with the leading space): depends on the meta fields only."""
         iface = _center(fields.iface_text(event), fields.IFACE_WIDTH)
-        return (
+        text = (
             f" {event.netns:<10} {event.mark:<8x} {iface:>16}"
             f" 0x{event.protocol:04x} {event.mtu:<5} {event.len:<5}"
         )
+        return text + " " + fields.cb_text(event.cb) if self._config.skb_cb else text
 
     def _tuple(self, event: Record) -> str:
         """TUPLE, padded, with its leading space: depends on the tuple fields only."""
@@ -211,4 +217,11 @@ class TextFormatter:
                 frames = [sanitize(symbol(a)) for a in stacks.get(stack_id, ()) if a] if stack_id >= 0 else []
                 if frames:
                     lines[i] += "\n" + "\n".join(frames)
+        if batch.dumps:
+            fields.add_dumps(lines, events, batch.dumps, unpack, _with_dumps)
         return lines
+
+
+def _with_dumps(line: str, dumps: dict[str, str]) -> str:
+    """An event's line followed by its struct dumps, each from a new line (pwru's layout)."""
+    return line + "".join("\n" + text for text in dumps.values())
