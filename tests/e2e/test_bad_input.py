@@ -141,6 +141,12 @@ CASES: tuple[Case, ...] = (
     c("track-max-fraction", "--filter-track-skb-max", "1.5"),
     c("track-max-plus", "--filter-track-skb-max", "+5"),  # Go's ParseUint, as pwru: no sign
     c("track-max-bad-hex", "--filter-track-skb-max", "0x1g"),
+    c("percpu-buf-zero", "--set-percpu-buf", "0", needle="out of range"),
+    c("percpu-buf-small", "--set-percpu-buf", "63", needle="out of range (64..32768 bytes)"),
+    c("percpu-buf-above-percpu-limit", "--set-percpu-buf", "32769", needle="out of range"),
+    c("percpu-buf-word", "--set-percpu-buf", "4k"),
+    c("netns-names-max-length-above-uint8", "--netns-names-max-length", "256", needle="out of range"),
+    c("netns-names-max-length-word", "--netns-names-max-length", "long"),
     c("kprobe-batch-zero", "--filter-kprobe-batch", "0", needle="must be greater than 0"),
     c("kprobe-batch-word", "--filter-kprobe-batch", "ten"),
     c("kprobe-batch-negative", "--filter-kprobe-batch", "-1"),
