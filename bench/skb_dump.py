@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tracking import FILTER, STATS, one_run  # noqa: E402
+from tracking import FILTER, STATS, one_run
 
 
 def main() -> int:
