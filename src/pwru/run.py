@@ -26,6 +26,7 @@ from pwru.ebpf.elf import ObjectSpec
 from pwru.ebpf.ringbuf import RingBufReader
 from pwru.errors import UserError
 from pwru.kernel import KernelContext
+from pwru.netns_names import NetnsNames
 from pwru.output import Sink, make_formatter, open_sink
 from pwru.pipeline import LineOutput, Pipeline
 from pwru.probes import Attach, Attachment, Plan, Probe, Progress, execute
@@ -458,7 +459,7 @@ def make_pipeline(
     if config.output.stack:
         stages.append(StackStage(coll.maps["stacks"].stack_trace, kernel.kallsyms))
     names = Symbols(kernel.kallsyms, plan.names(), reasons, schema.probe_kind("index"))
-    formatter = make_formatter(config, names)
+    formatter = make_formatter(config, names, NetnsNames() if config.output.netns_names else None)
     header_units = 1 if formatter.header() else 0
     output = LineOutput(formatter, sink)
     return Pipeline(schema, stages, [output]), limit, lambda: max(0, sink.delivered - header_units)

@@ -15,6 +15,7 @@ for protocols without ports, ``flags`` when no TCP flag is set. Addresses carry 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from pwru.config import OutputConfig
@@ -29,9 +30,12 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 class JsonFormatter:
     """Formats events as JSON objects, one per line."""
 
-    def __init__(self, config: OutputConfig, names: Names) -> None:
+    def __init__(
+        self, config: OutputConfig, names: Names, netns_names: Callable[[int], str] | None = None
+    ) -> None:
         self._config = config
         self._names = names
+        self._netns_names = netns_names if config.netns_names else None
         self._ts = fields.Timestamps(config.timestamp)
         self._layout: RecordLayout | None = None
         self._stack_id: Any = None
@@ -137,6 +141,7 @@ class JsonFormatter:
         with_time = self._config.timestamp != "none"
         with_stack = self._config.stack
         with_tunnel = self._config.tunnel
+        netns_names, netns_of = self._netns_names, layout.unpacker("netns")
         stacks, symbol = batch.stacks, self._names.symbol
         lines: list[str] = []
         append = lines.append
@@ -179,6 +184,10 @@ class JsonFormatter:
             parts = [f'"skb":"{skb:#x}"', proc, func, caller]
             if with_time:
                 parts.append(_members(self._time_part(skb, ts)))
+            if netns_names is not None:
+                name = netns_names(ev.netns if ev is not None else netns_of(buf)[0])
+                if name:  # pwru's omitempty
+                    parts.append(_members({"netns_name": sanitize(name)}))
             parts += (meta, tup, tunnel)
             append("{" + ",".join([p for p in parts if p]) + "}")
         if with_stack:

@@ -14,6 +14,7 @@ one. Stack frames (--output-stack) follow on their own lines, then the structs t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pwru.config import OutputConfig
@@ -54,9 +55,12 @@ def _center(text: str, width: int) -> str:
 class TextFormatter:
     """Formats events as pwru's text lines."""
 
-    def __init__(self, config: OutputConfig, names: Names) -> None:
+    def __init__(
+        self, config: OutputConfig, names: Names, netns_names: Callable[[int], str] | None = None
+    ) -> None:
         self._config = config
         self._names = names
+        self._netns_names = netns_names if config.netns_names else None
         self._ts = fields.Timestamps(config.timestamp)
         self._tuple_width = tuple_width(config.tcp_flags)
         self._func_width = FUNC_WIDTH if config.caller or config.tunnel else 0
@@ -83,6 +87,8 @@ class TextFormatter:
             )
             if c.skb_cb:
                 parts.append(f" {'__sk_buff->cb[]':<{CB_WIDTH}}")
+        if c.netns_names:
+            parts.append(" " + _center("NETNS NAME", c.netns_names_max_length))
         if c.tuple:
             parts.append(" " + "TUPLE".ljust(self._tuple_width))
         parts.append(" " + "FUNC".ljust(self._func_width))
@@ -127,6 +133,12 @@ class TextFormatter:
         caller = sanitize(self._names.symbol(event.caller)) if event.caller else "-"
         return " " + caller.ljust(self._caller_width)
 
+    def _netns_name(self, netns_names: Callable[[int], str], inode: int) -> str:
+        """NETNS NAME (--output-netns-names) with its leading space: pwru's width, the name cut to it and
+        centred; ``-`` when the namespace has no known name (so the columns after it stay countable)."""
+        width = self._config.netns_names_max_length
+        return " " + _center(sanitize(netns_names(inode))[:width] or "-", width)
+
     def _head(self, skb: int, proc: str, ts: int) -> str:
         """TIME (absolute), SKB, CPU, PROCESS and TIMESTAMP; ``ts`` is the event's raw timestamp."""
         mode = self._config.timestamp
@@ -160,6 +172,7 @@ class TextFormatter:
         unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
         with_meta, with_tuple, with_caller, with_stack = c.meta, c.tuple, c.caller, c.stack
         with_tunnel = c.tunnel
+        netns_names, netns_of = self._netns_names, layout.unpacker("netns")
         plain_head = c.timestamp == "none"
         stacks, symbol = batch.stacks, self._names.symbol
         lines: list[str] = []
@@ -210,6 +223,8 @@ class TextFormatter:
                     cached = remember(tunnels, key, self._tunnel(ev))
                 tunnel = cached
             head = f"{skb:<#18x}{proc}" if plain_head else self._head(skb, proc, ts)
+            if netns_names is not None:
+                meta += self._netns_name(netns_names, ev.netns if ev is not None else netns_of(buf)[0])
             append(f"{head}{meta}{tup}{func}{caller}{tunnel}")
         if with_stack:
             for i, buf in enumerate(events):
