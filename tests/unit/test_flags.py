@@ -91,6 +91,10 @@ def test_constants_of_the_default_config() -> None:
         "cfg_track_skb": 0,
         "cfg_track_stackid": 0,
         "cfg_output_tunnel": 0,
+        "cfg_output_skb": 0,
+        "cfg_output_shinfo": 0,
+        "cfg_output_cb": 0,
+        "cfg_percpu_buf": 4096,
     }
 
 
@@ -113,6 +117,10 @@ def test_constants_come_from_the_resolved_config() -> None:
         "cfg_track_skb": 0,
         "cfg_track_stackid": 1,  # implied by --filter-non-skb-funcs, as in pwru
         "cfg_output_tunnel": 0,
+        "cfg_output_skb": 0,
+        "cfg_output_shinfo": 0,
+        "cfg_output_cb": 0,
+        "cfg_percpu_buf": 4096,
     }
     assert flags.constants(Config(filter=FilterConfig(netns=7)))["cfg_netns"] == 7
 

@@ -120,7 +120,8 @@ def test_text_column_as_pwru_centred_and_cut() -> None:
     col = short.header().index(" NETNS NAME") - 2  # the 16 columns, "NETNS NAME" centred in them
     assert fmt(short, ev)[col - 1 : col + 17] == " " + " " * 6 + "blue" + " " * 6 + " "
     unknown = fmt(short, make_event(netns=8))
-    assert unknown[col - 1 : col + 17] == " " + " " * 7 + "-" + " " * 8 + " "  # nothing known: a dash keeps the columns countable
+    # nothing known: a dash keeps the columns countable
+    assert unknown[col - 1 : col + 17] == " " + " " * 7 + "-" + " " * 8 + " "
 
 
 def test_json_netns_name_only_when_known() -> None:
