@@ -173,14 +173,14 @@ def test_udp_closed_port_no_socket(lab_run: LabRun) -> None:
 
 
 def test_pcap_filter_rejects_other_port(lab_run: LabRun) -> None:
-    ports = {e["tuple"]["dport"] for e in lab_run.events if isinstance(e.get("tuple"), dict)}  # type: ignore[index]
+    ports = {e["tuple"].get("dport") for e in lab_run.events if isinstance(e.get("tuple"), dict)}  # type: ignore[attr-defined]
     assert 9999 in ports and 8080 in ports, ports
     assert 9998 not in ports
 
 
 def test_firewall_drop_path(lab_run: LabRun) -> None:
     drops = drop_events(lab_run, 8080, "SKB_DROP_REASON_NETFILTER_DROP")
-    tcp = [e for e in lab_run.events if isinstance(e.get("tuple"), dict) and e["tuple"]["dport"] == 8080]  # type: ignore[index]
+    tcp = [e for e in lab_run.events if isinstance(e.get("tuple"), dict) and e["tuple"].get("dport") == 8080]  # type: ignore[attr-defined]
     funcs = [str(e["func"]) for e in tcp]
     assert drops, funcs
     t = drops[0]["tuple"]
@@ -197,17 +197,17 @@ def test_firewall_drop_path(lab_run: LabRun) -> None:
 
 def test_tunnel_filters_pass_packets_that_were_never_encapsulated(lab_run: LabRun) -> None:
     assert lab_run.events, lab_run.stderr
-    assert not [e for e in lab_run.events if "tunnel_tuple" in e], lab_run.events
+    assert not [e for e in lab_run.events if e.get("tunnel_tuple")], lab_run.events  # {}: no inner packet
 
 
 def test_stack_and_caller(lab_run: LabRun) -> None:
     drops = drop_events(lab_run, 9999, "SKB_DROP_REASON_NO_SOCKET")
     assert drops, lab_run.funcs()
     stack = drops[0].get("stack")
-    assert isinstance(stack, list) and any("udp" in str(f) for f in stack), stack
+    assert isinstance(stack, str) and "udp" in stack, stack
     # Netfilter programs may call no stack helper: their events have neither caller nor stack.
     nf = [e for e in lab_run.events if str(e.get("func", "")).startswith("nf:")]
-    assert all(e.get("caller_func") == "" and not e.get("stack") for e in nf), nf[:2]
+    assert all("caller_func" not in e and not e.get("stack") for e in nf), nf[:2]  # empty: left out, as pwru
     callers = [str(e.get("caller_func", "")) for e in lab_run.events if e not in nf]
     assert callers and all(c and not c.startswith("0x") for c in callers), callers[:5]
 
