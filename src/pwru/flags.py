@@ -1,7 +1,7 @@
 """Every command-line flag, declared once: the parser, ``--help``, :class:`~pwru.config.Config` and the kernel
 constants all come from :data:`FLAGS`.
 
-A :class:`Flag` names its kind (how its text is read), default, help text and help group, the Config field(s)
+A :class:`Flag` names its kind (how its text is read), default, help text and category, the Config field(s)
 it fills (``section`` + ``attr``), the function that turns its raw value into those fields' values, and the BPF
 constants (``cfg_*`` in pwru.bpf.c) it sets, each computed from the final, resolved Config.
 
@@ -35,7 +35,7 @@ LIST = "list"  # list[str]: every value given, in order (commas are split by the
 WORDS = "words"  # list[str]: the words that are not flags (at most one such entry; not a --flag)
 KINDS = (BOOL, STR, UINT, LIST, WORDS)
 
-#: Help groups, in --help order.
+#: Flag categories (for readers of the table; --help lists flags by name, as pwru's, without sections).
 FILTERS, OUTPUT, KERNEL, GENERAL = "Filters", "Output", "Kernel", "General"
 GROUPS = (FILTERS, OUTPUT, KERNEL, GENERAL)
 
@@ -56,6 +56,7 @@ class Flag:
     field, or None for a flag that fills nothing (``--help``, ``--version``: :func:`pwru.cli.main` acts on
     them). ``attr`` is the field it fills, or a tuple of fields; then ``parse`` returns a tuple of values.
     ``parse`` None keeps the raw value. ``consts`` maps each BPF constant the flag sets to its value.
+    ``group`` is its category (one of :data:`GROUPS`); ``--help`` lists every flag by name, as pwru does.
     """
 
     name: str
@@ -230,23 +231,25 @@ class FlagTable:
         return {name: int(value(config)) for f in self.flags for name, value in f.consts.items()}
 
     def usage(self) -> str:
-        """The --help text: pflag-like lines, grouped by help group."""
+        """The --help text as pwru's: every flag in one list sorted by name (pflag sorts them, so pwru's groups
+        are its name prefixes: ``filter-*``, ``output-*``), pflag-like lines with the help text in one column."""
         w = self.words
         lines = ["Usage: pwru [options]" + (f" [{w.name}]" if w else "")]
         if w is not None:
             lines.append(f"    Available {w.name}: {w.help}")
         lines.append("    Available options:")
-        for group in GROUPS:
-            members = [f for f in self.flags if f.group == group and f.kind != WORDS]
-            if not members:
-                continue
-            lines += ["", f"  {group}:"]
-            lines += [_usage_line(f) for f in members]
+        members = sorted((f for f in self.flags if f.kind != WORDS), key=lambda f: f.name)
+        width = max((len(_usage_left(f)) for f in members), default=0) + 2
+        lines += [_usage_line(f, width) for f in members]
         return "\n".join(lines) + "\n"
 
 
-def _usage_line(f: Flag) -> str:
-    left = ("  -h, " if f.name == "help" else "      ") + f"--{f.name}" + (f" {f.metavar}" if f.metavar else "")
+def _usage_left(f: Flag) -> str:
+    return ("  -h, " if f.name == "help" else "      ") + f"--{f.name}" + (f" {f.metavar}" if f.metavar else "")
+
+
+def _usage_line(f: Flag, width: int) -> str:
+    left = _usage_left(f)
     default = ""
     if f.kind == BOOL and f.default is True:
         default = " (default true)"
@@ -254,7 +257,7 @@ def _usage_line(f: Flag) -> str:
         default = f' (default "{f.default}")'
     elif f.kind == UINT and f.default != 0:
         default = f" (default {f.default})"
-    return f"{left:<38} {f.help}{default}"
+    return f"{left:<{width}} {f.help}{default}"
 
 
 # --- parse functions ------------------------------------------------------------------------------------------
@@ -368,14 +371,13 @@ FLAGS: tuple[Flag, ...] = (
         "tracking",
         "max_entries",
         parse=_track_max,
-        metavar="N",
+        metavar="uint",
     ),
     Flag(
         "filter-kprobe-batch",
         UINT,
         cfg.KPROBE_BATCH_DEFAULT,
-        "batch size for kprobe attaching (kprobe backend: kprobes one worker attaches in a row; "
-        "no meaning for the other backends)",
+        "batch size for kprobe attaching (the kprobe backend's; the others ignore it)",
         FILTERS,
         "kernel",
         "kprobe_batch",
@@ -428,7 +430,7 @@ FLAGS: tuple[Flag, ...] = (
         "ifname",
         parse=cfg.parse_ifname,
         consts={"cfg_ifindex": lambda c: c.filter.ifindex or 0},
-        metavar="name",
+        metavar="string",
     ),
     # The tunnel filters' constants (cfg_has_tunnel_pcap_*) come with the spliced code, from run.build_object.
     Flag(
@@ -509,7 +511,7 @@ FLAGS: tuple[Flag, ...] = (
         OUTPUT,
         "output",
         "limit_lines",
-        metavar="N",
+        metavar="uint",
     ),
     Flag(
         "output-file",
