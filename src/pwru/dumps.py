@@ -118,6 +118,12 @@ def prepare(config: Config, kernel_spec: btf.Spec, obj: ObjectSpec, nf_probes: S
         helpers = {}
     if HELPER not in helpers:
         raise UserError(f"{flag}: this kernel lacks bpf_snprintf_btf() (Linux 5.10 or later)", exit_code=1)
+    if config.kernel.kernel_btf:
+        log.warning(
+            "%s with --kernel-btf: the struct's type ids come from that file, the kernel prints by its own BTF "
+            "(the text is right only when the file is the running kernel's)",
+            flag,
+        )
     if nf_probes:
         log.warning(
             "%s: the netfilter hooks' events come without it (netfilter programs get only the base helpers, "
