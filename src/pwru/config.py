@@ -69,6 +69,16 @@ class FilterConfig:
         return self.func is None or self.func.fullmatch(name) is not None
 
 
+#: --set-percpu-buf: pwru's default, and the range the kernel takes (a per-CPU map value holds at most 32 KiB,
+#: PCPU_MIN_UNIT_SIZE; below 64 bytes nothing but the record's header would fit).
+PERCPU_BUF_DEFAULT = 4096
+PERCPU_BUF_RANGE = (64, 32768)
+#: --netns-names-max-length: pwru's default and least value (a smaller one is raised to it, as pwru does); a
+#: uint8 in pwru, so at most 255.
+NETNS_NAMES_MAX_LENGTH_DEFAULT = 16
+NETNS_NAMES_MIN_LENGTH = 10
+NETNS_NAMES_MAX_LENGTH = 255
+
 @dataclass(frozen=True)
 class OutputConfig:
     """What each event shows and where it goes."""
@@ -87,12 +97,21 @@ class OutputConfig:
     file_max_age: int = 0  # days, 0: keep all
     file_compress: bool = False
     timestamp: str = "none"
+    skb: bool = False  # --output-skb: struct sk_buff printed by the kernel
+    shared_info: bool = False  # --output-skb-shared-info: struct skb_shared_info printed by the kernel
+    skb_cb: bool = False  # --output-skb-cb: the control block's words (with --output-meta)
+    percpu_buf: int = PERCPU_BUF_DEFAULT  # --set-percpu-buf: bytes of the kernel's dump buffer
+    netns_names: bool = False  # --output-netns-names
+    netns_names_max_length: int = NETNS_NAMES_MAX_LENGTH_DEFAULT  # text column width (at least 10)
 
     @property
     def file_max_bytes(self) -> int:
         """--output-file-max-size in bytes."""
         return self.file_max_size * MEGABYTE
 
+
+#: --filter-kprobe-batch's default (pwru's).
+KPROBE_BATCH_DEFAULT = 10
 
 #: --filter-track-skb-max: the default size of the kernel's tracked set (and of the call-chain maps).
 TRACK_MAX_DEFAULT = 16384
@@ -121,6 +140,7 @@ class KernelConfig:
     kmods: tuple[str, ...] = ()
     all_kmods: bool = False
     kernel_btf: str | None = None
+    kprobe_batch: int = KPROBE_BATCH_DEFAULT  # --filter-kprobe-batch: kprobes one attach worker takes in a row
 
 
 @dataclass(frozen=True)

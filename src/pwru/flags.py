@@ -1,7 +1,7 @@
 """Every command-line flag, declared once: the parser, ``--help``, :class:`~pwru.config.Config` and the kernel
 constants all come from :data:`FLAGS`.
 
-A :class:`Flag` names its kind (how its text is read), default, help text and help group, the Config field(s)
+A :class:`Flag` names its kind (how its text is read), default, help text and category, the Config field(s)
 it fills (``section`` + ``attr``), the function that turns its raw value into those fields' values, and the BPF
 constants (``cfg_*`` in pwru.bpf.c) it sets, each computed from the final, resolved Config.
 
@@ -35,7 +35,7 @@ LIST = "list"  # list[str]: every value given, in order (commas are split by the
 WORDS = "words"  # list[str]: the words that are not flags (at most one such entry; not a --flag)
 KINDS = (BOOL, STR, UINT, LIST, WORDS)
 
-#: Help groups, in --help order.
+#: Flag categories (for readers of the table; --help lists flags by name, as pwru's, without sections).
 FILTERS, OUTPUT, KERNEL, GENERAL = "Filters", "Output", "Kernel", "General"
 GROUPS = (FILTERS, OUTPUT, KERNEL, GENERAL)
 
@@ -56,6 +56,7 @@ class Flag:
     field, or None for a flag that fills nothing (``--help``, ``--version``: :func:`pwru.cli.main` acts on
     them). ``attr`` is the field it fills, or a tuple of fields; then ``parse`` returns a tuple of values.
     ``parse`` None keeps the raw value. ``consts`` maps each BPF constant the flag sets to its value.
+    ``group`` is its category (one of :data:`GROUPS`); ``--help`` lists every flag by name, as pwru does.
     """
 
     name: str
@@ -230,23 +231,25 @@ class FlagTable:
         return {name: int(value(config)) for f in self.flags for name, value in f.consts.items()}
 
     def usage(self) -> str:
-        """The --help text: pflag-like lines, grouped by help group."""
+        """The --help text as pwru's: every flag in one list sorted by name (pflag sorts them, so pwru's groups
+        are its name prefixes: ``filter-*``, ``output-*``), pflag-like lines with the help text in one column."""
         w = self.words
         lines = ["Usage: pwru [options]" + (f" [{w.name}]" if w else "")]
         if w is not None:
             lines.append(f"    Available {w.name}: {w.help}")
         lines.append("    Available options:")
-        for group in GROUPS:
-            members = [f for f in self.flags if f.group == group and f.kind != WORDS]
-            if not members:
-                continue
-            lines += ["", f"  {group}:"]
-            lines += [_usage_line(f) for f in members]
+        members = sorted((f for f in self.flags if f.kind != WORDS), key=lambda f: f.name)
+        width = max((len(_usage_left(f)) for f in members), default=0) + 2
+        lines += [_usage_line(f, width) for f in members]
         return "\n".join(lines) + "\n"
 
 
-def _usage_line(f: Flag) -> str:
-    left = ("  -h, " if f.name == "help" else "      ") + f"--{f.name}" + (f" {f.metavar}" if f.metavar else "")
+def _usage_left(f: Flag) -> str:
+    return ("  -h, " if f.name == "help" else "      ") + f"--{f.name}" + (f" {f.metavar}" if f.metavar else "")
+
+
+def _usage_line(f: Flag, width: int) -> str:
+    left = _usage_left(f)
     default = ""
     if f.kind == BOOL and f.default is True:
         default = " (default true)"
@@ -254,7 +257,7 @@ def _usage_line(f: Flag) -> str:
         default = f' (default "{f.default}")'
     elif f.kind == UINT and f.default != 0:
         default = f" (default {f.default})"
-    return f"{left:<38} {f.help}{default}"
+    return f"{left:<{width}} {f.help}{default}"
 
 
 # --- parse functions ------------------------------------------------------------------------------------------
@@ -285,6 +288,25 @@ def _max_size(value: int) -> int:
     if value == 0:
         raise FlagError("output-file-max-size", "must be at least 1 (MB)")
     return value
+
+
+def _kprobe_batch(value: int) -> int:
+    if value == 0:
+        raise FlagError("filter-kprobe-batch", "must be greater than 0")
+    return value
+
+
+def _percpu_buf(value: int) -> int:
+    low, high = cfg.PERCPU_BUF_RANGE
+    if not low <= value <= high:
+        raise FlagError("set-percpu-buf", f"{value} is out of range ({low}..{high} bytes)")
+    return value
+
+
+def _netns_names_max_length(value: int) -> int:
+    if value > cfg.NETNS_NAMES_MAX_LENGTH:
+        raise FlagError("netns-names-max-length", f"{value} is out of range (at most {cfg.NETNS_NAMES_MAX_LENGTH})")
+    return max(value, cfg.NETNS_NAMES_MIN_LENGTH)  # pwru raises a smaller value to its least
 
 
 def _track_max(value: int) -> int:
@@ -349,7 +371,18 @@ FLAGS: tuple[Flag, ...] = (
         "tracking",
         "max_entries",
         parse=_track_max,
-        metavar="N",
+        metavar="uint",
+    ),
+    Flag(
+        "filter-kprobe-batch",
+        UINT,
+        cfg.KPROBE_BATCH_DEFAULT,
+        "batch size for kprobe attaching (the kprobe backend's; the others ignore it)",
+        FILTERS,
+        "kernel",
+        "kprobe_batch",
+        parse=_kprobe_batch,
+        metavar="uint",
     ),
     Flag(
         "filter-netns",
@@ -397,7 +430,7 @@ FLAGS: tuple[Flag, ...] = (
         "ifname",
         parse=cfg.parse_ifname,
         consts={"cfg_ifindex": lambda c: c.filter.ifindex or 0},
-        metavar="name",
+        metavar="string",
     ),
     # The tunnel filters' constants (cfg_has_tunnel_pcap_*) come with the spliced code, from run.build_object.
     Flag(
@@ -428,6 +461,42 @@ FLAGS: tuple[Flag, ...] = (
         consts=_shown("tunnel"),
     ),
     Flag("output-tcp-flags", BOOL, False, "print TCP flags", OUTPUT, "output", "tcp_flags"),
+    Flag(
+        "output-skb", BOOL, False, "print skb", OUTPUT, "output", "skb",
+        consts={"cfg_output_skb": lambda c: c.output.skb},
+    ),
+    Flag(
+        "output-skb-shared-info", BOOL, False, "print skb shared info", OUTPUT, "output", "shared_info",
+        consts={"cfg_output_shinfo": lambda c: c.output.shared_info},
+    ),
+    Flag(
+        "output-skb-cb", BOOL, False, "print skb->cb", OUTPUT, "output", "skb_cb",
+        consts={"cfg_output_cb": lambda c: c.output.skb_cb and c.output.meta},
+    ),
+    Flag(
+        "set-percpu-buf",
+        UINT,
+        cfg.PERCPU_BUF_DEFAULT,
+        "set the size of buffers to print skb data (used by --output-skb and --output-skb-shared-info)",
+        OUTPUT,
+        "output",
+        "percpu_buf",
+        parse=_percpu_buf,
+        consts={"cfg_percpu_buf": lambda c: c.output.percpu_buf},
+        metavar="uint32",
+    ),
+    Flag("output-netns-names", BOOL, False, "print netns names where possible", OUTPUT, "output", "netns_names"),
+    Flag(
+        "netns-names-max-length",
+        UINT,
+        cfg.NETNS_NAMES_MAX_LENGTH_DEFAULT,
+        "maximum number of chars to print per netns name (when not outputting JSON) (min 10)",
+        OUTPUT,
+        "output",
+        "netns_names_max_length",
+        parse=_netns_names_max_length,
+        metavar="uint8",
+    ),
     Flag("output-stack", BOOL, False, "print stack", OUTPUT, "output", "stack", consts=_shown("stack")),
     Flag(
         "output-caller", BOOL, False, "print caller function name", OUTPUT, "output", "caller",
@@ -442,7 +511,7 @@ FLAGS: tuple[Flag, ...] = (
         OUTPUT,
         "output",
         "limit_lines",
-        metavar="N",
+        metavar="uint",
     ),
     Flag(
         "output-file",

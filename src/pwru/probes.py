@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 #: Threads attaching kprobes or tracing programs: the kernel serialises much of the work, but each attach also
 #: waits (text patching, trampoline updates) and spends time in Python around its syscalls.
 ATTACH_WORKERS = 8
+#: --filter-kprobe-batch's default: perf kprobes one attach worker takes in a row (pwru's default).
+KPROBE_BATCH = 10
 #: Threads closing links at exit (they sleep in the kernel waiting for RCU grace periods, not on a CPU).
 DETACH_WORKERS = 64
 
@@ -141,6 +143,7 @@ class AttachContext:
     report: Callable[[int], None]  # `n` more probes done (attached or ignored)
     stop: StopCheck
     probe_ids: dict[int, int] = field(default_factory=dict)  # id(probe) -> index in the plan
+    kprobe_batch: int = KPROBE_BATCH  # --filter-kprobe-batch: kprobes one worker attaches in a row
 
     def probe_id(self, probe: Probe) -> int:
         return self.probe_ids[id(probe)]
@@ -149,10 +152,18 @@ class AttachContext:
 Executor = Callable[[AttachContext, list[Probe]], None]
 
 
-def execute(plan: Plan, coll: Collection, kernel: KernelContext, progress: Progress, stop: StopCheck) -> Attachment:
+def execute(
+    plan: Plan,
+    coll: Collection,
+    kernel: KernelContext,
+    progress: Progress,
+    stop: StopCheck,
+    kprobe_batch: int = KPROBE_BATCH,
+) -> Attachment:
     """Attach every probe of ``plan``, method by method. A probe that cannot be attached is ignored with its
     reason; after a stop request the remaining probes are passed over. On an exception everything made so far
-    is released."""
+    is released. ``kprobe_batch`` is --filter-kprobe-batch: how many perf kprobes one worker attaches in a row
+    (the other methods do not use it, as in pwru)."""
     att = Attachment()
     done = 0
     total = len(plan)
@@ -163,7 +174,8 @@ def execute(plan: Plan, coll: Collection, kernel: KernelContext, progress: Progr
         if n and (done % 16 == 0 or done == total or n > 1):
             progress(done, total)
 
-    ctx = AttachContext(coll, kernel, plan, att, report, stop, {id(p): i for i, p in enumerate(plan.probes)})
+    ids = {id(p): i for i, p in enumerate(plan.probes)}
+    ctx = AttachContext(coll, kernel, plan, att, report, stop, ids, max(1, kprobe_batch))
     groups: dict[Attach, list[Probe]] = defaultdict(list)
     for p in plan.probes:
         groups[p.attach].append(p)
@@ -180,21 +192,31 @@ def execute(plan: Plan, coll: Collection, kernel: KernelContext, progress: Progr
 # --- executors ------------------------------------------------------------------------------------------------
 
 
-def _each(ctx: AttachContext, probes: list[Probe], one: Callable[[Probe], tuple[link.Link | None, str]]) -> None:
-    """Attach probe by probe on :data:`ATTACH_WORKERS` threads; after a stop request the remaining probes are
+def _each(
+    ctx: AttachContext,
+    probes: list[Probe],
+    one: Callable[[Probe], tuple[link.Link | None, str]],
+    batch: int = 1,
+) -> None:
+    """Attach probe by probe on :data:`ATTACH_WORKERS` threads (at most one per ``batch`` probes: a worker takes
+    ``batch`` probes in a row, pwru's --filter-kprobe-batch); after a stop request the remaining probes are
     passed over (every link made so far is kept in the attachment, so it is released)."""
 
-    def guarded(p: Probe) -> tuple[link.Link | None, str]:
-        return (None, "") if ctx.stop() else one(p)
+    def guarded(chunk: list[Probe]) -> list[tuple[link.Link | None, str]]:
+        return [(None, "") if ctx.stop() else one(p) for p in chunk]
 
-    with ThreadPoolExecutor(ATTACH_WORKERS) as pool:
-        for p, (lk, why) in zip(probes, pool.map(guarded, probes), strict=True):
-            if lk is not None:
-                ctx.att.links.append(lk)
-                ctx.att.attached.append(p)
-            elif why:
-                ctx.att.ignored.append((p, why))
-            ctx.report(1)
+    chunks = [probes[i : i + batch] for i in range(0, len(probes), batch)]
+    if not chunks:
+        return
+    with ThreadPoolExecutor(min(ATTACH_WORKERS, len(chunks))) as pool:
+        for chunk, results in zip(chunks, pool.map(guarded, chunks), strict=True):
+            for p, (lk, why) in zip(chunk, results, strict=True):
+                if lk is not None:
+                    ctx.att.links.append(lk)
+                    ctx.att.attached.append(p)
+                elif why:
+                    ctx.att.ignored.append((p, why))
+                ctx.report(1)
 
 
 def _load_once_per_program(
@@ -250,7 +272,8 @@ def _tracing(attach_type: AttachType) -> Executor:
 
 
 def _kprobe(retprobe: bool) -> Executor:
-    """A perf kprobe (or kretprobe) per probe; each program loaded once."""
+    """A perf kprobe (or kretprobe) per probe, ``ctx.kprobe_batch`` in a row per worker; each program loaded
+    once."""
 
     def run(ctx: AttachContext, probes: list[Probe]) -> None:
         programs = _load_once_per_program(ctx, probes, None)
@@ -261,7 +284,7 @@ def _kprobe(retprobe: bool) -> Executor:
             except OSError as e:
                 return None, e.strerror or str(e)
 
-        _each(ctx, probes, one)
+        _each(ctx, probes, one, ctx.kprobe_batch)
 
     return run
 

@@ -217,6 +217,7 @@ class Schema:
     """
 
     def __init__(self, spec: btf.Spec) -> None:
+        self._spec = spec
         self.header = RecordLayout(spec, HEADER_STRUCT)
         self.types: dict[str, int] = _enum_members(spec, RECORD_TYPE_ENUM, RECORD_PREFIX)
         self.probe_kinds: dict[str, int] = _enum_members(spec, PROBE_KIND_ENUM, PROBE_PREFIX)
@@ -241,6 +242,10 @@ class Schema:
     def layout(self, name: str) -> RecordLayout:
         """The layout of record type ``name``."""
         return self.layouts[self.type_id(name)]
+
+    def enum(self, name: str, prefix: str) -> dict[str, int]:
+        """Another enum of pwru.h: ``{member name without prefix, lower-cased: value}`` (``pwru_dump_kind``)."""
+        return _enum_members(self._spec, name, prefix)
 
     def probe_kind(self, name: str) -> int:
         """The number of ``PWRU_PROBE_<NAME>``."""
@@ -269,12 +274,14 @@ class Batch:
 
     Stages may drop records (``records`` is replaced, never edited in place) and add what they learn:
     ``stacks`` maps an event's stack id to its frames (kernel addresses, innermost first), read from the
-    kernel by the stack stage so that no output has to.
+    kernel by the stack stage so that no output has to; ``dumps`` an event's struct dumps (--output-skb).
     """
 
     schema: Schema
     records: list[bytes]
     stacks: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    #: (ts, skb, probe) of an event -> its struct dumps by name (``"sk_buff"``: text), from the dump stage
+    dumps: dict[tuple[int, int, int], dict[str, str]] = field(default_factory=dict)
 
     def of_type(self, name: str) -> list[bytes]:
         """The records of type ``name``, in order (all of them, without looking, when it is the only type)."""

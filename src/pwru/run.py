@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import backends, discovery, flags, netfilter, resolve, tracking
+from pwru import backends, discovery, dumps, flags, netfilter, resolve, tracking
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
@@ -26,6 +26,7 @@ from pwru.ebpf.elf import ObjectSpec
 from pwru.ebpf.ringbuf import RingBufReader
 from pwru.errors import UserError
 from pwru.kernel import KernelContext
+from pwru.netns_names import NetnsNames
 from pwru.output import Sink, make_formatter, open_sink
 from pwru.pipeline import LineOutput, Pipeline
 from pwru.probes import Attach, Attachment, Plan, Probe, Progress, execute
@@ -350,6 +351,7 @@ def run(config: Config) -> int:
         schema = schema_of(obj)
         for name in tracking.SIZED_MAPS:
             obj.maps[name].max_entries = config.tracking.max_entries
+        dumps.prepare(config, kernel.spec, obj, nf_probes)
         plan = Plan()
         skb_probes, track_probes = tracking.probes(
             config, backend, kernel, backends.skb_probes(backend, targets, set(obj.programs), kernel)
@@ -395,7 +397,7 @@ def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
     config, backend, kernel, coll, plan = run.config, run.backend, run.kernel, run.coll, run.plan
     progress = _progress_printer(plan, backend)
     t_attach = time.monotonic()
-    att = execute(plan, coll, kernel, progress, lambda: stopper.stopped)
+    att = execute(plan, coll, kernel, progress, lambda: stopper.stopped, config.kernel.kprobe_batch)
     attach_time = time.monotonic() - t_attach
     pipeline: Pipeline | None = None
     printed: Callable[[], int] = lambda: 0  # noqa: E731
@@ -448,13 +450,16 @@ def make_pipeline(
     """The stages and outputs the flags ask for, and how many events have been written out so far (what the
     sink took in full, less the header: events still buffered when the output broke were not printed)."""
     stages: list[Stage] = []
+    dump_stage = dumps.stage(config)
+    if dump_stage is not None:
+        stages.append(dump_stage)
     limit = LimitStage(config.output.limit_lines) if config.output.limit_lines else None
     if limit is not None:
         stages.append(limit)
     if config.output.stack:
         stages.append(StackStage(coll.maps["stacks"].stack_trace, kernel.kallsyms))
     names = Symbols(kernel.kallsyms, plan.names(), reasons, schema.probe_kind("index"))
-    formatter = make_formatter(config, names)
+    formatter = make_formatter(config, names, NetnsNames() if config.output.netns_names else None)
     header_units = 1 if formatter.header() else 0
     output = LineOutput(formatter, sink)
     return Pipeline(schema, stages, [output]), limit, lambda: max(0, sink.delivered - header_units)

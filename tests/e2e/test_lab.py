@@ -8,7 +8,8 @@ check, each backend gets one run (module-scoped) that sees three kinds of traffi
 * UDP to port 9998: must not appear, the pcap filter (probe-read mode, on real skbs) rejects it.
 
 The run also has the tunnel filters and --output-tunnel on (so every lab kernel's verifier sees that code): none
-of this traffic is encapsulated, so they let it all through and no event has an inner tuple.
+of this traffic is encapsulated, so they let it all through and no event has an inner tuple. The struct dumps
+(--output-skb, --output-skb-shared-info, bpf_snprintf_btf) and --output-skb-cb are on for the same reason.
 
 The tests below then check the output of that run. Timings land in ``$PWRU_VM_RESULTS/timings.jsonl`` when
 running inside the lab, for the closing notes of the kernel matrix.
@@ -88,6 +89,9 @@ def _run_scenario(backend: str, ns: Netns, tmp: Path) -> LabRun:
         "--output-stack",
         "--output-caller",
         "--output-tunnel",
+        "--output-skb",
+        "--output-skb-shared-info",
+        "--output-skb-cb",
         "--filter-tunnel-pcap-l2",
         "ip or ip6",
         "--filter-tunnel-pcap-l3",
@@ -173,14 +177,14 @@ def test_udp_closed_port_no_socket(lab_run: LabRun) -> None:
 
 
 def test_pcap_filter_rejects_other_port(lab_run: LabRun) -> None:
-    ports = {e["tuple"]["dport"] for e in lab_run.events if isinstance(e.get("tuple"), dict)}  # type: ignore[index]
+    ports = {e["tuple"].get("dport") for e in lab_run.events if isinstance(e.get("tuple"), dict)}  # type: ignore[attr-defined]
     assert 9999 in ports and 8080 in ports, ports
     assert 9998 not in ports
 
 
 def test_firewall_drop_path(lab_run: LabRun) -> None:
     drops = drop_events(lab_run, 8080, "SKB_DROP_REASON_NETFILTER_DROP")
-    tcp = [e for e in lab_run.events if isinstance(e.get("tuple"), dict) and e["tuple"]["dport"] == 8080]  # type: ignore[index]
+    tcp = [e for e in lab_run.events if isinstance(e.get("tuple"), dict) and e["tuple"].get("dport") == 8080]  # type: ignore[attr-defined]
     funcs = [str(e["func"]) for e in tcp]
     assert drops, funcs
     t = drops[0]["tuple"]
@@ -197,19 +201,30 @@ def test_firewall_drop_path(lab_run: LabRun) -> None:
 
 def test_tunnel_filters_pass_packets_that_were_never_encapsulated(lab_run: LabRun) -> None:
     assert lab_run.events, lab_run.stderr
-    assert not [e for e in lab_run.events if "tunnel_tuple" in e], lab_run.events
+    assert not [e for e in lab_run.events if e.get("tunnel_tuple")], lab_run.events  # {}: no inner packet
 
 
 def test_stack_and_caller(lab_run: LabRun) -> None:
     drops = drop_events(lab_run, 9999, "SKB_DROP_REASON_NO_SOCKET")
     assert drops, lab_run.funcs()
     stack = drops[0].get("stack")
-    assert isinstance(stack, list) and any("udp" in str(f) for f in stack), stack
+    assert isinstance(stack, str) and "udp" in stack, stack
     # Netfilter programs may call no stack helper: their events have neither caller nor stack.
     nf = [e for e in lab_run.events if str(e.get("func", "")).startswith("nf:")]
-    assert all(e.get("caller_func") == "" and not e.get("stack") for e in nf), nf[:2]
+    assert all("caller_func" not in e and not e.get("stack") for e in nf), nf[:2]  # empty: left out, as pwru
     callers = [str(e.get("caller_func", "")) for e in lab_run.events if e not in nf]
     assert callers and all(c and not c.startswith("0x") for c in callers), callers[:5]
+
+
+def test_struct_dumps_on_every_event_but_netfilters(lab_run: LabRun) -> None:
+    events = [e for e in lab_run.events if not str(e.get("func", "")).startswith("nf:")]
+    assert events, lab_run.stderr
+    for e in events:
+        skb = str(e.get("sk_buff", ""))
+        assert skb.startswith("(struct sk_buff){"), e
+        assert f"\n .len = (unsigned int){e.get('len')},\n" in skb, (e.get("len"), skb[:400])  # its own member
+        assert str(e.get("skb_shared_info", "")).startswith("(struct skb_shared_info){"), e
+        assert isinstance(e.get("cb"), list) and len(e["cb"]) == 5, e  # type: ignore[arg-type]
 
 
 def test_kprobe_multi_attaches_over_a_thousand(lab_run: LabRun) -> None:

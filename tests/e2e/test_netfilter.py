@@ -41,7 +41,7 @@ def funcs(events: list[Event], netns: Netns | None = None) -> list[str]:
 
 
 def dports(events: list[Event]) -> set[object]:
-    return {e["tuple"]["dport"] for e in events if isinstance(e.get("tuple"), dict)}  # type: ignore[index]
+    return {e["tuple"].get("dport") for e in events if isinstance(e.get("tuple"), dict)} - {None}  # type: ignore[attr-defined]
 
 
 def attached_hooks(stderr: str, ignored: int | None = 0) -> int:

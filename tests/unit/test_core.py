@@ -218,3 +218,25 @@ def test_essential_names() -> None:
     assert core.essential_name("sk_buff___old") == "sk_buff"
     assert core.essential_name("sk_buff") == "sk_buff"
     assert core.essential_name("___x") == "___x"
+
+
+@needs_vmlinux
+def test_pwru_struct_dumps_get_the_running_kernels_type_ids() -> None:
+    """--output-skb: bpf_snprintf_btf prints by the running kernel's BTF id (bpf_core_type_id_kernel, a
+    TYPE_ID_TARGET relocation), never the object's own."""
+    from pwru.bpf import build as pwru_build
+    from pwru.bpf import object_path
+
+    pwru_build.build()
+    obj = ObjectSpec.load(object_path())
+    kb = btf.kernel_btf()
+    found = {}
+    for name in ("tp_skb", "kprobe_skb_1", "fentry_skb_1"):
+        r = _results(obj, name, None)
+        found[name] = {k[0]: v for k, v in r.items() if k[2] == "TYPE_ID_TARGET"}
+    for name, ids in found.items():
+        assert set(ids) == {"sk_buff", "skb_shared_info"}, (name, ids)
+        for struct_name, result in ids.items():
+            assert result.target == kb.find_one(struct_name, btf.Kind.STRUCT), (name, struct_name)
+            assert result.local != result.target  # the object's own id would print something else
+    assert not {k for k in _results(obj, "nf_skb", None) if k[2] == "TYPE_ID_TARGET"}  # no helper there

@@ -91,6 +91,10 @@ def test_constants_of_the_default_config() -> None:
         "cfg_track_skb": 0,
         "cfg_track_stackid": 0,
         "cfg_output_tunnel": 0,
+        "cfg_output_skb": 0,
+        "cfg_output_shinfo": 0,
+        "cfg_output_cb": 0,
+        "cfg_percpu_buf": 4096,
     }
 
 
@@ -113,6 +117,10 @@ def test_constants_come_from_the_resolved_config() -> None:
         "cfg_track_skb": 0,
         "cfg_track_stackid": 1,  # implied by --filter-non-skb-funcs, as in pwru
         "cfg_output_tunnel": 0,
+        "cfg_output_skb": 0,
+        "cfg_output_shinfo": 0,
+        "cfg_output_cb": 0,
+        "cfg_percpu_buf": 4096,
     }
     assert flags.constants(Config(filter=FilterConfig(netns=7)))["cfg_netns"] == 7
 
@@ -127,7 +135,9 @@ def test_constants_exist_in_the_bpf_program() -> None:
     assert {n for n in declared - names if not n.startswith("cfg_tp_")} == spliced | {"cfg_probe_id", "cfg_ret_pos"}
 
 
-def test_help_is_grouped_in_table_order() -> None:
+def test_help_lists_every_flag_by_name_as_pwru() -> None:
+    """pwru's --help (pflag's PrintDefaults) has no sections: every flag in one list, sorted by name, so that its
+    groups are the name prefixes (filter-*, output-*); the help texts start in one column."""
     text = flags.usage()
     lines = text.splitlines()
     assert lines[:3] == [
@@ -135,20 +145,16 @@ def test_help_is_grouped_in_table_order() -> None:
         '    Available pcap-filter: see "man 7 pcap-filter"',
         "    Available options:",
     ]
-    headers = [line.strip().rstrip(":") for line in lines if re.fullmatch(r"  [A-Z]\w*:", line)]
-    assert headers == list(flags.GROUPS)
-    group = ""
-    seen: list[str] = []
-    for line in lines[3:]:
-        if line.strip().rstrip(":") in flags.GROUPS:
-            group = line.strip().rstrip(":")
-            continue
-        m = re.search(r"--([a-z0-9-]+)", line)
-        if m:
-            flag = flags.TABLE.by_name(m.group(1))
-            assert flag is not None and flag.group == group, line
-            seen.append(flag.name)
-    assert sorted(seen) == sorted(f.name for f in flags.FLAGS if f.kind != flags.WORDS)
+    seen = [m.group(1) for line in lines[3:] if (m := re.match(r"(?:  -h, |      )--([a-z0-9-]+)", line))]
+    assert len(seen) == len(lines) - 3  # nothing but flag lines
+    assert seen == sorted(f.name for f in flags.FLAGS if f.kind != flags.WORDS)  # every flag, by name
+    column = {re.search(r"^.*?--\S+(?: \S+)? +", line).end() for line in lines[3:]}  # type: ignore[union-attr]
+    assert len(column) == 1, column
+    # pwru's type names for its flags
+    assert re.search(r"--filter-kprobe-batch uint +batch size", text)
+    assert re.search(r"--set-percpu-buf uint32 +set the size .* \(default 4096\)", text)
+    assert re.search(r"--netns-names-max-length uint8 +.*\(default 16\)", text)
+    assert re.search(r"--filter-mark mark\[/mask\] ", text) and re.search(r"--output-limit-lines uint ", text)
     assert "  -h, --help" in text and "      --debug" in text
     assert re.search(r"--output-meta +print skb metadata \(default true\)", text)
     assert re.search(r'--backend string +tracing backend .* \(default "auto"\)', text)
@@ -217,11 +223,11 @@ def test_how_to_add_a_flag() -> None:
     c = table.build_config(table.parse_argv(["--filter-follow-example=false"]))
     assert c.tracking == _Tracking(follow=False, follow_size=10000)
     assert table.build_config(table.parse_argv(["--filter-follow-example", "--no-filter-follow-example"])) == c
-    # --help lists it in its group, with its default.
+    # --help lists it among the others by name, with its default.
     help_text = table.usage()
-    filters = help_text.split("  Filters:")[1].split("  Output:")[0]
-    assert "--filter-follow-example " in filters and "--filter-follow-example-size uint" in filters
-    assert "(default 10000)" in filters
+    listed = [ln.split()[0] for ln in help_text.splitlines()[3:]]
+    assert listed.index("--filter-follow-example") == listed.index("--filter-func") - 2  # sorted by name
+    assert re.search(r"--filter-follow-example-size uint +.*\(default 10000\)", help_text)
     # The kernel constant follows the config.
     assert table.constants(c)["cfg_follow_example"] == 0
     on = table.build_config(table.parse_argv(["--filter-follow-example"]))

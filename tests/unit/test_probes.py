@@ -7,6 +7,7 @@ is the executors' job (``test_a_feature_adds_probes_by_declaration``).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -206,3 +207,36 @@ def test_execute_releases_everything_on_error(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(OSError):
         execute(plan, FakeCollection(), FakeKernel(), lambda d, n: None, lambda: False)  # type: ignore[arg-type]
     assert made[0].closed
+
+
+@pytest.mark.parametrize(("batch", "threads"), [(25, 2), (50, 1), (1000, 1), (1, probes.ATTACH_WORKERS)])
+def test_kprobe_batch_is_what_one_worker_attaches_in_a_row(
+    monkeypatch: pytest.MonkeyPatch, batch: int, threads: int
+) -> None:
+    """--filter-kprobe-batch (pwru's meaning): the perf kprobes are split in batches of that many, each batch
+    attached in order by one worker; a batch as large as the plan attaches them all from one thread."""
+    by_thread: dict[int, list[str]] = {}
+    lock = threading.Lock()
+
+    def attach(prog: Any, name: str, retprobe: bool = False) -> FakeLink:
+        with lock:
+            by_thread.setdefault(threading.get_ident(), []).append(name)
+        time.sleep(0.001)  # long enough that one worker cannot take every batch before another starts
+        return FakeLink(name)
+
+    monkeypatch.setattr(probes.link, "attach_kprobe", attach)
+    plan = Plan([Probe("func", f"f{i:03}", "kprobe_skb_1", Attach.KPROBE) for i in range(50)])
+    ctx, seen = _ctx(plan)
+    ctx.kprobe_batch = batch
+    probes.EXECUTORS[Attach.KPROBE](ctx, plan.probes)
+    assert [p.name for p in ctx.att.attached] == [p.name for p in plan.probes]
+    assert seen[-1] == (50, 50)
+    assert len(by_thread) <= threads
+    for names in by_thread.values():  # each worker's probes: whole batches, each in plan order
+        runs = [names[i : i + batch] for i in range(0, len(names), batch)]
+        for run in runs:
+            start = int(run[0][1:])
+            assert start % batch == 0 and run == [f"f{start + k:03}" for k in range(len(run))]
+    if threads > 1:
+        assert len(by_thread) > 1
+    ctx.att.close()

@@ -47,6 +47,10 @@ const volatile __u8 cfg_output_caller = 0;
 const volatile __u8 cfg_has_tunnel_pcap_l2 = 0; /* call filter_pcap_tunnel_l2 on encapsulated skbs */
 const volatile __u8 cfg_has_tunnel_pcap_l3 = 0; /* call filter_pcap_tunnel_l3 on encapsulated skbs */
 const volatile __u8 cfg_output_tunnel = 0;
+const volatile __u8 cfg_output_skb = 0;     /* --output-skb: a struct skb_dump of struct sk_buff before each event */
+const volatile __u8 cfg_output_shinfo = 0;  /* --output-skb-shared-info: one of struct skb_shared_info */
+const volatile __u8 cfg_output_cb = 0;      /* --output-skb-cb: meta.cb */
+const volatile __u32 cfg_percpu_buf = 4096; /* --set-percpu-buf: dump_buf's value size (user space sizes the map) */
 const volatile __u8 cfg_track_skb = 0;         /* --filter-track-skb: the tracked set decides before the filters */
 const volatile __u8 cfg_track_stackid = 0;     /* --filter-track-skb-by-stackid: the call chain's skb too */
 /* tp_btf (and fentry fallback) per-load constants; positions are 1-based, without the tracepoint's void * */
@@ -80,6 +84,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
+
+/* Where a struct skb_dump is written before it is sent (--output-skb, --output-skb-shared-info); its value size
+ * is set by user space to cfg_percpu_buf before the map is made. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__uint(value_size, 4096);
+} dump_buf SEC(".maps");
 
 /* ---- skb tracking (--filter-track-skb, --filter-track-skb-by-stackid) ----
  * tracked:   skb addresses that passed the filters (or descend from one: clones, copies, veth's XDP rebuild).
@@ -137,6 +150,8 @@ struct {
 const enum pwru_record_type *const pwru_record_types = 0;
 const enum pwru_probe_kind *const pwru_probe_kinds = 0;
 const struct event *const pwru_event_layout = 0;
+const struct skb_dump *const pwru_skb_dump_layout = 0;
+const enum pwru_dump_kind *const pwru_dump_kinds = 0;
 
 /* ---- packet filter stubs ---- */
 /*
@@ -252,6 +267,11 @@ static __always_inline void set_meta(struct sk_buff *skb, struct skb_meta *meta)
 		meta->ifindex = BPF_CORE_READ(dev, ifindex);
 		meta->mtu = BPF_CORE_READ(dev, mtu);
 		bpf_core_read_str(meta->ifname, sizeof(meta->ifname), &dev->name);
+	}
+	if (cfg_output_cb) {
+		struct qdisc_skb_cb *qcb = (struct qdisc_skb_cb *)&skb->cb;
+
+		bpf_core_read(meta->cb, sizeof(meta->cb), &qcb->data);
 	}
 }
 
@@ -492,13 +512,70 @@ selected:
 	return true;
 }
 
+/* ---- struct dumps (--output-skb, --output-skb-shared-info) ---- */
+/* One struct of the skb printed by the kernel (bpf_snprintf_btf, kernel >= 5.10; tracing program types only:
+ * kprobe, fentry, tp_btf), sent as a struct skb_dump with the header of the event that follows it. The type
+ * ids are the running kernel's (CO-RE). The text is cut at the buffer's end (the kernel NUL-terminates it). */
+static __always_inline void dump_struct(struct sk_buff *skb, const struct record_header *hdr, __u32 kind)
+{
+	const __u64 cap = cfg_percpu_buf - sizeof(struct skb_dump); /* bytes of text the buffer holds */
+	struct btf_ptr p = {};
+	struct skb_dump *d;
+	__u32 zero = 0;
+	__u64 size;
+	long n;
+
+	d = bpf_map_lookup_elem(&dump_buf, &zero);
+	if (!d)
+		return;
+	if (kind == PWRU_DUMP_SK_BUFF) {
+		p.ptr = skb;
+		p.type_id = bpf_core_type_id_kernel(struct sk_buff);
+	} else {
+		/* skb_shared_info sits at the end of the data: head + end (end is an offset on 64-bit kernels) */
+		p.ptr = BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, end);
+		p.type_id = bpf_core_type_id_kernel(struct skb_shared_info);
+	}
+	n = bpf_snprintf_btf(d->text, cap, &p, sizeof(p), 0);
+	if (n < 0)
+		return;
+	size = (__u64)n + 1; /* with the NUL */
+	if (size > cap)
+		size = cap;
+	d->hdr = *hdr;
+	d->hdr.type = PWRU_RECORD_SKB_DUMP;
+	d->hdr.size = sizeof(struct skb_dump) + size;
+	d->kind = kind;
+	d->len = n;
+	if (bpf_ringbuf_output(&events, d, sizeof(struct skb_dump) + size, 0)) {
+		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
+
+		if (count)
+			*count += 1;
+	}
+}
+
 /* ---- the shared handler ---- */
 /* Reserve, fill and submit the event of an skb already selected. */
 static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
 				    __u64 location, enum caller_mode mode)
 {
+	struct record_header hdr = {
+		.ts = bpf_ktime_get_ns(),
+		.skb = (__u64)skb,
+		.probe = probe,
+		.type = PWRU_RECORD_EVENT,
+		.size = sizeof(struct event),
+		.probe_kind = probe_kind,
+	};
 	struct event *ev;
 	__u32 zero = 0;
+
+	/* The dumps first: in the ring they precede their event (netfilter programs lack the helper) */
+	if (cfg_output_skb && mode != CALLER_NONE)
+		dump_struct(skb, &hdr, PWRU_DUMP_SK_BUFF);
+	if (cfg_output_shinfo && mode != CALLER_NONE)
+		dump_struct(skb, &hdr, PWRU_DUMP_SKB_SHARED_INFO);
 
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
@@ -510,12 +587,7 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 	}
 	__builtin_memset(ev, 0, sizeof(*ev));
 
-	ev->hdr.ts = bpf_ktime_get_ns();
-	ev->hdr.skb = (__u64)skb;
-	ev->hdr.probe = probe;
-	ev->hdr.type = PWRU_RECORD_EVENT;
-	ev->hdr.size = sizeof(*ev);
-	ev->hdr.probe_kind = probe_kind;
+	ev->hdr = hdr;
 	ev->location = location;
 	ev->reason = reason;
 	ev->cpu = bpf_get_smp_processor_id();

@@ -13,7 +13,14 @@
 #define PWRU_IFNAME_LEN 16
 
 enum pwru_record_type {
-	PWRU_RECORD_EVENT = 1, /* struct event: one skb seen at one probe */
+	PWRU_RECORD_EVENT = 1,    /* struct event: one skb seen at one probe */
+	PWRU_RECORD_SKB_DUMP = 2, /* struct skb_dump: a struct of the skb printed by the kernel (--output-skb, ...) */
+};
+
+/* What a struct skb_dump prints (bpf_snprintf_btf on the running kernel's type). */
+enum pwru_dump_kind {
+	PWRU_DUMP_SK_BUFF = 0,         /* struct sk_buff (--output-skb) */
+	PWRU_DUMP_SKB_SHARED_INFO = 1, /* struct skb_shared_info, at skb->head + skb->end (--output-skb-shared-info) */
 };
 
 /* What record_header.probe holds. */
@@ -41,6 +48,8 @@ struct skb_meta {
 	__u16 protocol; /* skb->protocol, host byte order */
 	__u16 pad;
 	char ifname[PWRU_IFNAME_LEN];
+	__u8 cb[20];    /* --output-skb-cb: the qdisc control block's data (what BPF sees as __sk_buff->cb[0..4]),
+			 * five 32-bit words in host byte order; zero unless asked for */
 };
 
 struct skb_tuple {
@@ -65,6 +74,17 @@ struct event {
 	struct skb_meta meta;
 	struct skb_tuple tuple;
 	struct skb_tuple tunnel; /* the inner packet's tuple (--output-tunnel); flattened as tunnel_saddr, ... */
+};
+
+/* One dump of a struct of an event's skb. It comes just BEFORE its event in the ring buffer, from the same
+ * program run, and its header's ts, skb and probe are the event's: user space keeps it until the event comes
+ * (an event never waits for its dump). Written from a per-CPU buffer of --set-percpu-buf bytes (this header
+ * included) with bpf_ringbuf_output, only as long as the text. */
+struct skb_dump {
+	struct record_header hdr;
+	__u32 kind;  /* enum pwru_dump_kind */
+	__s32 len;   /* bpf_snprintf_btf's result: the whole text's length; more than the tail holds when truncated */
+	char text[]; /* the text, NUL-terminated */
 };
 
 #endif

@@ -125,7 +125,25 @@ struct sk_buff {
 	sk_buff_data_t end;
 	unsigned char *head;
 	unsigned char *data;
+	char cb[48];
 } __core;
+
+/* What skb->cb holds on the qdisc and tc layers; data is what BPF programs see as __sk_buff->cb[]. */
+struct qdisc_skb_cb {
+	unsigned char data[20];
+} __core;
+
+/* Only its BTF id is used (bpf_snprintf_btf prints it at skb->head + skb->end). */
+struct skb_shared_info {
+	__u8 nr_frags;
+} __core;
+
+/* UAPI (not relocated): what bpf_snprintf_btf prints. */
+struct btf_ptr {
+	void *ptr;
+	__u32 type_id;
+	__u32 flags;
+};
 
 struct task_struct {
 	int tgid;      /* the process id user space calls pid */

@@ -14,6 +14,7 @@ been added to the :class:`~pwru.records.Batch` by a stage before. Typical use (s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from pwru.config import Config
@@ -37,11 +38,12 @@ class Formatter(Protocol):
         ...
 
 
-def make_formatter(config: Config, names: Names) -> Formatter:
-    """The formatter --output-json asks for."""
+def make_formatter(config: Config, names: Names, netns_names: Callable[[int], str] | None = None) -> Formatter:
+    """The formatter --output-json asks for; ``netns_names`` (inode -> name, "" when unknown) for
+    --output-netns-names."""
     if config.output.json:
-        return JsonFormatter(config.output, names)
-    return TextFormatter(config.output, names)
+        return JsonFormatter(config.output, names, netns_names)
+    return TextFormatter(config.output, names, netns_names)
 
 
 __all__ = [

@@ -5,6 +5,7 @@ TCP flags, iface, function, timestamps.
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -22,7 +23,7 @@ PORT_PROTOS = frozenset({6, 17, 132, 136})
 TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
 ABSOLUTE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 #: The :class:`Record` fields of ``struct skb_meta`` and ``struct skb_tuple`` (keys of the formatters' caches).
-META_FIELDS = ("netns", "mark", "ifindex", "len", "mtu", "protocol", "ifname")
+META_FIELDS = ("netns", "mark", "ifindex", "len", "mtu", "protocol", "ifname", "cb")
 TUPLE_FIELDS = ("saddr", "daddr", "sport", "dport", "l3_proto", "l4_proto", "tcp_flags")
 #: ``struct event``'s second ``struct skb_tuple``, ``tunnel`` (the inner packet's), flattened with its member
 #: name as prefix (see :mod:`pwru.records`).
@@ -182,3 +183,29 @@ def remember(cache: dict[Any, str], key: Any, value: str) -> str:
         cache.clear()
     cache[bytes(key) if isinstance(key, memoryview) else key] = value
     return value
+
+
+def add_dumps(
+    lines: list[str],
+    events: list[bytes],
+    dumps: dict[tuple[int, int, int], dict[str, str]],
+    unpack: Callable[[bytes], tuple[Any, ...]],
+    combine: Callable[[str, dict[str, str]], str],
+) -> None:
+    """``lines[i] = combine(lines[i], struct dumps of event i)`` for each event that has dumps (--output-skb);
+    ``unpack`` is the formatter's fast unpacker (ts, skb, probe first), the dumps' key."""
+    for i, buf in enumerate(events):
+        found = dumps.get(unpack(buf)[:3])
+        if found:
+            lines[i] = combine(lines[i], found)
+
+
+def cb_words(cb: bytes) -> tuple[int, ...]:
+    """--output-skb-cb: the control block bytes of an event (``meta.cb``) as 32-bit words in host byte order,
+    as BPF programs see ``__sk_buff->cb[]``."""
+    return struct.unpack(f"={len(cb) // 4}I", cb[: len(cb) // 4 * 4])
+
+
+def cb_text(cb: bytes) -> str:
+    """pwru's spelling of the words: ``[0x00000000,0x0000002A,...]``."""
+    return "[" + ",".join(f"0x{w:08X}" for w in cb_words(cb)) + "]"

@@ -1,20 +1,27 @@
-"""JSON lines: one object per event with pwru's keys.
+"""JSON lines: one object per event with pwru's keys, value types and omitted empty members.
 
-Keys: ``skb`` (hex string), ``cpu``, ``process``, ``func`` (with the drop reason, as in the text output),
-``caller_func`` (--output-caller), ``time`` (per --timestamp: a number, or the wall-clock string when
-absolute), ``netns``, ``mark``, ``iface``, ``proto``, ``mtu``, ``len`` (--output-meta), ``tuple``
-{``saddr``, ``daddr``, ``sport``, ``dport``, ``proto``, ``flags``} (--output-tuple), ``tunnel_tuple`` (the
-same keys, for the inner packet of an encapsulated skb; --output-tunnel), ``stack`` (list of
-symbols, --output-stack). Additions to pwru's set: ``reason`` (drop reason name) and ``location`` (drop
-location symbol) when known. Unlike pwru (Go's omitempty) zero values are kept, so every line has the same
-keys for the same flags; ``tuple`` is left out for skbs carrying neither IPv4 nor IPv6 (``tunnel_tuple`` for
-skbs without an inner IPv4 or IPv6 packet), ``sport``/``dport``
-for protocols without ports, ``flags`` when no TCP flag is set. Addresses carry no brackets.
+pwru's keys (its JSON struct, ``jsonPrinter``): ``skb`` (the address, a hex string), ``cpu``, ``process``,
+``func`` (with the drop reason, as in the text output), ``caller_func`` (--output-caller), ``time`` (per
+--timestamp: a number, or the wall-clock string when absolute), ``netns``, ``netns_name``
+(--output-netns-names, when known), ``mark``, ``iface``, ``proto``, ``mtu``, ``len`` (--output-meta), ``cb``
+(five numbers, --output-skb-cb with --output-meta), ``tuple`` {``saddr``, ``daddr``, ``sport``, ``dport``,
+``proto``, ``flags``} (--output-tuple), ``tunnel_tuple`` (the same keys, for the inner packet of an encapsulated
+skb; --output-tunnel), ``stack`` (a string: each frame after a newline, as pwru; --output-stack),
+``skb_shared_info`` (the struct's text, --output-skb-shared-info). As pwru (Go's ``omitempty``), a member whose
+value is 0 or an empty string is left out (``cpu`` 0 included; ``time`` 0 stays, as in pwru), while ``tuple``
+and ``tunnel_tuple`` are there whenever their flag is (``{}`` for an skb without an IPv4/IPv6 packet);
+``sport``/``dport`` are also left out for protocols without ports.
+
+Ours besides (new keys, never a pwru key with another meaning): ``reason`` (drop reason name) and ``location``
+(drop location symbol) when known, and ``sk_buff``: the struct sk_buff text of --output-skb, which pwru puts
+under ``skb_metadata``, a key --output-skb-metadata uses for its own values. Addresses carry no brackets (pwru
+writes IPv6 ones as ``[fd00::1]``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from pwru.config import OutputConfig
@@ -29,9 +36,12 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 class JsonFormatter:
     """Formats events as JSON objects, one per line."""
 
-    def __init__(self, config: OutputConfig, names: Names) -> None:
+    def __init__(
+        self, config: OutputConfig, names: Names, netns_names: Callable[[int], str] | None = None
+    ) -> None:
         self._config = config
         self._names = names
+        self._netns_names = netns_names if config.netns_names else None
         self._ts = fields.Timestamps(config.timestamp)
         self._layout: RecordLayout | None = None
         self._stack_id: Any = None
@@ -47,7 +57,7 @@ class JsonFormatter:
 
     def _proc_part(self, event: Record) -> dict[str, Any]:
         """``cpu`` and ``process``: depends on cpu, pid and comm."""
-        return {"cpu": event.cpu, "process": self._names.process(event.pid, event.comm)}
+        return _nonempty({"cpu": event.cpu, "process": self._names.process(event.pid, event.comm)})
 
     def _func_part(self, event: Record) -> dict[str, Any]:
         """``func``, ``reason``, ``location``: depends on addr, kind, reason and location."""
@@ -64,7 +74,7 @@ class JsonFormatter:
         """``caller_func`` (--output-caller): depends on caller only."""
         if not self._config.caller:
             return {}
-        return {"caller_func": sanitize(self._names.symbol(event.caller)) if event.caller else ""}
+        return _nonempty({"caller_func": sanitize(self._names.symbol(event.caller)) if event.caller else ""})
 
     def _time_part(self, skb: int, ts: int) -> dict[str, Any]:
         """``time`` per --timestamp (records the skb as seen: call once per event)."""
@@ -80,14 +90,14 @@ class JsonFormatter:
         """``netns`` .. ``len`` (--output-meta): depends on the meta fields only."""
         if not self._config.meta:
             return {}
-        return {
+        return _nonempty({
             "netns": event.netns,
             "mark": event.mark,
             "iface": fields.iface_text(event),
             "proto": event.protocol,
             "mtu": event.mtu,
             "len": event.len,
-        }
+        }) | ({"cb": list(fields.cb_words(event.cb))} if self._config.skb_cb else {})
 
     def _tuple_part(self, event: Record) -> dict[str, Any]:
         """``tuple`` (--output-tuple, IPv4/IPv6 only): depends on the tuple fields only."""
@@ -100,8 +110,10 @@ class JsonFormatter:
         return self._tuple_dict("tunnel_tuple", fields.tuple_of(event, fields.TUNNEL_PREFIX))
 
     def _tuple_dict(self, key: str, tup: fields.Tuple) -> dict[str, Any]:
+        """pwru's tuple object: always there with its flag (``{}`` for an skb carrying neither IPv4 nor IPv6, as
+        pwru's empty members are all left out)."""
         if tup.l3_proto not in (fields.ETH_P_IP, fields.ETH_P_IPV6):
-            return {}
+            return {key: {}}
         t: dict[str, Any] = {
             "saddr": fields.address(tup.l3_proto, tup.saddr).strip("[]"),
             "daddr": fields.address(tup.l3_proto, tup.daddr).strip("[]"),
@@ -111,7 +123,7 @@ class JsonFormatter:
         t["proto"] = tup.l4_proto
         if self._config.tcp_flags and tup.l4_proto == 6 and tup.tcp_flags:
             t["flags"] = fields.tcp_flags(tup.tcp_flags)
-        return {key: t}
+        return {key: _nonempty(t)}
 
     def format_batch(self, batch: Batch) -> list[str]:
         """One JSON object per event record of the batch; the only formatting path.
@@ -137,6 +149,7 @@ class JsonFormatter:
         with_time = self._config.timestamp != "none"
         with_stack = self._config.stack
         with_tunnel = self._config.tunnel
+        netns_names, netns_of = self._netns_names, layout.unpacker("netns")
         stacks, symbol = batch.stacks, self._names.symbol
         lines: list[str] = []
         append = lines.append
@@ -179,6 +192,10 @@ class JsonFormatter:
             parts = [f'"skb":"{skb:#x}"', proc, func, caller]
             if with_time:
                 parts.append(_members(self._time_part(skb, ts)))
+            if netns_names is not None:
+                name = netns_names(ev.netns if ev is not None else netns_of(buf)[0])
+                if name:  # pwru's omitempty
+                    parts.append(_members({"netns_name": sanitize(name)}))
             parts += (meta, tup, tunnel)
             append("{" + ",".join([p for p in parts if p]) + "}")
         if with_stack:
@@ -186,8 +203,20 @@ class JsonFormatter:
                 stack_id = stack_id_of(buf)[0]
                 if stack_id >= 0:
                     frames = [sanitize(symbol(a)) for a in stacks.get(stack_id, ()) if a]
-                    lines[i] = lines[i][:-1] + "," + _members({"stack": frames}) + "}"
+                    lines[i] = _with_members(lines[i], {"stack": "".join("\n" + f for f in frames)})
+        if batch.dumps:
+            fields.add_dumps(lines, events, batch.dumps, unpack, _with_members)
         return lines
+
+
+def _nonempty(part: dict[str, Any]) -> dict[str, Any]:
+    """``part`` without its zero numbers and empty strings: pwru's ``omitempty`` (Go leaves such members out)."""
+    return {k: v for k, v in part.items() if v != 0 and v != ""}
+
+
+def _with_members(line: str, part: dict[str, Any]) -> str:
+    """A JSON object's line with ``part``'s members added at its end."""
+    return line[:-1] + "," + _members(part) + "}"
 
 
 def _members(part: dict[str, Any]) -> str:

@@ -8,11 +8,13 @@ column follows it, :data:`FUNC_WIDTH`; CALLER, when TUNNEL follows it, :data:`CA
 IPv6 tuple, a long function name) widens its own line only, by its overflow: the columns stay separated by
 spaces and the next line is back under the header. A kfree_skb drop location is shown after the function as
 ``at symbol+0xNN``. TUNNEL (--output-tunnel) ends the line: the inner packet's tuple, ``-`` for an skb without
-one. Stack frames (--output-stack) follow on their own lines.
+one. Stack frames (--output-stack) follow on their own lines, then the structs the kernel printed (--output-skb,
+--output-skb-shared-info), as pwru.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pwru.config import OutputConfig
@@ -24,6 +26,8 @@ from pwru.records import Batch, Record, RecordLayout
 #: FUNC's width when CALLER or TUNNEL follows it: a function with a drop reason
 #: (``kfree_skb_reason(SKB_DROP_REASON_NETFILTER_DROP)``) fits.
 FUNC_WIDTH = 48
+#: ``__sk_buff->cb[]``'s width (--output-skb-cb): five words as ``0x%08X``, commas and brackets.
+CB_WIDTH = 56
 #: CALLER's width when TUNNEL follows it (``__netif_receive_skb_one_core+0x87`` fits).
 CALLER_WIDTH = 40
 _LONGEST_V4 = b"\xff" * 16  # 255.255.255.255
@@ -51,9 +55,12 @@ def _center(text: str, width: int) -> str:
 class TextFormatter:
     """Formats events as pwru's text lines."""
 
-    def __init__(self, config: OutputConfig, names: Names) -> None:
+    def __init__(
+        self, config: OutputConfig, names: Names, netns_names: Callable[[int], str] | None = None
+    ) -> None:
         self._config = config
         self._names = names
+        self._netns_names = netns_names if config.netns_names else None
         self._ts = fields.Timestamps(config.timestamp)
         self._tuple_width = tuple_width(config.tcp_flags)
         self._func_width = FUNC_WIDTH if config.caller or config.tunnel else 0
@@ -78,6 +85,10 @@ class TextFormatter:
                 f" {'NETNS':<10} {'MARK/x':<8} {_center('IFACE', fields.IFACE_WIDTH):>16}"
                 f" {'PROTO':<6} {'MTU':<5} {'LEN':<5}"
             )
+            if c.skb_cb:
+                parts.append(f" {'__sk_buff->cb[]':<{CB_WIDTH}}")
+        if c.netns_names:
+            parts.append(" " + _center("NETNS NAME", c.netns_names_max_length))
         if c.tuple:
             parts.append(" " + "TUPLE".ljust(self._tuple_width))
         parts.append(" " + "FUNC".ljust(self._func_width))
@@ -96,10 +107,11 @@ class TextFormatter:
     def _meta(self, event: Record) -> str:
         """NETNS .. LEN columns (with the leading space): depends on the meta fields only."""
         iface = _center(fields.iface_text(event), fields.IFACE_WIDTH)
-        return (
+        text = (
             f" {event.netns:<10} {event.mark:<8x} {iface:>16}"
             f" 0x{event.protocol:04x} {event.mtu:<5} {event.len:<5}"
         )
+        return text + " " + fields.cb_text(event.cb) if self._config.skb_cb else text
 
     def _tuple(self, event: Record) -> str:
         """TUPLE, padded, with its leading space: depends on the tuple fields only."""
@@ -120,6 +132,12 @@ class TextFormatter:
         """CALLER, padded when TUNNEL follows, with its leading space: depends on caller only."""
         caller = sanitize(self._names.symbol(event.caller)) if event.caller else "-"
         return " " + caller.ljust(self._caller_width)
+
+    def _netns_name(self, netns_names: Callable[[int], str], inode: int) -> str:
+        """NETNS NAME (--output-netns-names) with its leading space: pwru's width, the name cut to it and
+        centred; ``-`` when the namespace has no known name (so the columns after it stay countable)."""
+        width = self._config.netns_names_max_length
+        return " " + _center(sanitize(netns_names(inode))[:width] or "-", width)
 
     def _head(self, skb: int, proc: str, ts: int) -> str:
         """TIME (absolute), SKB, CPU, PROCESS and TIMESTAMP; ``ts`` is the event's raw timestamp."""
@@ -154,6 +172,7 @@ class TextFormatter:
         unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
         with_meta, with_tuple, with_caller, with_stack = c.meta, c.tuple, c.caller, c.stack
         with_tunnel = c.tunnel
+        netns_names, netns_of = self._netns_names, layout.unpacker("netns")
         plain_head = c.timestamp == "none"
         stacks, symbol = batch.stacks, self._names.symbol
         lines: list[str] = []
@@ -204,6 +223,8 @@ class TextFormatter:
                     cached = remember(tunnels, key, self._tunnel(ev))
                 tunnel = cached
             head = f"{skb:<#18x}{proc}" if plain_head else self._head(skb, proc, ts)
+            if netns_names is not None:
+                meta += self._netns_name(netns_names, ev.netns if ev is not None else netns_of(buf)[0])
             append(f"{head}{meta}{tup}{func}{caller}{tunnel}")
         if with_stack:
             for i, buf in enumerate(events):
@@ -211,4 +232,11 @@ class TextFormatter:
                 frames = [sanitize(symbol(a)) for a in stacks.get(stack_id, ()) if a] if stack_id >= 0 else []
                 if frames:
                     lines[i] += "\n" + "\n".join(frames)
+        if batch.dumps:
+            fields.add_dumps(lines, events, batch.dumps, unpack, _with_dumps)
         return lines
+
+
+def _with_dumps(line: str, dumps: dict[str, str]) -> str:
+    """An event's line followed by its struct dumps, each from a new line (pwru's layout)."""
+    return line + "".join("\n" + text for text in dumps.values())
