@@ -8,6 +8,7 @@ is ``--flag: problem``) when the text is unusable, without touching files or nam
 
 from __future__ import annotations
 
+import builtins
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,7 @@ class FilterConfig:
     tunnel_pcap_l2: str = ""  # pcap expression on an encapsulated skb's inner packet, from its inner MAC header
     tunnel_pcap_l3: str = ""  # the same from its inner network header
     trace_netfilter: str = "auto"  # one of NETFILTER_MODES
+    skb_expr: str = ""  # --filter-skb-expr: a C expression over skb (pwru.cexpr), compiled against kernel BTF
 
     def func_allowed(self, name: str) -> bool:
         """Whether --filter-func lets the function (or tracepoint) ``name`` be traced."""
@@ -87,6 +89,7 @@ class OutputConfig:
     file_max_age: int = 0  # days, 0: keep all
     file_compress: bool = False
     timestamp: str = "none"
+    skb_metadata: builtins.tuple[str, ...] = ()  # --output-skb-metadata: C expressions over skb shown with each event
 
     @property
     def file_max_bytes(self) -> int:

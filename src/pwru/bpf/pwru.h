@@ -65,6 +65,7 @@ struct event {
 	struct skb_meta meta;
 	struct skb_tuple tuple;
 	struct skb_tuple tunnel; /* the inner packet's tuple (--output-tunnel); flattened as tunnel_saddr, ... */
+	__u8 metadata[]; /* --output-skb-metadata: the values set_skb_metadata wrote (user space knows the layout) */
 };
 
 #endif

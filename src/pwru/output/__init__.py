@@ -14,8 +14,10 @@ been added to the :class:`~pwru.records.Batch` by a stage before. Typical use (s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
+from pwru.cexpr import MetadataField
 from pwru.config import Config
 from pwru.output.json import JsonFormatter
 from pwru.output.names import Names, ProcessNames, sanitize
@@ -37,11 +39,11 @@ class Formatter(Protocol):
         ...
 
 
-def make_formatter(config: Config, names: Names) -> Formatter:
-    """The formatter --output-json asks for."""
+def make_formatter(config: Config, names: Names, metadata: Sequence[MetadataField] = ()) -> Formatter:
+    """The formatter --output-json asks for; ``metadata``: the --output-skb-metadata fields events carry."""
     if config.output.json:
-        return JsonFormatter(config.output, names)
-    return TextFormatter(config.output, names)
+        return JsonFormatter(config.output, names, metadata)
+    return TextFormatter(config.output, names, metadata)
 
 
 __all__ = [

@@ -15,11 +15,14 @@ for protocols without ports, ``flags`` when no TCP flag is set. Addresses carry 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
+from pwru.cexpr import MetadataField
 from pwru.config import OutputConfig
 from pwru.output import fields
 from pwru.output.fields import remember
+from pwru.output.metadata import MetadataFormat
 from pwru.output.names import Names, sanitize
 from pwru.records import Batch, Record, RecordLayout
 
@@ -29,9 +32,11 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 class JsonFormatter:
     """Formats events as JSON objects, one per line."""
 
-    def __init__(self, config: OutputConfig, names: Names) -> None:
+    def __init__(self, config: OutputConfig, names: Names, metadata: Sequence[MetadataField] = ()) -> None:
         self._config = config
         self._names = names
+        self._metadata_fields = tuple(metadata)
+        self._metadata: MetadataFormat | None = None
         self._ts = fields.Timestamps(config.timestamp)
         self._layout: RecordLayout | None = None
         self._stack_id: Any = None
@@ -131,6 +136,9 @@ class JsonFormatter:
             self._stack_id = layout.unpacker("stack_id")
             for cache in self._caches:
                 cache.clear()
+            if self._metadata_fields:
+                assert layout.tail is not None, "struct event has no metadata tail"
+                self._metadata = MetadataFormat(self._metadata_fields, layout.tail.offset)
         (p0, p1), (m0, m1), (t0, t1), (u0, u1) = self._spans
         procs, metas, tuples, funcs, callers, tunnels = self._caches
         unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
@@ -179,7 +187,7 @@ class JsonFormatter:
             parts = [f'"skb":"{skb:#x}"', proc, func, caller]
             if with_time:
                 parts.append(_members(self._time_part(skb, ts)))
-            parts += (meta, tup, tunnel)
+            parts += (meta, tup, tunnel, self._metadata.json(buf) if self._metadata is not None else "")
             append("{" + ",".join([p for p in parts if p]) + "}")
         if with_stack:
             for i, buf in enumerate(events):

@@ -13,11 +13,14 @@ one. Stack frames (--output-stack) follow on their own lines.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from pwru.cexpr import MetadataField
 from pwru.config import OutputConfig
 from pwru.output import fields
 from pwru.output.fields import remember
+from pwru.output.metadata import MetadataFormat
 from pwru.output.names import Names, sanitize
 from pwru.records import Batch, Record, RecordLayout
 
@@ -51,9 +54,11 @@ def _center(text: str, width: int) -> str:
 class TextFormatter:
     """Formats events as pwru's text lines."""
 
-    def __init__(self, config: OutputConfig, names: Names) -> None:
+    def __init__(self, config: OutputConfig, names: Names, metadata: Sequence[MetadataField] = ()) -> None:
         self._config = config
         self._names = names
+        self._metadata_fields = tuple(metadata)
+        self._metadata: MetadataFormat | None = None
         self._ts = fields.Timestamps(config.timestamp)
         self._tuple_width = tuple_width(config.tcp_flags)
         self._func_width = FUNC_WIDTH if config.caller or config.tunnel else 0
@@ -149,6 +154,9 @@ class TextFormatter:
             self._stack_id = layout.unpacker("stack_id")
             for cache in self._caches:
                 cache.clear()
+            if self._metadata_fields:
+                assert layout.tail is not None, "struct event has no metadata tail"
+                self._metadata = MetadataFormat(self._metadata_fields, layout.tail.offset)
         (p0, p1), (m0, m1), (t0, t1), (u0, u1) = self._spans
         procs, metas, tuples, funcs, callers, tunnels = self._caches
         unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
@@ -204,7 +212,8 @@ class TextFormatter:
                     cached = remember(tunnels, key, self._tunnel(ev))
                 tunnel = cached
             head = f"{skb:<#18x}{proc}" if plain_head else self._head(skb, proc, ts)
-            append(f"{head}{meta}{tup}{func}{caller}{tunnel}")
+            extra = self._metadata.text(buf) if self._metadata is not None else ""
+            append(f"{head}{meta}{tup}{func}{caller}{tunnel}{extra}")
         if with_stack:
             for i, buf in enumerate(events):
                 stack_id = stack_id_of(buf)[0]
