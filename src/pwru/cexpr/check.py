@@ -333,6 +333,9 @@ class _Checker:
     def member(self, node: Member) -> Place:
         base = self.place_or_value(node.base)
         if node.arrow:
+            if isinstance(base, Place) and not isinstance(base.type, PtrType):
+                hint = " (use . on a struct)" if isinstance(base.type, StructType) else ""
+                raise CheckError(f"-> needs a pointer to a struct, and {base.type.name} is not one{hint}", node.base)
             ptr = self.value(node.base) if isinstance(base, Place) else base
             t = self.type_of(ptr)
             if not isinstance(t, PtrType):
