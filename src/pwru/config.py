@@ -186,6 +186,8 @@ def parse_uint(flag: str, value: str, *, minimum: int = 0, maximum: int = 2**64 
     """An unsigned integer within [minimum, maximum], spelled as cilium/pwru's flags read it (Go's
     ``strconv.ParseUint(s, 0, 64)``): decimal, ``0x``/``0o``/``0b`` prefixes, a leading ``0`` for octal,
     ``_`` between digits; no sign, no spaces."""
+    if value[:1] == "-" and value[1:].isascii() and value[1:].isdigit():
+        raise FlagError(flag, f"{value} is out of range ({minimum}..{maximum})")
     try:
         if not value.isascii() or not value[:1].isdigit() or value != value.strip():
             raise ValueError(value)  # Python's int() would take "+5", " 5 " and other scripts' digits
