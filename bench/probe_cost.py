@@ -13,17 +13,13 @@ printed, and each variant's difference from the first: what the flag costs per e
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import statistics
-import subprocess
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tracking import FILTER, STATS, one_run
+from tracking import FILTER, alternate
 
 PRESETS = {
     "skb-expr": {
@@ -50,23 +46,8 @@ def main() -> int:
         variants[label] = shlex.split(words)
     if len(variants) < 2:
         raise SystemExit("bench/probe_cost.py: give a --preset, or at least two --variant")
-    if os.geteuid() != 0:
-        raise SystemExit("bench/probe_cost.py: run as root")
-    was = STATS.read_text().strip()
-    STATS.write_text("1")
-    netns = f"pwb-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
     base = [sys.executable, "-m", "pwru", "--backend", args.backend, "--filter-trace-netfilter=false"]
-    results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in variants}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for _ in range(args.runs):
-                for label, extra in variants.items():
-                    results[label].append(one_run([*base, *extra], netns, args.packets, Path(tmp), FILTER))
-    finally:
-        subprocess.run(["ip", "netns", "del", netns], check=False)
-        STATS.write_text(was)
+    results = alternate({label: [*base, *extra] for label, extra in variants.items()}, args.runs, args.packets, FILTER)
     width = max(len(label) for label in variants) + 2
     print(f"{'':<{width}} {'ns/run (event progs)':>21} {'ns/run (all)':>13} {'sender pkt/s':>13}")
     medians = {}
