@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pwru.ebpf.fdinfo import held_ids
@@ -80,6 +82,37 @@ def one_run(cmd: list[str], netns: str, packets: int, tmp: Path, filt: str) -> t
     return per_run(events), per_run(progs), float(sender.stdout)
 
 
+@contextmanager
+def flood_netns() -> Iterator[tuple[str, Path]]:
+    """As root: BPF run statistics on, and a namespace with loopback up (its name) and a scratch folder, for the
+    duration; everything put back afterwards."""
+    if os.geteuid() != 0:
+        raise SystemExit(f"{sys.argv[0]}: run as root")
+    was = STATS.read_text().strip()
+    STATS.write_text("1")
+    netns = f"pwb-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            yield netns, Path(tmp)
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+        STATS.write_text(was)
+
+
+def alternate(
+    variants: dict[str, list[str]], runs: int, packets: int, filt: str
+) -> dict[str, list[tuple[float, float, float]]]:
+    """:func:`one_run` of each variant (a pwru command line), alternating, ``runs`` times each."""
+    results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in variants}
+    with flood_netns() as (netns, tmp):
+        for _ in range(runs):
+            for label, cmd in variants.items():
+                results[label].append(one_run(cmd, netns, packets, tmp, filt))
+    return results
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", default="auto")
@@ -87,24 +120,9 @@ def main() -> int:
     ap.add_argument("--packets", type=int, default=50_000)
     ap.add_argument("--miss", action="store_true", help="a filter that matches nothing: the cost on unmatched skbs")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("bench/tracking.py: run as root")
-    was = STATS.read_text().strip()
-    STATS.write_text("1")
-    netns = f"pwb-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
     base = [sys.executable, "-m", "pwru", "--backend", args.backend]
     variants = {"without tracking": base, "--filter-track-skb": [*base, "--filter-track-skb"]}
-    results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in variants}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for _ in range(args.runs):
-                for label, cmd in variants.items():
-                    results[label].append(one_run(cmd, netns, args.packets, Path(tmp), MISS if args.miss else FILTER))
-    finally:
-        subprocess.run(["ip", "netns", "del", netns], check=False)
-        STATS.write_text(was)
+    results = alternate(variants, args.runs, args.packets, MISS if args.miss else FILTER)
     print(f"{'':<20} {'ns/run (event progs)':>21} {'ns/run (all)':>13} {'sender pkt/s':>13}")
     medians = {}
     for label, rows in results.items():

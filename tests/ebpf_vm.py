@@ -12,8 +12,8 @@ and zeroes its buffer, as the kernel's does. Helper calls scramble R1-R5, so a b
 call is caught.
 
 Supported: ALU and ALU64 (all operations but signed division and sign-extending moves), byte swaps to big
-endian, JMP and JMP32 comparisons (unsigned and JSET), ``gotol``, LDX/ST/STX of 1-8 bytes, calls of helpers
-7 (get_prandom_u32), 8 (get_smp_processor_id) and 113 (probe_read_kernel), exit.
+endian, JMP and JMP32 comparisons (unsigned, signed and JSET), ``gotol``, ld_imm64 of a constant, LDX/ST/STX of
+1-8 bytes, calls of helpers 7 (get_prandom_u32), 8 (get_smp_processor_id) and 113 (probe_read_kernel), exit.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pwru.ebpf.asm import AluOp, Class, Instruction, JmpOp, Mode, Size, Source
+from pwru.ebpf.asm import AluOp, Class, Instruction, JmpOp, Mode, Size, Source, slot_offsets
 
 M32 = 0xFFFFFFFF
 M64 = 0xFFFFFFFFFFFFFFFF
@@ -122,12 +122,14 @@ class Program:
         self.body = list(body)
         n = len(self.body)
         self.ops: list[Op] = []
+        slots = slot_offsets(self.body)  # jump offsets count slots; an ld_imm64 takes two
+        index_of = {slot: i for i, slot in enumerate(slots)}
         for i, insn in enumerate(self.body):
-            if insn.is_ld_imm64:
-                raise Unsupported("ld_imm64")
+            if insn.is_ld_imm64 and insn.src != 0:
+                raise Unsupported("ld_imm64 of anything but a constant")
             nxt = i + 1
             if insn.is_jump:
-                dest = nxt + (insn.imm if insn.is_long_jump else insn.off)
+                dest = index_of.get(slots[i] + 1 + (insn.imm if insn.is_long_jump else insn.off), -1)
                 if not i < dest <= n - 1:
                     raise Fault(f"jump at {i} to {dest}: not forward inside the body")
                 self.ops.append(_jump(insn, dest, nxt))
@@ -171,6 +173,7 @@ _ALU_FN: dict[AluOp, Callable[[int, int, int], int]] = {
     AluOp.DIV: lambda a, b, sm: a // b if b else 0,
     AluOp.MOD: lambda a, b, sm: a % b if b else a,
     AluOp.MOV: lambda a, b, sm: b,
+    AluOp.ARSH: lambda a, b, sm: _signed(a, sm + 1) >> (b & sm),
 }
 _CMP_FN: dict[JmpOp, Callable[[int, int], bool]] = {
     JmpOp.JEQ: lambda a, b: a == b,
@@ -181,18 +184,35 @@ _CMP_FN: dict[JmpOp, Callable[[int, int], bool]] = {
     JmpOp.JLE: lambda a, b: a <= b,
     JmpOp.JSET: lambda a, b: bool(a & b),
 }
+_SIGNED_CMP_FN: dict[JmpOp, Callable[[int, int], bool]] = {
+    JmpOp.JSGT: lambda a, b: a > b,
+    JmpOp.JSGE: lambda a, b: a >= b,
+    JmpOp.JSLT: lambda a, b: a < b,
+    JmpOp.JSLE: lambda a, b: a <= b,
+}
+
+
+def _signed(v: int, bits: int) -> int:
+    return v - (1 << bits) if v >> (bits - 1) & 1 else v
 
 
 def _jump(insn: Instruction, dest: int, nxt: int) -> Op:
     if insn.jmp_op == JmpOp.JA:
         return lambda r, env: dest
-    fn = _CMP_FN.get(insn.jmp_op)
-    if fn is None:
-        raise Unsupported(f"jump {insn}")
     wide = insn.cls == Class.JMP
     mask = M64 if wide else M32
     d = insn.dst
     by_reg, b = _operand(insn, wide)
+    signed = _SIGNED_CMP_FN.get(insn.jmp_op)
+    if signed is not None:
+        bits = 64 if wide else 32
+        if by_reg:
+            return lambda r, env: dest if signed(_signed(r[d] & mask, bits), _signed(r[b] & mask, bits)) else nxt
+        sb = _signed(b, bits)
+        return lambda r, env: dest if signed(_signed(r[d] & mask, bits), sb) else nxt
+    fn = _CMP_FN.get(insn.jmp_op)
+    if fn is None:
+        raise Unsupported(f"jump {insn}")
     if by_reg:
         return lambda r, env: dest if fn(r[d] & mask, r[b] & mask) else nxt
     return lambda r, env: dest if fn(r[d] & mask, b) else nxt
@@ -262,6 +282,14 @@ def _op(insn: Instruction, nxt: int) -> Op:
             return nxt
 
         return stx
+    if insn.is_ld_imm64:
+        value = insn.imm & M64
+
+        def ld_imm64(r: list[int], env: Env) -> int:
+            r[d] = value
+            return nxt
+
+        return ld_imm64
     if insn.is_exit:
         return lambda r, env: -1
     if insn.is_helper_call:

@@ -8,6 +8,7 @@ is ``--flag: problem``) when the text is unusable, without touching files or nam
 
 from __future__ import annotations
 
+import builtins
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,7 @@ class FilterConfig:
     tunnel_pcap_l2: str = ""  # pcap expression on an encapsulated skb's inner packet, from its inner MAC header
     tunnel_pcap_l3: str = ""  # the same from its inner network header
     trace_netfilter: str = "auto"  # one of NETFILTER_MODES
+    skb_expr: str = ""  # --filter-skb-expr: a C expression over skb (pwru.cexpr), compiled against kernel BTF
 
     def func_allowed(self, name: str) -> bool:
         """Whether --filter-func lets the function (or tracepoint) ``name`` be traced."""
@@ -103,6 +105,7 @@ class OutputConfig:
     percpu_buf: int = PERCPU_BUF_DEFAULT  # --set-percpu-buf: bytes of the kernel's dump buffer
     netns_names: bool = False  # --output-netns-names
     netns_names_max_length: int = NETNS_NAMES_MAX_LENGTH_DEFAULT  # text column width (at least 10)
+    skb_metadata: builtins.tuple[str, ...] = ()  # --output-skb-metadata: C expressions over skb shown with each event
 
     @property
     def file_max_bytes(self) -> int:

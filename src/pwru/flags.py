@@ -284,6 +284,14 @@ def _shown(part: str) -> dict[str, KConst]:
     return {f"cfg_output_{part}": lambda c: int(getattr(c.output, part))}
 
 
+def _metadata_exprs(values: list[str]) -> list[str]:
+    """--output-skb-metadata's expressions (comma-separated as well, as pwru's string slice)."""
+    exprs = [e.strip() for v in values for e in v.split(",")]
+    if any(not e for e in exprs):
+        raise FlagError("output-skb-metadata", "empty expression")
+    return exprs
+
+
 def _max_size(value: int) -> int:
     if value == 0:
         raise FlagError("output-file-max-size", "must be at least 1 (MB)")
@@ -453,6 +461,17 @@ FLAGS: tuple[Flag, ...] = (
         "tunnel_pcap_l3",
         metavar="string",
     ),
+    # cfg_has_skb_expr comes with the spliced code, from run.build_object.
+    Flag(
+        "filter-skb-expr",
+        STR,
+        "",
+        "filter skb with a C expression over struct sk_buff, like 'skb->dev->ifindex == 1 && skb->len > 100'",
+        FILTERS,
+        "filter",
+        "skb_expr",
+        metavar="string",
+    ),
     # Output
     Flag("output-meta", BOOL, True, "print skb metadata", OUTPUT, "output", "meta", consts=_shown("meta")),
     Flag("output-tuple", BOOL, True, "print L4 tuple", OUTPUT, "output", "tuple", consts=_shown("tuple")),
@@ -503,6 +522,18 @@ FLAGS: tuple[Flag, ...] = (
         consts=_shown("caller"),
     ),
     Flag("output-json", BOOL, False, "output traces in JSON format", OUTPUT, "output", "json"),
+    # cfg_metadata_size comes with the spliced code, from run.build_object.
+    Flag(
+        "output-skb-metadata",
+        LIST,
+        [],
+        'print skb metadata: C expressions over skb (e.g., "skb->mark", "skb->dev->name"), 16 at most',
+        OUTPUT,
+        "output",
+        "skb_metadata",
+        parse=lambda v: tuple(_metadata_exprs(v)),
+        metavar="strings",
+    ),
     Flag(
         "output-limit-lines",
         UINT,

@@ -35,6 +35,7 @@ from pwru.stages import LimitStage, StackStage, Stage
 from pwru.symbols import Symbols
 
 if TYPE_CHECKING:
+    from pwru.cexpr import MetadataField
     from pwru.ebpf.asm import Instruction
     from pwru.ebpf.btf import Spec
     from pwru.filter import CompiledFilter, Link, SkbLayout
@@ -258,7 +259,51 @@ def build_object(config: Config, kernel_btf: Spec | None = None) -> tuple[Object
         if body is not None:
             spec.replace_function(f"filter_pcap_tunnel_{link}", body)
     spliced = {f"cfg_has_tunnel_pcap_{link}": int(body is not None) for link, body in tunnel.items()}
-    return spec, {"cfg_has_pcap": int(compiled is not None), **spliced}
+    expr = skb_expr_filter(config, kernel_btf)
+    if expr is not None:
+        spec.replace_function("filter_skb_expr", expr)
+    metadata = skb_metadata(config, kernel_btf)
+    if metadata is not None:
+        spec.replace_function("set_skb_metadata", metadata[0])
+    return spec, {
+        "cfg_has_pcap": int(compiled is not None),
+        **spliced,
+        "cfg_has_skb_expr": int(expr is not None),
+        "cfg_metadata_size": metadata[2] if metadata is not None else 0,
+    }
+
+
+def _btf_or_kernel(kernel_btf: Spec | None) -> Spec:
+    from pwru.ebpf.btf import kernel_btf as running
+
+    return kernel_btf if kernel_btf is not None else running()
+
+
+def skb_expr_filter(config: Config, kernel_btf: Spec | None) -> list[Instruction] | None:
+    """--filter-skb-expr compiled against the kernel's BTF (the body of ``filter_skb_expr``), or None."""
+    from pwru.cexpr import ExprError, compile_filter
+
+    if not config.filter.skb_expr.strip():
+        return None
+    try:
+        return compile_filter(config.filter.skb_expr, _btf_or_kernel(kernel_btf))
+    except ExprError as e:
+        raise FlagError("filter-skb-expr", str(e)) from None
+
+
+def skb_metadata(
+    config: Config, kernel_btf: Spec | None
+) -> tuple[list[Instruction], list[MetadataField], int] | None:
+    """--output-skb-metadata compiled against the kernel's BTF: the body of ``set_skb_metadata``, the fields
+    the outputs show and the bytes they take in each event; None without expressions."""
+    from pwru.cexpr import ExprError, compile_metadata
+
+    if not config.output.skb_metadata:
+        return None
+    try:
+        return compile_metadata(config.output.skb_metadata, _btf_or_kernel(kernel_btf))
+    except ExprError as e:
+        raise FlagError("output-skb-metadata", str(e)) from None
 
 
 def _say(line: str) -> None:
@@ -459,7 +504,10 @@ def make_pipeline(
     if config.output.stack:
         stages.append(StackStage(coll.maps["stacks"].stack_trace, kernel.kallsyms))
     names = Symbols(kernel.kallsyms, plan.names(), reasons, schema.probe_kind("index"))
-    formatter = make_formatter(config, names, NetnsNames() if config.output.netns_names else None)
+    metadata = skb_metadata(config, kernel.spec)
+    formatter = make_formatter(
+        config, names, NetnsNames() if config.output.netns_names else None, metadata[1] if metadata else ()
+    )
     header_units = 1 if formatter.header() else 0
     output = LineOutput(formatter, sink)
     return Pipeline(schema, stages, [output]), limit, lambda: max(0, sink.delivered - header_units)

@@ -227,6 +227,16 @@ CASES: tuple[Case, ...] = (
     c("tunnel-l2-rejects-all", "--filter-tunnel-pcap-l2", "ip6 and arp"),
     c("tunnel-l3-ether", "--filter-tunnel-pcap-l3", "ether host 1:2:3:4:5:6"),
     c("tunnel-l3-word", "--filter-tunnel-pcap-l3", "bogus"),
+    # --- C expressions over skb ---
+    c("skb-expr-member", "--filter-skb-expr", "skb->nope == 1", needle="column 6: struct sk_buff has no member 'nope'"),
+    c("skb-expr-syntax", "--filter-skb-expr", "skb->len ==", needle="column 12: expected an operand"),
+    c("skb-expr-type", "--filter-skb-expr", 'skb->len == "x"', needle="a string compares with a char array"),
+    c("skb-expr-root", "--filter-skb-expr", "sk->len", needle="unknown name 'sk'"),
+    c("skb-expr-division", "--filter-skb-expr", "skb->len / 2", needle="division is not supported"),
+    c("skb-expr-empty", "--filter-skb-expr", "", needle="--filter-skb-expr: empty value"),
+    c("skb-metadata-struct", "--output-skb-metadata", "skb->dev->nd_net", needle="is a struct, not a value"),
+    c("skb-metadata-empty-item", "--output-skb-metadata", "skb->mark,", needle="empty expression"),
+    c("skb-metadata-too-many", "--output-skb-metadata", ",".join(["skb->mark"] * 17), needle="at most 16"),
     # --- output and ready files ---
     c("output-missing-dir", "--output-file", "/nonexistent/dir/out"),
     c("output-directory", "--output-file", "{d}/adir"),

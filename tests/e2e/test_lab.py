@@ -9,7 +9,8 @@ check, each backend gets one run (module-scoped) that sees three kinds of traffi
 
 The run also has the tunnel filters and --output-tunnel on (so every lab kernel's verifier sees that code): none
 of this traffic is encapsulated, so they let it all through and no event has an inner tuple. The struct dumps
-(--output-skb, --output-skb-shared-info, bpf_snprintf_btf) and --output-skb-cb are on for the same reason.
+(--output-skb, --output-skb-shared-info, bpf_snprintf_btf) and --output-skb-cb are on for the same reason, and a
+--filter-skb-expr that every skb of the scenario passes, and --output-skb-metadata.
 
 The tests below then check the output of that run. Timings land in ``$PWRU_VM_RESULTS/timings.jsonl`` when
 running inside the lab, for the closing notes of the kernel matrix.
@@ -36,6 +37,9 @@ pytestmark = pytest.mark.root
 
 FILTER = "(udp and dst port 9999) or (tcp and dst port 8080)"
 FUNCTION_BACKENDS = {"kprobe-multi", "kprobe", "fentry"}
+#: True for every skb of the scenario, but through each kind of code the C-expression compiler emits (a dynamic
+#: index, a bitfield-free signed char compare, a string compare through a pointer that may be NULL).
+SKB_EXPR = 'skb->len != 0xffffffff && skb->cb[skb->len & 7] < 256 && skb->dev->name != "pwru-none"'
 
 
 @dataclass
@@ -96,6 +100,10 @@ def _run_scenario(backend: str, ns: Netns, tmp: Path) -> LabRun:
         "ip or ip6",
         "--filter-tunnel-pcap-l3",
         "udp or tcp",
+        "--filter-skb-expr",
+        SKB_EXPR,
+        "--output-skb-metadata",
+        "skb->len,skb->dev->name,skb->pkt_type",
         "--filter-netns",
         ns.path,
         FILTER,
@@ -231,3 +239,14 @@ def test_kprobe_multi_attaches_over_a_thousand(lab_run: LabRun) -> None:
     if lab_run.backend != "kprobe-multi":
         pytest.skip("kprobe-multi only")
     assert int(lab_run.summary().group(3)) > 1000
+
+
+def test_skb_expressions_load_and_run_on_every_backend(lab_run: LabRun) -> None:
+    """The compiled --filter-skb-expr let every event through (the ports test sees both flows) and each event
+    carries its metadata: skb->len as the LEN field, the device name where there is a device."""
+    assert lab_run.events, lab_run.stderr
+    for e in lab_run.events:
+        md = e.get("skb_metadata")
+        assert isinstance(md, dict) and set(md) == {"skb->len", "skb->dev->name", "skb->pkt_type"}, e
+        assert md["skb->len"] == e["len"], e
+    assert {"lo"} <= {md["skb->dev->name"] for e in lab_run.events if isinstance(md := e["skb_metadata"], dict)}

@@ -110,11 +110,13 @@ def test_event_struct_in_btf(spec: ObjectSpec) -> None:
     assert [m.name for m in spec.btf.members(spec.btf.find_one("record_header", btf.Kind.STRUCT))][:5] == [
         "ts", "skb", "probe", "type", "size"]  # fmt: skip
     assert {"meta", "tuple", "comm", "reason", "location", "stack_id"} <= set(names)
-    assert names[-1] == "tunnel"
+    assert names[-2:] == ["tunnel", "metadata"]  # metadata: the flexible tail (--output-skb-metadata)
     assert spec.btf.member_offset("event", "meta.ifindex") > spec.btf.member_offset("event", "comm")
 
 
-@pytest.mark.parametrize("stub", ["filter_pcap_l2", "filter_pcap_l3", "filter_pcap_tunnel_l2", "filter_pcap_tunnel_l3"])
+@pytest.mark.parametrize(
+    "stub", ["filter_pcap_l2", "filter_pcap_l3", "filter_pcap_tunnel_l2", "filter_pcap_tunnel_l3", "filter_skb_expr"]
+)
 def test_pcap_stubs_are_replaceable_subprograms(spec: ObjectSpec, stub: str) -> None:
     """The stubs survive clang as real functions, and every call site tests all 64 bits of their result
     (a translated filter may accept with a value like 0x40000 whose low byte is 0)."""
@@ -133,11 +135,13 @@ def test_pcap_stubs_are_replaceable_subprograms(spec: ObjectSpec, stub: str) -> 
 def test_build_object_splices_the_tunnel_filters_it_is_given() -> None:
     stub = ObjectSpec.load(object_path()).functions["filter_pcap_tunnel_l3"].insns
     spec, consts = build_object(Config())
-    assert consts == {"cfg_has_pcap": 0, "cfg_has_tunnel_pcap_l2": 0, "cfg_has_tunnel_pcap_l3": 0}
+    assert consts == {"cfg_has_pcap": 0, "cfg_has_tunnel_pcap_l2": 0, "cfg_has_tunnel_pcap_l3": 0,
+                      "cfg_has_skb_expr": 0, "cfg_metadata_size": 0}  # fmt: skip
     assert spec.functions["filter_pcap_tunnel_l3"].insns == stub
     filters = FilterConfig(pcap="udp port 4789", tunnel_pcap_l3="udp dst port 7001")
     spec, consts = build_object(Config(filter=filters))
-    assert consts == {"cfg_has_pcap": 1, "cfg_has_tunnel_pcap_l2": 0, "cfg_has_tunnel_pcap_l3": 1}
+    assert consts == {"cfg_has_pcap": 1, "cfg_has_tunnel_pcap_l2": 0, "cfg_has_tunnel_pcap_l3": 1,
+                      "cfg_has_skb_expr": 0, "cfg_metadata_size": 0}  # fmt: skip
     body = spec.functions["filter_pcap_tunnel_l3"].insns
     assert body != stub and body == compile_filter("udp dst port 7001").to_ebpf("l3", "probe")  # type: ignore[union-attr]
     spec, consts = build_object(Config(filter=FilterConfig(tunnel_pcap_l2="ether host 02:00:00:00:99:02")))

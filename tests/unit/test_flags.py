@@ -129,9 +129,12 @@ def test_constants_exist_in_the_bpf_program() -> None:
     declared = set(re.findall(r"const volatile \w+ (cfg_\w+)", BPF_SOURCE.read_text()))
     names = set(flags.constants(Config()))
     assert names <= declared
-    # The rest come with the spliced filters (cfg_has_*pcap*, from run.build_object) or are set per attached
-    # program (cfg_tp_*, cfg_probe_id, cfg_ret_pos).
-    spliced = {"cfg_has_pcap", "cfg_has_tunnel_pcap_l2", "cfg_has_tunnel_pcap_l3"}
+    # The rest come with the spliced code (the filters, the C expressions: from run.build_object, which returns
+    # exactly these) or are set per attached program (cfg_tp_*, cfg_probe_id, cfg_ret_pos).
+    from pwru.run import build_object
+
+    spliced = set(build_object(Config())[1])
+    assert spliced >= {"cfg_has_pcap", "cfg_has_tunnel_pcap_l2", "cfg_has_skb_expr", "cfg_metadata_size"}
     assert {n for n in declared - names if not n.startswith("cfg_tp_")} == spliced | {"cfg_probe_id", "cfg_ret_pos"}
 
 

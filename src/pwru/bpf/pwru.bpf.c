@@ -53,6 +53,8 @@ const volatile __u8 cfg_output_cb = 0;      /* --output-skb-cb: meta.cb */
 const volatile __u32 cfg_percpu_buf = 4096; /* --set-percpu-buf: dump_buf's value size (user space sizes the map) */
 const volatile __u8 cfg_track_skb = 0;         /* --filter-track-skb: the tracked set decides before the filters */
 const volatile __u8 cfg_track_stackid = 0;     /* --filter-track-skb-by-stackid: the call chain's skb too */
+const volatile __u8 cfg_has_skb_expr = 0;      /* call filter_skb_expr (--filter-skb-expr) */
+const volatile __u32 cfg_metadata_size = 0;    /* bytes set_skb_metadata writes after the event (multiple of 8) */
 /* tp_btf (and fentry fallback) per-load constants; positions are 1-based, without the tracepoint's void * */
 const volatile __u32 cfg_tp_skb_pos = 1;
 const volatile __u32 cfg_tp_reason_pos = 0;   /* 0: the tracepoint has no drop reason */
@@ -193,6 +195,25 @@ static __noinline __u64 filter_pcap_tunnel_l3(void *data, void *data_end, struct
 	return ret;
 }
 
+/* --filter-skb-expr: a C expression over the skb, compiled by pwru.cexpr against the kernel's BTF. Non-zero:
+ * selected. The same contract as the pcap stubs (replaced before load, opaque result). */
+static __noinline __u64 filter_skb_expr(struct sk_buff *skb)
+{
+	__u64 ret = 1;
+
+	asm volatile("" : "+r"(ret) : "r"(skb));
+	return ret;
+}
+
+/* --output-skb-metadata: the expressions' values into out (cfg_metadata_size bytes), by pwru.cexpr's code. */
+static __noinline int set_skb_metadata(struct sk_buff *skb, __u8 *out)
+{
+	int ret = 0;
+
+	asm volatile("" : "+r"(ret) : "r"(skb), "r"(out));
+	return ret;
+}
+
 /* The tunnel filters judge only skbs that carry an inner packet: tunnel encapsulation (vxlan, geneve, ...)
  * sets the inner header offsets, which are 0 on an skb that was never encapsulated; such an skb passes. */
 static __always_inline bool filter_pcap_tunnel(struct sk_buff *skb)
@@ -250,6 +271,8 @@ static __always_inline bool filter_skb(struct sk_buff *skb)
 	if (cfg_has_pcap && !filter_pcap(skb))
 		return false;
 	if ((cfg_has_tunnel_pcap_l2 || cfg_has_tunnel_pcap_l3) && !filter_pcap_tunnel(skb))
+		return false;
+	if (cfg_has_skb_expr && !filter_skb_expr(skb))
 		return false;
 	return true;
 }
@@ -565,7 +588,7 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 		.skb = (__u64)skb,
 		.probe = probe,
 		.type = PWRU_RECORD_EVENT,
-		.size = sizeof(struct event),
+		.size = sizeof(struct event) + cfg_metadata_size,
 		.probe_kind = probe_kind,
 	};
 	struct event *ev;
@@ -577,7 +600,8 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 	if (cfg_output_shinfo && mode != CALLER_NONE)
 		dump_struct(skb, &hdr, PWRU_DUMP_SKB_SHARED_INFO);
 
-	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	/* cfg_metadata_size is read from frozen .rodata: the verifier knows it, as reserve's constant size needs. */
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev) + cfg_metadata_size, 0);
 	if (!ev) {
 		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
 
@@ -616,6 +640,8 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 		set_tuple(skb, &ev->tuple);
 	if (cfg_output_tunnel)
 		set_tunnel(skb, &ev->tunnel);
+	if (cfg_metadata_size)
+		set_skb_metadata(skb, ev->metadata);
 
 	bpf_ringbuf_submit(ev, 0);
 	return 0;

@@ -74,6 +74,8 @@ struct event {
 	struct skb_meta meta;
 	struct skb_tuple tuple;
 	struct skb_tuple tunnel; /* the inner packet's tuple (--output-tunnel); flattened as tunnel_saddr, ... */
+	/* --output-skb-metadata: the values set_skb_metadata wrote (user space knows the layout), 8-byte aligned */
+	__u8 metadata[] __attribute__((aligned(8)));
 };
 
 /* One dump of a struct of an event's skb. It comes just BEFORE its event in the ring buffer, from the same

@@ -14,8 +14,8 @@ been added to the :class:`~pwru.records.Batch` by a stage before. Typical use (s
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from pwru.config import Config
 from pwru.output.json import JsonFormatter
@@ -23,6 +23,9 @@ from pwru.output.names import Names, ProcessNames, sanitize
 from pwru.output.sink import RotatingFileSink, Sink, StdoutSink, open_sink
 from pwru.output.text import TextFormatter
 from pwru.records import Batch
+
+if TYPE_CHECKING:  # the output layer loads no kernel-side module (pwru.cexpr emits eBPF)
+    from pwru.cexpr import MetadataField
 
 
 class Formatter(Protocol):
@@ -38,12 +41,17 @@ class Formatter(Protocol):
         ...
 
 
-def make_formatter(config: Config, names: Names, netns_names: Callable[[int], str] | None = None) -> Formatter:
+def make_formatter(
+    config: Config,
+    names: Names,
+    netns_names: Callable[[int], str] | None = None,
+    metadata: Sequence[MetadataField] = (),
+) -> Formatter:
     """The formatter --output-json asks for; ``netns_names`` (inode -> name, "" when unknown) for
-    --output-netns-names."""
+    --output-netns-names; ``metadata``: the --output-skb-metadata fields events carry."""
     if config.output.json:
-        return JsonFormatter(config.output, names, netns_names)
-    return TextFormatter(config.output, names, netns_names)
+        return JsonFormatter(config.output, names, netns_names, metadata)
+    return TextFormatter(config.output, names, netns_names, metadata)
 
 
 __all__ = [

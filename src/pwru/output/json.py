@@ -21,14 +21,18 @@ writes IPv6 ones as ``[fd00::1]``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pwru.config import OutputConfig
 from pwru.output import fields
 from pwru.output.fields import remember
+from pwru.output.metadata import MetadataFormat
 from pwru.output.names import Names, sanitize
 from pwru.records import Batch, Record, RecordLayout
+
+if TYPE_CHECKING:  # the output layer loads no kernel-side module (pwru.cexpr emits eBPF)
+    from pwru.cexpr import MetadataField
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -37,11 +41,17 @@ class JsonFormatter:
     """Formats events as JSON objects, one per line."""
 
     def __init__(
-        self, config: OutputConfig, names: Names, netns_names: Callable[[int], str] | None = None
+        self,
+        config: OutputConfig,
+        names: Names,
+        netns_names: Callable[[int], str] | None = None,
+        metadata: Sequence[MetadataField] = (),
     ) -> None:
         self._config = config
         self._names = names
         self._netns_names = netns_names if config.netns_names else None
+        self._metadata_fields = tuple(metadata)
+        self._metadata: MetadataFormat | None = None
         self._ts = fields.Timestamps(config.timestamp)
         self._layout: RecordLayout | None = None
         self._stack_id: Any = None
@@ -143,6 +153,9 @@ class JsonFormatter:
             self._stack_id = layout.unpacker("stack_id")
             for cache in self._caches:
                 cache.clear()
+            if self._metadata_fields:
+                assert layout.tail is not None, "struct event has no metadata tail"
+                self._metadata = MetadataFormat(self._metadata_fields, layout.tail.offset)
         (p0, p1), (m0, m1), (t0, t1), (u0, u1) = self._spans
         procs, metas, tuples, funcs, callers, tunnels = self._caches
         unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
@@ -196,7 +209,7 @@ class JsonFormatter:
                 name = netns_names(ev.netns if ev is not None else netns_of(buf)[0])
                 if name:  # pwru's omitempty
                     parts.append(_members({"netns_name": sanitize(name)}))
-            parts += (meta, tup, tunnel)
+            parts += (meta, tup, tunnel, self._metadata.json(buf) if self._metadata is not None else "")
             append("{" + ",".join([p for p in parts if p]) + "}")
         if with_stack:
             for i, buf in enumerate(events):

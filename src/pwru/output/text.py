@@ -14,14 +14,18 @@ one. Stack frames (--output-stack) follow on their own lines, then the structs t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pwru.config import OutputConfig
 from pwru.output import fields
 from pwru.output.fields import remember
+from pwru.output.metadata import MetadataFormat
 from pwru.output.names import Names, sanitize
 from pwru.records import Batch, Record, RecordLayout
+
+if TYPE_CHECKING:  # the output layer loads no kernel-side module (pwru.cexpr emits eBPF)
+    from pwru.cexpr import MetadataField
 
 #: FUNC's width when CALLER or TUNNEL follows it: a function with a drop reason
 #: (``kfree_skb_reason(SKB_DROP_REASON_NETFILTER_DROP)``) fits.
@@ -56,11 +60,17 @@ class TextFormatter:
     """Formats events as pwru's text lines."""
 
     def __init__(
-        self, config: OutputConfig, names: Names, netns_names: Callable[[int], str] | None = None
+        self,
+        config: OutputConfig,
+        names: Names,
+        netns_names: Callable[[int], str] | None = None,
+        metadata: Sequence[MetadataField] = (),
     ) -> None:
         self._config = config
         self._names = names
         self._netns_names = netns_names if config.netns_names else None
+        self._metadata_fields = tuple(metadata)
+        self._metadata: MetadataFormat | None = None
         self._ts = fields.Timestamps(config.timestamp)
         self._tuple_width = tuple_width(config.tcp_flags)
         self._func_width = FUNC_WIDTH if config.caller or config.tunnel else 0
@@ -167,6 +177,9 @@ class TextFormatter:
             self._stack_id = layout.unpacker("stack_id")
             for cache in self._caches:
                 cache.clear()
+            if self._metadata_fields:
+                assert layout.tail is not None, "struct event has no metadata tail"
+                self._metadata = MetadataFormat(self._metadata_fields, layout.tail.offset)
         (p0, p1), (m0, m1), (t0, t1), (u0, u1) = self._spans
         procs, metas, tuples, funcs, callers, tunnels = self._caches
         unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
@@ -225,7 +238,8 @@ class TextFormatter:
             head = f"{skb:<#18x}{proc}" if plain_head else self._head(skb, proc, ts)
             if netns_names is not None:
                 meta += self._netns_name(netns_names, ev.netns if ev is not None else netns_of(buf)[0])
-            append(f"{head}{meta}{tup}{func}{caller}{tunnel}")
+            extra = self._metadata.text(buf) if self._metadata is not None else ""
+            append(f"{head}{meta}{tup}{func}{caller}{tunnel}{extra}")
         if with_stack:
             for i, buf in enumerate(events):
                 stack_id = stack_id_of(buf)[0]
