@@ -69,6 +69,11 @@ class FilterConfig:
         return self.func is None or self.func.fullmatch(name) is not None
 
 
+#: --output-pcap-snaplen: the default, and the most (pwru.h's PWRU_PCAP_SNAPLEN_MAX; a unit test holds them equal).
+PCAP_SNAPLEN_DEFAULT = 256
+PCAP_SNAPLEN_MAX = 16384
+
+
 @dataclass(frozen=True)
 class OutputConfig:
     """What each event shows and where it goes."""
@@ -87,6 +92,13 @@ class OutputConfig:
     file_max_age: int = 0  # days, 0: keep all
     file_compress: bool = False
     timestamp: str = "none"
+    pcap: str | None = None  # --output-pcap: a path, or "-" for standard output
+    pcap_snaplen: int = PCAP_SNAPLEN_DEFAULT
+
+    @property
+    def pcap_to_stdout(self) -> bool:
+        """--output-pcap -: the pcapng stream takes standard output (text/JSON lines only to --output-file)."""
+        return self.pcap == "-"
 
     @property
     def file_max_bytes(self) -> int:

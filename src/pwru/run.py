@@ -27,7 +27,9 @@ from pwru.ebpf.ringbuf import RingBufReader
 from pwru.errors import UserError
 from pwru.kernel import KernelContext
 from pwru.output import Sink, make_formatter, open_sink
-from pwru.pipeline import LineOutput, Pipeline
+from pwru.output.pcap import PcapOutput
+from pwru.output.sink import open_pcap_sink
+from pwru.pipeline import LineOutput, Output, Pipeline
 from pwru.probes import Attach, Attachment, Plan, Probe, Progress, execute
 from pwru.records import Schema
 from pwru.stages import LimitStage, StackStage, Stage
@@ -360,18 +362,22 @@ def run(config: Config) -> int:
         ensure_fd_limit(plan)
         reasons = discovery.drop_reasons(kernel.spec, kernel.modules())
         sink = open_sink(config)  # an --output-file that cannot be opened is said before anything is loaded
+        pcap_sink = None
         try:
+            pcap_sink = open_pcap_sink(config)
             stopper = Stopper()
             with stopper.installed():
                 constants = flags.constants(config) | spliced
                 coll = Collection(obj, kernel_btf=kernel.spec, constants=constants)
                 try:
-                    loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready)
+                    loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready, pcap_sink)
                     return _run_loaded(loaded, stopper, t_start)
                 finally:
                     coll.close()
         finally:
             sink.close()  # idempotent: the pipeline closes it first when there was one
+            if pcap_sink is not None:
+                pcap_sink.close()
     finally:
         kernel.close()
 
@@ -389,6 +395,7 @@ class Loaded:
     reasons: dict[int, str]
     sink: Sink
     ready: ReadyFile
+    pcap_sink: Sink | None = None  # --output-pcap's
 
 
 def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
@@ -419,7 +426,9 @@ def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
                 log.warning("skb tracking: could not attach %s (%s): %s", p.display_name, p.attach.value, why)
         if backend != "tracepoint" or config.output.stack or config.output.caller:
             kernel.kallsyms.preload()  # function names for the events, read while waiting for the first ones
-        pipeline, limit, printed = make_pipeline(config, kernel, coll, plan, run.schema, run.reasons, run.sink)
+        pipeline, limit, printed = make_pipeline(
+            config, kernel, coll, plan, run.schema, run.reasons, run.sink, pcap_sink=run.pcap_sink
+        )
         _read(run, pipeline, limit, stopper, t_start)
     finally:
         _finish(run, att, pipeline, printed, attach_time)
@@ -444,9 +453,12 @@ def make_pipeline(
     schema: Schema,
     reasons: dict[int, str],
     sink: Sink,
+    *,
+    pcap_sink: Sink | None = None,
 ) -> tuple[Pipeline, LimitStage | None, Callable[[], int]]:
     """The stages and outputs the flags ask for, and how many events have been written out so far (what the
-    sink took in full, less the header: events still buffered when the output broke were not printed)."""
+    sink took in full, less the header: events still buffered when the output broke were not printed; with
+    the pcapng stream alone on standard output, the frames its sink took in full)."""
     stages: list[Stage] = []
     limit = LimitStage(config.output.limit_lines) if config.output.limit_lines else None
     if limit is not None:
@@ -456,8 +468,15 @@ def make_pipeline(
     names = Symbols(kernel.kallsyms, plan.names(), reasons, schema.probe_kind("index"))
     formatter = make_formatter(config, names)
     header_units = 1 if formatter.header() else 0
-    output = LineOutput(formatter, sink)
-    return Pipeline(schema, stages, [output]), limit, lambda: max(0, sink.delivered - header_units)
+    outputs: list[Output] = []
+    lines = not (config.output.pcap_to_stdout and config.output.file is None)  # else the lines go nowhere
+    if lines:
+        outputs.append(LineOutput(formatter, sink))
+    if pcap_sink is not None:
+        outputs.append(PcapOutput(pcap_sink, names, config.output.pcap_snaplen))
+        if not lines:  # frames, less the section header
+            return Pipeline(schema, stages, outputs), limit, lambda: max(0, pcap_sink.delivered - 1)
+    return Pipeline(schema, stages, outputs), limit, lambda: max(0, sink.delivered - header_units)
 
 
 def _read(run: Loaded, pipeline: Pipeline, limit: LimitStage | None, stopper: Stopper, t_start: float) -> None:
@@ -484,6 +503,10 @@ def _finish(
             pipeline.close()
     finally:
         lost = coll.maps["lost"].lookup_u64(0) or 0
+        if config.output.pcap is not None:
+            pcap_lost = coll.maps["pcap_lost"].lookup_u64(0) or 0
+            if pcap_lost:
+                log.warning("--output-pcap: %d events have no frame (their packets did not fit the ring)", pcap_lost)
         untracked = ""
         if config.tracking.skb:
             full = coll.maps["track_full"].lookup_u64(0) or 0

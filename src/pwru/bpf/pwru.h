@@ -11,9 +11,21 @@
 
 #define PWRU_COMM_LEN 16
 #define PWRU_IFNAME_LEN 16
+/* The most packet bytes a struct packet carries (--output-pcap-snaplen's upper bound): the per-CPU scratch
+ * record it is built in must stay within the kernel's 32 KiB per-CPU allocation unit. */
+#define PWRU_PCAP_SNAPLEN_MAX 16384
 
 enum pwru_record_type {
-	PWRU_RECORD_EVENT = 1, /* struct event: one skb seen at one probe */
+	PWRU_RECORD_EVENT = 1,  /* struct event: one skb seen at one probe */
+	PWRU_RECORD_PACKET = 2, /* struct packet: the bytes of the event's skb (--output-pcap) */
+};
+
+/* struct packet's linktype: where its bytes start, as a pcap link type (tcpdump's LINKTYPE_* numbers). */
+enum pwru_linktype {
+	PWRU_LINKTYPE_ETHERNET = 1, /* from the MAC header, an Ethernet one */
+	PWRU_LINKTYPE_RAW = 101,    /* no bytes could be taken (no sane header): data is empty */
+	PWRU_LINKTYPE_IPV4 = 228,   /* from the network header, an IPv4 one */
+	PWRU_LINKTYPE_IPV6 = 229,   /* from the network header, an IPv6 one */
 };
 
 /* What record_header.probe holds. */
@@ -65,6 +77,20 @@ struct event {
 	struct skb_meta meta;
 	struct skb_tuple tuple;
 	struct skb_tuple tunnel; /* the inner packet's tuple (--output-tunnel); flattened as tunnel_saddr, ... */
+};
+
+/* Sent right after its event (same CPU, same program run: later in ring order) when --output-pcap is on. Its
+ * header's ts, skb, probe and probe_kind are the event's, which is how user space pairs the two. */
+struct packet {
+	struct record_header hdr;
+	__u32 netns;    /* as skb_meta's, filled whatever --output-meta says (the pcap's interfaces need them) */
+	__u32 ifindex;
+	__u32 orig_len; /* the packet's length from where data starts (skb->len plus the header part before
+			 * skb->data, less what lies between skb->data and the start) */
+	__u16 linktype; /* enum pwru_linktype */
+	__u16 pad;
+	char ifname[PWRU_IFNAME_LEN];
+	__u8 data[];    /* the linear bytes from the start, at most --output-pcap-snaplen (hdr.size says how many) */
 };
 
 #endif
