@@ -228,7 +228,7 @@ CASES: tuple[Case, ...] = (
     c("ready-dev-full", "--ready-file", "{d}/full-ready", may_attach=True),
     c("ready-cannot-create", "--ready-file", "/proc/pwru-catalogue.ready", may_attach=True),
     # --- --output-pcap ---
-    c("pcap-snaplen-zero", "--output-pcap", "{d}/p.pcapng", "--output-pcap-snaplen", "0", needle="--output-pcap-snaplen"),
+    c("pcap-snaplen-zero", "--output-pcap", "{d}/p.pcapng", "--output-pcap-snaplen", "0", needle="-snaplen: 0"),
     c("pcap-snaplen-negative", "--output-pcap-snaplen", "-1"),
     c("pcap-snaplen-huge", "--output-pcap-snaplen", "65536", needle="out of range (1..16384)"),
     c("pcap-snaplen-enormous", "--output-pcap-snaplen", "99999999999999999999999"),

@@ -20,7 +20,7 @@ from typing import Any
 
 from pwru import __version__
 from pwru.output import pcapng
-from pwru.output.fields import monotonic_offset_ns
+from pwru.output.fields import CACHE_LIMIT, monotonic_offset_ns, remember
 from pwru.output.names import Names, sanitize
 from pwru.output.sink import Sink
 from pwru.records import Batch, Schema
@@ -43,6 +43,10 @@ class PcapOutput:
         self._pending_limit = pending_limit
         self._pending: dict[bytes, bytes] = {}
         self._interfaces: dict[tuple[int, int, int], int] = {}
+        # comment pieces by what they come from (bounded as the formatters' caches are)
+        self._where: dict[tuple[int, int, int, int], tuple[str, str]] = {}
+        self._comms: dict[bytes, str] = {}
+        self._devs: dict[bytes, str] = {}
         self._offset_ns = monotonic_offset_ns()
         self._schema: Schema | None = None
         self._event_type = self._packet_type = -1
@@ -90,25 +94,38 @@ class PcapOutput:
         probe_kind, probe, reason, location, pid, comm = self._event(event)
         ts, skb, netns, ifindex, orig_len, linktype, ifname, size = self._packet(packet)
         data = bytes(packet[self._data_offset : size])
-        dev = sanitize(ifname.partition(b"\0")[0])
+        dev = self._devs.get(ifname)
+        if dev is None:
+            dev = remember(self._devs, ifname, sanitize(ifname.partition(b"\0")[0]))
         block = b""
         iface = self._interfaces.get((netns, ifindex, linktype))
         if iface is None:
             iface = self._interfaces[(netns, ifindex, linktype)] = len(self._interfaces)
             name = dev or (f"ifindex {ifindex}" if ifindex else "no device")
             block = pcapng.interface(linktype, self._snaplen, name, f"netns {netns} ifindex {ifindex}")
-        names = self._names
-        parts = [f"func={sanitize(names.probe_name(probe_kind, probe))}", f"skb={skb:#x}"]
-        if reason >= 0:
-            parts.append(f"reason={sanitize(names.reason_name(reason)) or reason}")
-        if location:
-            parts.append(f"location={sanitize(names.symbol(location))}")
-        process = sanitize(comm.partition(b"\0")[0])
-        parts += [f"pid={pid}", f"comm={process}", f"netns={netns}"]
-        parts.append(f"dev={dev}:{ifindex}" if dev else f"dev={ifindex}")
-        comment = " ".join(parts)
+        where = self._where.get((probe_kind, probe, reason, location))
+        if where is None:
+            if len(self._where) >= CACHE_LIMIT:
+                self._where.clear()
+            where = self._where[(probe_kind, probe, reason, location)] = self._where_text(
+                probe_kind, probe, reason, location
+            )
+        process = self._comms.get(comm) or remember(self._comms, comm, sanitize(comm.partition(b"\0")[0]))
+        device = f"dev={dev}:{ifindex}" if dev else f"dev={ifindex}"
+        comment = f"{where[0]} skb={skb:#x}{where[1]} pid={pid} comm={process} netns={netns} {device}"
         self.sink.write(block + pcapng.packet(iface, ts + self._offset_ns, data, orig_len, comment))
         self.frames += 1
+
+    def _where_text(self, probe_kind: int, probe: int, reason: int, location: int) -> tuple[str, str]:
+        """The comment's ``func=`` and its `` reason= location=`` (empty when the event is no drop)."""
+        names = self._names
+        func = f"func={sanitize(names.probe_name(probe_kind, probe))}"
+        extra = ""
+        if reason >= 0:
+            extra += f" reason={sanitize(names.reason_name(reason)) or reason}"
+        if location:
+            extra += f" location={sanitize(names.symbol(location))}"
+        return func, extra
 
     def idle(self) -> None:
         self.sink.flush()
