@@ -13,11 +13,18 @@ path, ``PcapNgWriter._write_packet`` with raw bytes: no Packet objects built). E
 python-pcapng's reader when it is installed (frame count and the first frame's bytes), so a writer that skipped
 work would be caught.
 
-Measured on the development machine (2 shared CPUs, Python 3.11, 100,000 frames, best of 3)::
+Measured on the development machine (2 CPUs shared with other jobs, Python 3.11, 100,000 frames, best of 3;
+two runs, the first while another job took a CPU)::
 
-    writer          frames/s    MB/s   file bytes
-    pwru.pcapng      ~1,000,000  ...
-    (the figures of the latest run are in the report of issue 12's pcapng work)
+    writer           frames/s (busy)  frames/s (quieter)
+    pwru.pcapng           296,126        781,203
+    python-pcapng          13,919         26,723
+    dpkt                   40,960         59,495
+    scapy                  90,735        135,402
+    PcapOutput             96,612        164,012   (pwru's whole output: pairing, comments, sink)
+
+Run with the libraries importable (e.g. a venv with ``pip install python-pcapng dpkt scapy`` on PYTHONPATH after
+``src``); pwru itself does not depend on them.
 """
 
 from __future__ import annotations
@@ -169,8 +176,9 @@ CANDIDATES: dict[str, Callable[[io.BytesIO, list[tuple[int, int, bytes, int, str
 
 
 def pipeline_output(n: int) -> float | None:
-    """Frames/s of pwru's whole --output-pcap path in user space: event + packet records (from the built object's
-    BTF) paired, comments formatted, interface blocks, units into a file sink on /dev/shm (or the temp dir)."""
+    """Frames/s of pwru's whole --output-pcap path in user space: packet + event records (from the built object's
+    BTF, in the kernel's order) paired, comments formatted, interface blocks, units into a file sink on /dev/shm
+    (or the temp dir)."""
     try:
         from pwru.bpf import object_path
         from pwru.ebpf.elf import ObjectSpec
@@ -203,11 +211,11 @@ def pipeline_output(n: int) -> float | None:
     data = bytes(range(256))
     for i in range(n):
         head = {"ts": base + i, "skb": 0xFFFF888100000000 + i * 256, "probe": 0x1000, "probe_kind": 0}
-        records.append(event.encode({**head, "type": schema.type_id("event"), "reason": 2, "location": 0xA000,
-                                     "pid": 1000 + i % 7, "comm": b"python3", "size": event.size}))  # fmt: skip
         records.append(packet.encode({**head, "type": schema.type_id("packet"), "netns": 4026531840,
                                       "ifindex": 1 + i % 2, "ifname": b"lo", "linktype": 1, "orig_len": 1500,
                                       "size": packet.tail.offset + len(data), "data": data}))  # fmt: skip
+        records.append(event.encode({**head, "type": schema.type_id("event"), "reason": 2, "location": 0xA000,
+                                     "pid": 1000 + i % 7, "comm": b"python3", "size": event.size}))  # fmt: skip
     directory = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         out = PcapOutput(FileSink(os.path.join(tmp, "p.pcapng"), "output-pcap"), Names(), SNAPLEN)

@@ -506,7 +506,7 @@ def _finish(
         if config.output.pcap is not None:
             pcap_lost = coll.maps["pcap_lost"].lookup_u64(0) or 0
             if pcap_lost:
-                log.warning("--output-pcap: %d events have no frame (their packets did not fit the ring)", pcap_lost)
+                log.warning("--output-pcap: %d packets not captured (ring full): their events have no frame", pcap_lost)
         untracked = ""
         if config.tracking.skb:
             full = coll.maps["track_full"].lookup_u64(0) or 0

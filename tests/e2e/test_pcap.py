@@ -138,6 +138,23 @@ def test_pcap_stream_alone_keeps_stdout_for_the_frames(netns: Netns, tmp_path: P
     assert all(f["udp.payload"] == data.hex() for f in frames)
 
 
+def test_line_limit_counts_frames_too(pwru: object, netns: Netns, tmp_path: Path) -> None:
+    """The event that reaches --output-limit-lines has its frame (its packet record came before it)."""
+    pcap = tmp_path / "limited.pcapng"
+    run: PwruRun = pwru(  # type: ignore[operator]
+        "--output-limit-lines", "5", "--output-pcap", str(pcap), "--filter-netns", netns.path,
+        f"udp and dst port {PORT}",
+    )  # fmt: skip
+    run.start()
+    udp_send(netns, "127.0.0.1", PORT, count=2, payload=payload())
+    run.wait()
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()[1:]
+    frames = tshark(str(pcap))
+    assert len(lines) == len(frames) == printed(run.stderr) == 5
+    assert [ln.split()[0] for ln in lines] == [comment_fields(f["frame.comment"])["skb"] for f in frames]
+
+
 def test_snaplen_truncates_in_the_kernel_and_keeps_the_original_length(
     pwru: object, netns: Netns, tmp_path: Path
 ) -> None:

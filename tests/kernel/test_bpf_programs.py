@@ -24,6 +24,7 @@ EVERYTHING = {
     "cfg_netns": 4026531840, "cfg_mark": 1, "cfg_mark_mask": 0xFF, "cfg_ifindex": 1, "cfg_has_pcap": 1,
     "cfg_output_meta": 1, "cfg_output_tuple": 1, "cfg_output_stack": 1, "cfg_output_caller": 1,
     "cfg_has_tunnel_pcap_l2": 1, "cfg_has_tunnel_pcap_l3": 1, "cfg_output_tunnel": 1,
+    "cfg_output_pcap": 1, "cfg_pcap_snaplen": 16384,
 }  # fmt: skip
 NOTHING: dict[str, int] = {}
 

@@ -206,9 +206,10 @@ def test_a_packet_joins_its_event_and_unpaired_records_make_no_frame() -> None:
     p1 = packet_record(e1, ETH_FRAME)
     p3 = packet_record(e3, IP_FRAME, linktype=pcapng.LINKTYPE_IPV4, netns=99, ifindex=5, ifname=b"veth0")
     orphan = packet_record(dict(e2, ts=2001), b"zz")  # its event never came (lost, or stopped by the line limit)
-    # Another CPU's event lands between an event and its packet; a packet may come in the next batch.
-    out.consume(Batch(schema(), [r1, r2, r3, p1, orphan]))
-    out.consume(Batch(schema(), [p3]))
+    # The packet comes before its event; another CPU's records land between them; an event may come in the
+    # next batch; r2's packet did not fit the ring (no frame).
+    out.consume(Batch(schema(), [p1, orphan, p3, r2, r1]))
+    out.consume(Batch(schema(), [r3]))
     out.close()
     assert sink.closed and out.frames == 2
     kinds = [b[0] for unit in sink.units for b in blocks(unit)]
@@ -230,19 +231,19 @@ def test_one_interface_per_netns_device_and_link_type() -> None:
     keys = [(1, 2, 1), (1, 2, 1), (1, 2, 228), (3, 2, 1), (1, 4, 1), (3, 2, 1)]
     for i, (netns, ifindex, link) in enumerate(keys):
         e, r = event_record(ts=100 + i)
-        records += [r, packet_record(e, IP_FRAME, netns=netns, ifindex=ifindex, linktype=link)]
+        records += [packet_record(e, IP_FRAME, netns=netns, ifindex=ifindex, linktype=link), r]
     out.start()
     out.consume(Batch(schema(), records))
     epbs = [struct.unpack_from("<I", body)[0] for unit in sink.units for t, body in blocks(unit) if t == 6]
     assert epbs == [0, 0, 1, 2, 3, 2]
 
 
-def test_events_waiting_for_their_packet_are_bounded() -> None:
+def test_packets_waiting_for_their_event_are_bounded() -> None:
     sink = MemorySink()
     out = PcapOutput(sink, FakeNames(), 64, pending_limit=3)
     events = [event_record(ts=10 + i) for i in range(5)]
-    out.consume(Batch(schema(), [r for _, r in events]))
     out.consume(Batch(schema(), [packet_record(e, b"x") for e, _ in events]))
+    out.consume(Batch(schema(), [r for _, r in events]))
     assert out.frames == 3  # the two oldest were forgotten
 
 
@@ -255,7 +256,7 @@ def test_tshark_reads_the_output_through_a_file_sink(tmp_path: Path) -> None:
     now = time.monotonic_ns()
     for i in range(50):
         e, r = event_record(ts=now + i, probe=0x3000, pid=4242, comm=b"curl")
-        records += [r, packet_record(e, ETH_FRAME, orig_len=1514)]
+        records += [packet_record(e, ETH_FRAME, orig_len=1514), r]
     out.consume(Batch(schema(), records))
     out.close()
     rows = tshark_fields(path, "frame.len", "frame.cap_len", "frame.comment", "frame.time_epoch", "udp.srcport")

@@ -574,7 +574,7 @@ static __always_inline __u16 pcap_start(struct sk_buff *skb, __u32 tail, __u32 *
 	return PWRU_LINKTYPE_IPV4; /* or IPv6: the caller reads the version */
 }
 
-/* The struct packet of the event just sent (same ts, skb, probe). */
+/* The struct packet of the event about to be sent (same ts, skb, probe). */
 static __always_inline void emit_packet(struct sk_buff *skb, __u64 ts, __u64 probe, __u8 probe_kind)
 {
 	__u32 zero = 0;
@@ -649,8 +649,12 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 {
 	struct event *ev;
 	__u32 zero = 0;
-	__u64 ts;
+	__u64 ts = bpf_ktime_get_ns();
 
+	/* The packet goes first: user space holds it until its event comes, so an event that ends a run (the line
+	 * limit) never waits for a packet still unread. */
+	if (cfg_output_pcap)
+		emit_packet(skb, ts, probe, probe_kind);
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
@@ -661,7 +665,6 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 	}
 	__builtin_memset(ev, 0, sizeof(*ev));
 
-	ts = bpf_ktime_get_ns();
 	ev->hdr.ts = ts;
 	ev->hdr.skb = (__u64)skb;
 	ev->hdr.probe = probe;
@@ -698,8 +701,6 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 		set_tunnel(skb, &ev->tunnel);
 
 	bpf_ringbuf_submit(ev, 0);
-	if (cfg_output_pcap)
-		emit_packet(skb, ts, probe, probe_kind);
 	return 0;
 }
 

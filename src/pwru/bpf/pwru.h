@@ -79,7 +79,7 @@ struct event {
 	struct skb_tuple tunnel; /* the inner packet's tuple (--output-tunnel); flattened as tunnel_saddr, ... */
 };
 
-/* Sent right after its event (same CPU, same program run: later in ring order) when --output-pcap is on. Its
+/* Sent right before its event (same CPU, same program run: earlier in ring order) when --output-pcap is on. Its
  * header's ts, skb, probe and probe_kind are the event's, which is how user space pairs the two. */
 struct packet {
 	struct record_header hdr;

@@ -1,10 +1,12 @@
 """--output-pcap: each event's packet as a pcapng frame, with the event in the frame's comment.
 
-The kernel sends a ``struct packet`` record (pwru.h) right after the event it belongs to, with the event's ``ts``,
-``skb`` and ``probe`` in its header: that is how the two are paired here. An event is held until its packet comes
-(later in ring order, usually in the same batch; at most :data:`PENDING_LIMIT` events are held, the oldest
-forgotten first: an event whose packet record was lost). A packet whose event did not reach the outputs (the line
-limit stopped it, or it was lost) is not written: the frames are the events printed, each with its bytes.
+The kernel sends a ``struct packet`` record (pwru.h) right before the event it belongs to, with the event's ``ts``,
+``skb`` and ``probe`` in its header: that is how the two are paired here. A packet is held until its event comes
+(later in ring order, usually in the same batch, after at most a few records of other CPUs; at most
+:data:`PENDING_LIMIT` packets are held, the oldest forgotten first: a packet whose event was lost or stopped by the
+line limit). The frame is written when the event arrives, so the frames are the events printed, each with its bytes,
+and the event that reaches the line limit has its frame too. An event whose packet record did not fit the ring
+has no frame (the kernel counts those, see ``pcap_lost``).
 
 One interface block per (netns, ifindex, link type) seen, made before its first frame and written with it as one
 unit; its name is the device's, its description says the netns and ifindex. Frame comments carry the probe
@@ -25,8 +27,8 @@ from pwru.output.names import Names, sanitize
 from pwru.output.sink import Sink
 from pwru.records import Batch, Schema
 
-#: Events held waiting for their packet record.
-PENDING_LIMIT = 4096
+#: Packet records held waiting for their event (a bound on memory: PENDING_LIMIT x the snap length at most).
+PENDING_LIMIT = 1024
 #: The header fields an event and its packet record share (the pairing key, as bytes of the header).
 KEY_FIELDS = ("ts", "skb", "probe")
 EVENT_FIELDS = ("probe_kind", "probe", "reason", "location", "pid", "comm")
@@ -81,14 +83,14 @@ class PcapOutput:
         type_of, key, pending = batch.schema.type_of, self._key, self._pending
         for rec in batch.records:
             rtype = type_of(rec)[0]
-            if rtype == self._event_type:
+            if rtype == self._packet_type:
                 if len(pending) >= self._pending_limit:
                     del pending[next(iter(pending))]
                 pending[bytes(rec[key])] = rec
-            elif rtype == self._packet_type:
-                event = pending.pop(bytes(rec[key]), None)
-                if event is not None:
-                    self._write_frame(event, rec)
+            elif rtype == self._event_type:
+                packet = pending.pop(bytes(rec[key]), None)
+                if packet is not None:
+                    self._write_frame(rec, packet)
 
     def _write_frame(self, event: bytes, packet: bytes) -> None:
         probe_kind, probe, reason, location, pid, comm = self._event(event)
