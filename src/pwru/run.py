@@ -322,6 +322,18 @@ def _tunnel_filter(field: str, expr: str, link: Link, splice: _Splicer) -> list[
     return splice(compiled, link, flag)
 
 
+#: --output-pcap's per-CPU scratch map, and its value size when the output is off.
+PCAP_SCRATCH_MAP = "pcap_scratch"
+PCAP_SCRATCH_OFF_SIZE = 8
+
+
+def size_pcap_scratch(obj: ObjectSpec, config: Config) -> None:
+    """Without --output-pcap the scratch records (16 KiB and more per CPU and nesting level) are made tiny: a
+    constant (cfg_output_pcap 0) keeps the verifier and the programs from ever reaching them."""
+    if config.output.pcap is None:
+        obj.maps[PCAP_SCRATCH_MAP].value_size = PCAP_SCRATCH_OFF_SIZE
+
+
 def schema_of(obj: ObjectSpec) -> Schema:
     if obj.btf is None:
         raise UserError(f"{object_path()} has no BTF: rebuild it with `python3 -m pwru.bpf.build`", exit_code=1)
@@ -352,6 +364,7 @@ def run(config: Config) -> int:
         schema = schema_of(obj)
         for name in tracking.SIZED_MAPS:
             obj.maps[name].max_entries = config.tracking.max_entries
+        size_pcap_scratch(obj, config)
         plan = Plan()
         skb_probes, track_probes = tracking.probes(
             config, backend, kernel, backends.skb_probes(backend, targets, set(obj.programs), kernel)

@@ -49,6 +49,25 @@ def test_kprobe_loads(coll: Collection, name: str, constants: dict[str, int]) ->
     prog.close()
 
 
+def test_without_pcap_output_the_scratch_map_may_be_tiny() -> None:
+    """pwru shrinks --output-pcap's scratch map when the output is off (run.size_pcap_scratch): the programs must
+    load with it, which holds only while the constant keeps the verifier from reaching the map's values."""
+    from pwru.config import Config
+    from pwru.run import size_pcap_scratch
+
+    build.build()
+    spec = ObjectSpec.load(object_path())
+    spec.maps["events"].max_entries = 1 << 16
+    spec.maps["stacks"].max_entries = 64
+    size_pcap_scratch(spec, Config())
+    assert spec.maps["pcap_scratch"].value_size < 64
+    with Collection(spec) as c:
+        for name in KPROBES:
+            c.load_program(name, constants=EVERYTHING | {"cfg_output_pcap": 0}).close()
+        constants = {"cfg_tp_skb_pos": 1, "cfg_tp_reason_pos": 3, "cfg_tp_location_pos": 2}
+        c.load_program("tp_skb", attach_btf_id=_tp_id("kfree_skb"), constants=constants).close()
+
+
 def test_kprobe_multi_attach_type_loads(coll: Collection) -> None:
     try:
         prog = coll.load_program("kprobe_skb_1", expected_attach_type=AttachType.TRACE_KPROBE_MULTI)
