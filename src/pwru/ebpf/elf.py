@@ -525,8 +525,9 @@ class ObjectSpec:
         spec = cls()
         try:
             _Reader(spec, bytes(data)).read()
-        except elftools_errors.ELFError as e:
-            # pyelftools reads lazily: a bad header field surfaces wherever it is first used.
+        except (elftools_errors.ELFError, OverflowError) as e:
+            # pyelftools reads lazily: a bad header field surfaces wherever it is first used (an offset past
+            # 2**63, e.g. the section name table's, as an OverflowError from its seek).
             raise ELFError(f"malformed ELF object: {e}") from None
         return spec
 
