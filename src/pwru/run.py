@@ -492,6 +492,16 @@ def make_pipeline(
     return Pipeline(schema, stages, outputs), limit, lambda: max(0, sink.delivered - header_units)
 
 
+def _warn_unframed(pipeline: Pipeline, coll: Collection) -> None:
+    """--output-pcap: say how many events reached the outputs without their packet (the ring buffer was full when
+    the packet record was sent; the kernel's count, pcap_lost, also holds those whose events were lost)."""
+    for out in pipeline.outputs:
+        if isinstance(out, PcapOutput) and out.unframed:
+            lost = coll.maps["pcap_lost"].lookup_u64(0) or 0
+            log.warning("--output-pcap: %d events have no frame (their packets did not fit the ring)", out.unframed)
+            log.debug("--output-pcap: %d packet records lost in the kernel", lost)
+
+
 def _read(run: Loaded, pipeline: Pipeline, limit: LimitStage | None, stopper: Stopper, t_start: float) -> None:
     reader = RingBufReader(run.coll.maps["events"])
     try:
@@ -516,10 +526,8 @@ def _finish(
             pipeline.close()
     finally:
         lost = coll.maps["lost"].lookup_u64(0) or 0
-        if config.output.pcap is not None:
-            pcap_lost = coll.maps["pcap_lost"].lookup_u64(0) or 0
-            if pcap_lost:
-                log.warning("--output-pcap: %d packets not captured (ring full): their events have no frame", pcap_lost)
+        if pipeline is not None:
+            _warn_unframed(pipeline, coll)
         untracked = ""
         if config.tracking.skb:
             full = coll.maps["track_full"].lookup_u64(0) or 0

@@ -211,7 +211,7 @@ def test_a_packet_joins_its_event_and_unpaired_records_make_no_frame() -> None:
     out.consume(Batch(schema(), [p1, orphan, p3, r2, r1]))
     out.consume(Batch(schema(), [r3]))
     out.close()
-    assert sink.closed and out.frames == 2
+    assert sink.closed and out.frames == 2 and out.unframed == 1  # r2
     kinds = [b[0] for unit in sink.units for b in blocks(unit)]
     assert kinds == [pcapng.SHB_TYPE, pcapng.IDB_TYPE, pcapng.EPB_TYPE, pcapng.IDB_TYPE, pcapng.EPB_TYPE]
     assert len(sink.units) == 3  # header; each new interface goes with its first frame, as one unit

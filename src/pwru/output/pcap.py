@@ -6,7 +6,7 @@ The kernel sends a ``struct packet`` record (pwru.h) right before the event it b
 :data:`PENDING_LIMIT` packets are held, the oldest forgotten first: a packet whose event was lost or stopped by the
 line limit). The frame is written when the event arrives, so the frames are the events printed, each with its bytes,
 and the event that reaches the line limit has its frame too. An event whose packet record did not fit the ring
-has no frame (the kernel counts those, see ``pcap_lost``).
+has no frame (counted in ``unframed``; the run's exit warns with it).
 
 One interface block per (netns, ifindex, link type) seen, made before its first frame and written with it as one
 unit; its name is the device's, its description says the netns and ifindex. Frame comments carry the probe
@@ -59,6 +59,8 @@ class PcapOutput:
         self._started = False
         #: Frames handed to the sink.
         self.frames = 0
+        #: Events that came without their packet record (it did not fit the ring buffer).
+        self.unframed = 0
 
     def start(self) -> None:
         if not self._started:
@@ -91,6 +93,8 @@ class PcapOutput:
                 packet = pending.pop(bytes(rec[key]), None)
                 if packet is not None:
                     self._write_frame(rec, packet)
+                else:
+                    self.unframed += 1
 
     def _write_frame(self, event: bytes, packet: bytes) -> None:
         probe_kind, probe, reason, location, pid, comm = self._event(event)
