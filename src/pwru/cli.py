@@ -77,8 +77,8 @@ def guard_standard_fds() -> frozenset[int]:
 
 
 def _writes_stdout(config: Config) -> bool:
-    """Whether the command writes to standard output: listings, and events without --output-file."""
-    return config.list_backends or config.list_funcs or config.output.file is None
+    """Whether the command writes to standard output: listings, events without --output-file, --output-pcap -."""
+    return config.list_backends or config.list_funcs or config.output.file is None or config.output.pcap_to_stdout
 
 
 def _quiet_stdout() -> None:
@@ -121,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = resolve.resolve(flags.build_config(values))
         if _writes_stdout(config):
             resolve.check_stdout(1 in closed)
+            if config.output.pcap_to_stdout and not (config.list_backends or config.list_funcs):
+                resolve.check_pcap_stdout()
         _setup_logging(config.debug)
         return _dispatch(config)
     except UserError as e:

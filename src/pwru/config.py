@@ -80,6 +80,10 @@ PERCPU_BUF_RANGE = (64, 32768)
 NETNS_NAMES_MAX_LENGTH_DEFAULT = 16
 NETNS_NAMES_MIN_LENGTH = 10
 NETNS_NAMES_MAX_LENGTH = 255
+#: --output-pcap-snaplen: the default, and the most (pwru.h's PWRU_PCAP_SNAPLEN_MAX; a unit test holds them equal).
+PCAP_SNAPLEN_DEFAULT = 256
+PCAP_SNAPLEN_MAX = 16384
+
 
 @dataclass(frozen=True)
 class OutputConfig:
@@ -106,6 +110,13 @@ class OutputConfig:
     netns_names: bool = False  # --output-netns-names
     netns_names_max_length: int = NETNS_NAMES_MAX_LENGTH_DEFAULT  # text column width (at least 10)
     skb_metadata: builtins.tuple[str, ...] = ()  # --output-skb-metadata: C expressions over skb shown with each event
+    pcap: str | None = None  # --output-pcap: a path, or "-" for standard output
+    pcap_snaplen: int = PCAP_SNAPLEN_DEFAULT
+
+    @property
+    def pcap_to_stdout(self) -> bool:
+        """--output-pcap -: the pcapng stream takes standard output (text/JSON lines only to --output-file)."""
+        return self.pcap == "-"
 
     @property
     def file_max_bytes(self) -> int:

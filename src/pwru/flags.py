@@ -317,6 +317,12 @@ def _netns_names_max_length(value: int) -> int:
     return max(value, cfg.NETNS_NAMES_MIN_LENGTH)  # pwru raises a smaller value to its least
 
 
+def _pcap_snaplen(value: int) -> int:
+    if not 1 <= value <= cfg.PCAP_SNAPLEN_MAX:
+        raise FlagError("output-pcap-snaplen", f"{value} is out of range (1..{cfg.PCAP_SNAPLEN_MAX})")
+    return value
+
+
 def _track_max(value: int) -> int:
     if not 1 <= value <= 1 << 24:
         raise FlagError("filter-track-skb-max", f"{value} is out of range (1..{1 << 24})")
@@ -587,6 +593,31 @@ FLAGS: tuple[Flag, ...] = (
         metavar="int",
     ),
     Flag("output-file-compress", BOOL, False, "compress rotated files with gzip", OUTPUT, "output", "file_compress"),
+    Flag(
+        "output-pcap",
+        STR,
+        "",
+        'write each event\'s packet bytes as pcapng to this file ("-": standard output, where the text or JSON '
+        "lines then do not go: they go to --output-file when given)",
+        OUTPUT,
+        "output",
+        "pcap",
+        parse=_optional,
+        consts={"cfg_output_pcap": lambda c: c.output.pcap is not None},
+        metavar="string",
+    ),
+    Flag(
+        "output-pcap-snaplen",
+        UINT,
+        cfg.PCAP_SNAPLEN_DEFAULT,
+        f"most bytes of each packet --output-pcap captures (1..{cfg.PCAP_SNAPLEN_MAX})",
+        OUTPUT,
+        "output",
+        "pcap_snaplen",
+        parse=_pcap_snaplen,
+        consts={"cfg_pcap_snaplen": lambda c: c.output.pcap_snaplen},
+        metavar="int",
+    ),
     Flag(
         "timestamp",
         STR,

@@ -124,6 +124,13 @@ def check_stdout(closed_at_start: bool) -> None:
         raise UserError("standard output is open for reading only (redirect it to a file, or use --output-file)")
 
 
+def check_pcap_stdout(fd: int = 1) -> None:
+    """--output-pcap -: refuse a terminal on standard output (pcapng is binary: pipe it into tshark or
+    wireshark, or give a file). Exit 2."""
+    if os.isatty(fd):
+        raise FlagError("output-pcap", "standard output is a terminal (pipe it into `tshark -r -`, or name a file)")
+
+
 def check_libpcap(config: Config) -> None:
     """Raise :class:`UserError` (exit 1) when a pcap expression is given and libpcap cannot be loaded."""
     f = config.filter
@@ -193,6 +200,11 @@ def resolve(config: Config) -> Config:
         ifindex, inode, path = resolve_ifname(f.ifname, inode, path)
     if config.output.file is not None:
         check_output_path("output-file", config.output.file)
+    pcap = config.output.pcap
+    if pcap is not None and pcap != "-":
+        check_output_path("output-pcap", pcap)
+        if config.output.file is not None and os.path.realpath(pcap) == os.path.realpath(config.output.file):
+            raise FlagError("output-pcap", f"{pcap}: is --output-file too (give each its own file)")
     if config.kernel.kernel_btf is not None:
         from pwru.ebpf.btf import MAX_BTF_SIZE  # only when asked: see check_existing_file
 

@@ -28,7 +28,9 @@ from pwru.errors import UserError
 from pwru.kernel import KernelContext
 from pwru.netns_names import NetnsNames
 from pwru.output import Sink, make_formatter, open_sink
-from pwru.pipeline import LineOutput, Pipeline
+from pwru.output.pcap import PcapOutput
+from pwru.output.sink import open_pcap_sink
+from pwru.pipeline import LineOutput, Output, Pipeline
 from pwru.probes import Attach, Attachment, Plan, Probe, Progress, execute
 from pwru.records import Schema
 from pwru.stages import LimitStage, StackStage, Stage
@@ -366,6 +368,18 @@ def _tunnel_filter(field: str, expr: str, link: Link, splice: _Splicer) -> list[
     return splice(compiled, link, flag)
 
 
+#: --output-pcap's per-CPU scratch map, and its value size when the output is off.
+PCAP_SCRATCH_MAP = "pcap_scratch"
+PCAP_SCRATCH_OFF_SIZE = 8
+
+
+def size_pcap_scratch(obj: ObjectSpec, config: Config) -> None:
+    """Without --output-pcap the scratch records (16 KiB and more per CPU and nesting level) are made tiny: a
+    constant (cfg_output_pcap 0) keeps the verifier and the programs from ever reaching them."""
+    if config.output.pcap is None:
+        obj.maps[PCAP_SCRATCH_MAP].value_size = PCAP_SCRATCH_OFF_SIZE
+
+
 def schema_of(obj: ObjectSpec) -> Schema:
     if obj.btf is None:
         raise UserError(f"{object_path()} has no BTF: rebuild it with `python3 -m pwru.bpf.build`", exit_code=1)
@@ -397,6 +411,7 @@ def run(config: Config) -> int:
         for name in tracking.SIZED_MAPS:
             obj.maps[name].max_entries = config.tracking.max_entries
         dumps.prepare(config, kernel.spec, obj, nf_probes)
+        size_pcap_scratch(obj, config)
         plan = Plan()
         skb_probes, track_probes = tracking.probes(
             config, backend, kernel, backends.skb_probes(backend, targets, set(obj.programs), kernel)
@@ -407,18 +422,22 @@ def run(config: Config) -> int:
         ensure_fd_limit(plan)
         reasons = discovery.drop_reasons(kernel.spec, kernel.modules())
         sink = open_sink(config)  # an --output-file that cannot be opened is said before anything is loaded
+        pcap_sink = None
         try:
+            pcap_sink = open_pcap_sink(config)
             stopper = Stopper()
             with stopper.installed():
                 constants = flags.constants(config) | spliced
                 coll = Collection(obj, kernel_btf=kernel.spec, constants=constants)
                 try:
-                    loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready)
+                    loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready, pcap_sink)
                     return _run_loaded(loaded, stopper, t_start)
                 finally:
                     coll.close()
         finally:
             sink.close()  # idempotent: the pipeline closes it first when there was one
+            if pcap_sink is not None:
+                pcap_sink.close()
     finally:
         kernel.close()
 
@@ -436,6 +455,7 @@ class Loaded:
     reasons: dict[int, str]
     sink: Sink
     ready: ReadyFile
+    pcap_sink: Sink | None = None  # --output-pcap's
 
 
 def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
@@ -466,7 +486,9 @@ def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
                 log.warning("skb tracking: could not attach %s (%s): %s", p.display_name, p.attach.value, why)
         if backend != "tracepoint" or config.output.stack or config.output.caller:
             kernel.kallsyms.preload()  # function names for the events, read while waiting for the first ones
-        pipeline, limit, printed = make_pipeline(config, kernel, coll, plan, run.schema, run.reasons, run.sink)
+        pipeline, limit, printed = make_pipeline(
+            config, kernel, coll, plan, run.schema, run.reasons, run.sink, pcap_sink=run.pcap_sink
+        )
         _read(run, pipeline, limit, stopper, t_start)
     finally:
         _finish(run, att, pipeline, printed, attach_time)
@@ -491,9 +513,12 @@ def make_pipeline(
     schema: Schema,
     reasons: dict[int, str],
     sink: Sink,
+    *,
+    pcap_sink: Sink | None = None,
 ) -> tuple[Pipeline, LimitStage | None, Callable[[], int]]:
     """The stages and outputs the flags ask for, and how many events have been written out so far (what the
-    sink took in full, less the header: events still buffered when the output broke were not printed)."""
+    sink took in full, less the header: events still buffered when the output broke were not printed; with
+    the pcapng stream alone on standard output, the frames its sink took in full)."""
     stages: list[Stage] = []
     dump_stage = dumps.stage(config)
     if dump_stage is not None:
@@ -509,8 +534,25 @@ def make_pipeline(
         config, names, NetnsNames() if config.output.netns_names else None, metadata[1] if metadata else ()
     )
     header_units = 1 if formatter.header() else 0
-    output = LineOutput(formatter, sink)
-    return Pipeline(schema, stages, [output]), limit, lambda: max(0, sink.delivered - header_units)
+    outputs: list[Output] = []
+    lines = not (config.output.pcap_to_stdout and config.output.file is None)  # else the lines go nowhere
+    if lines:
+        outputs.append(LineOutput(formatter, sink))
+    if pcap_sink is not None:
+        outputs.append(PcapOutput(pcap_sink, names, config.output.pcap_snaplen))
+        if not lines:  # frames, less the section header
+            return Pipeline(schema, stages, outputs), limit, lambda: max(0, pcap_sink.delivered - 1)
+    return Pipeline(schema, stages, outputs), limit, lambda: max(0, sink.delivered - header_units)
+
+
+def _warn_unframed(pipeline: Pipeline, coll: Collection) -> None:
+    """--output-pcap: say how many events reached the outputs without their packet (the ring buffer was full when
+    the packet record was sent; the kernel's count, pcap_lost, also holds those whose events were lost)."""
+    for out in pipeline.outputs:
+        if isinstance(out, PcapOutput) and out.unframed:
+            lost = coll.maps["pcap_lost"].lookup_u64(0) or 0
+            log.warning("--output-pcap: %d events have no frame (their packets did not fit the ring)", out.unframed)
+            log.debug("--output-pcap: %d packet records lost in the kernel", lost)
 
 
 def _read(run: Loaded, pipeline: Pipeline, limit: LimitStage | None, stopper: Stopper, t_start: float) -> None:
@@ -537,6 +579,8 @@ def _finish(
             pipeline.close()
     finally:
         lost = coll.maps["lost"].lookup_u64(0) or 0
+        if pipeline is not None:
+            _warn_unframed(pipeline, coll)
         untracked = ""
         if config.tracking.skb:
             full = coll.maps["track_full"].lookup_u64(0) or 0

@@ -24,6 +24,7 @@ EVERYTHING = {
     "cfg_netns": 4026531840, "cfg_mark": 1, "cfg_mark_mask": 0xFF, "cfg_ifindex": 1, "cfg_has_pcap": 1,
     "cfg_output_meta": 1, "cfg_output_tuple": 1, "cfg_output_stack": 1, "cfg_output_caller": 1,
     "cfg_has_tunnel_pcap_l2": 1, "cfg_has_tunnel_pcap_l3": 1, "cfg_output_tunnel": 1,
+    "cfg_output_pcap": 1, "cfg_pcap_snaplen": 16384,
 }  # fmt: skip
 NOTHING: dict[str, int] = {}
 
@@ -46,6 +47,25 @@ def test_kprobe_loads(coll: Collection, name: str, constants: dict[str, int]) ->
     print(f"{name} {'all' if constants else 'defaults'}: verified_insns={info.verified_insns}")
     assert info.verified_insns > 0
     prog.close()
+
+
+def test_without_pcap_output_the_scratch_map_may_be_tiny() -> None:
+    """pwru shrinks --output-pcap's scratch map when the output is off (run.size_pcap_scratch): the programs must
+    load with it, which holds only while the constant keeps the verifier from reaching the map's values."""
+    from pwru.config import Config
+    from pwru.run import size_pcap_scratch
+
+    build.build()
+    spec = ObjectSpec.load(object_path())
+    spec.maps["events"].max_entries = 1 << 16
+    spec.maps["stacks"].max_entries = 64
+    size_pcap_scratch(spec, Config())
+    assert spec.maps["pcap_scratch"].value_size < 64
+    with Collection(spec) as c:
+        for name in KPROBES:
+            c.load_program(name, constants=EVERYTHING | {"cfg_output_pcap": 0}).close()
+        constants = {"cfg_tp_skb_pos": 1, "cfg_tp_reason_pos": 3, "cfg_tp_location_pos": 2}
+        c.load_program("tp_skb", attach_btf_id=_tp_id("kfree_skb"), constants=constants).close()
 
 
 def test_kprobe_multi_attach_type_loads(coll: Collection) -> None:

@@ -95,6 +95,8 @@ def test_constants_of_the_default_config() -> None:
         "cfg_output_shinfo": 0,
         "cfg_output_cb": 0,
         "cfg_percpu_buf": 4096,
+        "cfg_output_pcap": 0,
+        "cfg_pcap_snaplen": 256,
     }
 
 
@@ -121,7 +123,11 @@ def test_constants_come_from_the_resolved_config() -> None:
         "cfg_output_shinfo": 0,
         "cfg_output_cb": 0,
         "cfg_percpu_buf": 4096,
+        "cfg_output_pcap": 0,
+        "cfg_pcap_snaplen": 256,
     }
+    pcap = resolve.resolve(flags.parse_config(["--output-pcap=-", "--output-pcap-snaplen=1500"]))
+    assert (flags.constants(pcap)["cfg_output_pcap"], flags.constants(pcap)["cfg_pcap_snaplen"]) == (1, 1500)
     assert flags.constants(Config(filter=FilterConfig(netns=7)))["cfg_netns"] == 7
 
 

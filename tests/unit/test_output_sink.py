@@ -13,7 +13,7 @@ import pytest
 
 from pwru.config import Config, OutputConfig
 from pwru.errors import UserError
-from pwru.output.sink import BLOCK_SIZE, RotatingFileSink, StdoutSink, open_sink
+from pwru.output.sink import BLOCK_SIZE, OutputError, RotatingFileSink, StdoutSink, open_sink
 
 F_SETPIPE_SZ = 1031
 
@@ -283,3 +283,41 @@ def test_write_errors_are_one_line_output_errors(tmp_path: Path) -> None:
     with pytest.raises(OutputError) as e:
         f.close()
     assert str(e.value) == "--output-file: /dev/full: No space left on device"
+
+
+# --- --output-pcap's sinks ----------------------------------------------------------------------------------------
+
+
+def test_pcap_sinks(tmp_path: Path) -> None:
+    from pwru.output.sink import DiscardSink, FileSink, open_pcap_sink
+
+    assert open_pcap_sink(Config()) is None
+    assert isinstance(open_pcap_sink(Config(output=OutputConfig(pcap="-"))), StdoutSink)
+    # with the stream on stdout the lines go to --output-file, else nowhere
+    assert isinstance(open_sink(Config(output=OutputConfig(pcap="-"))), DiscardSink)
+    text = open_sink(Config(output=OutputConfig(pcap="-", file=str(tmp_path / "t.log"))))
+    assert isinstance(text, RotatingFileSink)
+    text.close()
+    path = tmp_path / "p.pcapng"
+    path.write_bytes(b"an older capture, longer than the new one")
+    sink = open_pcap_sink(Config(output=OutputConfig(pcap=str(path))))
+    assert isinstance(sink, FileSink)
+    sink.write(b"abc")
+    sink.write(b"de")
+    assert path.read_bytes() == b""  # buffered
+    sink.close()
+    sink.close()
+    assert path.read_bytes() == b"abcde" and sink.delivered == 2  # made anew, not appended to
+    (tmp_path / "d.pcapng").mkdir()
+    with pytest.raises(UserError, match=r"^--output-pcap: .*d\.pcapng: Is a directory"):
+        open_pcap_sink(Config(output=OutputConfig(pcap=str(tmp_path / "d.pcapng"))))
+
+
+def test_pcap_file_sink_write_error_is_one_line(tmp_path: Path) -> None:
+    from pwru.output.sink import FileSink
+
+    sink = FileSink("/dev/full", "output-pcap")
+    with pytest.raises(OutputError, match=r"^--output-pcap: /dev/full: No space left on device$"):
+        sink.write(b"x" * BLOCK_SIZE)  # a block: written now
+    sink.close()
+    assert sink.delivered == 0

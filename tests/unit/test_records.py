@@ -68,13 +68,23 @@ def pack(spec: btf.Spec, values: dict[str, int | bytes]) -> bytes:
 
 
 def test_types_and_header_come_from_btf(schema: Schema) -> None:
-    assert schema.types == {"event": 1, "skb_dump": 2}
+    assert schema.types == {"event": 1, "skb_dump": 2, "packet": 3}
     assert schema.probe_kinds == {"addr": 0, "index": 1}
     assert [f.name for f in schema.header.fields] == ["ts", "skb", "probe", "type", "size", "probe_kind"]
     layout = schema.layout("event")
     assert layout.fields[:6] == schema.header.fields
     with pytest.raises(LayoutError, match="no record type 'pcap'"):
         schema.type_id("pcap")
+
+
+def test_packet_record_has_the_header_and_a_data_tail(schema: Schema) -> None:
+    layout = schema.layout("packet")
+    assert layout.fields[:6] == schema.header.fields
+    assert layout.tail is not None and layout.tail.name == "data" and layout.tail.offset == layout.size
+    assert {"netns", "ifindex", "ifname", "orig_len", "linktype"} <= set(layout.by_name)
+    rec = layout.encode({"type": schema.types["packet"], "size": layout.size + 3, "linktype": 228, "data": b"abc"})
+    decoded = schema.decode(rec + b"zz")  # bytes past the header's size are not the tail's
+    assert (decoded.linktype, decoded.data) == (228, b"abc")
 
 
 def test_layout_matches_btf(spec: btf.Spec, schema: Schema) -> None:

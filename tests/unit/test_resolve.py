@@ -104,3 +104,28 @@ def test_resolve_checks_paths(tmp_path: Path) -> None:
         resolve.resolve(Config(ready_file=missing))
     with pytest.raises(FlagError, match=r"^--kernel-btf: "):
         resolve.resolve(Config(kernel=KernelConfig(kernel_btf=missing)))
+
+
+def test_output_pcap_path_is_checked_and_may_not_be_output_file(tmp_path: Path) -> None:
+    ok = resolve.resolve(Config(output=OutputConfig(pcap=str(tmp_path / "p.pcapng"))))
+    assert ok.output.pcap == str(tmp_path / "p.pcapng")
+    assert resolve.resolve(Config(output=OutputConfig(pcap="-"))).output.pcap_to_stdout
+    with pytest.raises(FlagError, match=r"^--output-pcap: /nonexistent: no such directory"):
+        resolve.resolve(Config(output=OutputConfig(pcap="/nonexistent/p.pcapng")))
+    same = str(tmp_path / "same")
+    with pytest.raises(FlagError, match=r"^--output-pcap: .*same: is --output-file too"):
+        resolve.resolve(Config(output=OutputConfig(pcap=same, file=str(tmp_path / "." / "same"))))
+
+
+def test_pcap_stream_refuses_a_terminal() -> None:
+    main, other = os.openpty()
+    try:
+        with pytest.raises(FlagError, match=r"^--output-pcap: standard output is a terminal"):
+            resolve.check_pcap_stdout(other)
+        r, w = os.pipe()
+        resolve.check_pcap_stdout(w)  # a pipe is what it is for
+        os.close(r)
+        os.close(w)
+    finally:
+        os.close(main)
+        os.close(other)

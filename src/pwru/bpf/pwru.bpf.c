@@ -51,6 +51,8 @@ const volatile __u8 cfg_output_skb = 0;     /* --output-skb: a struct skb_dump o
 const volatile __u8 cfg_output_shinfo = 0;  /* --output-skb-shared-info: one of struct skb_shared_info */
 const volatile __u8 cfg_output_cb = 0;      /* --output-skb-cb: meta.cb */
 const volatile __u32 cfg_percpu_buf = 4096; /* --set-percpu-buf: dump_buf's value size (user space sizes the map) */
+const volatile __u8 cfg_output_pcap = 0;          /* --output-pcap: a struct packet before each event */
+const volatile __u32 cfg_pcap_snaplen = 256;      /* --output-pcap-snaplen, at most PWRU_PCAP_SNAPLEN_MAX */
 const volatile __u8 cfg_track_skb = 0;         /* --filter-track-skb: the tracked set decides before the filters */
 const volatile __u8 cfg_track_stackid = 0;     /* --filter-track-skb-by-stackid: the call chain's skb too */
 const volatile __u8 cfg_has_skb_expr = 0;      /* call filter_skb_expr (--filter-skb-expr) */
@@ -95,6 +97,35 @@ struct {
 	__type(key, __u32);
 	__uint(value_size, 4096);
 } dump_buf SEC(".maps");
+
+/* --output-pcap: struct packet is built in a per-CPU scratch record (bpf_ringbuf_reserve needs a constant size,
+ * and most packets are shorter than the snap length), then copied into the ring with bpf_ringbuf_output. One
+ * slot per nesting level (an interrupt's softirq may run another pwru program while one is building its record
+ * on this CPU); pcap_nest is the level in use. Deeper nesting is counted in pcap_lost, as are packets the ring
+ * had no room for. */
+#define PCAP_NEST_MAX 3
+#define PCAP_SCRATCH_SIZE (sizeof(struct packet) + PWRU_PCAP_SNAPLEN_MAX)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PCAP_NEST_MAX);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, PCAP_SCRATCH_SIZE);
+} pcap_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} pcap_nest SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} pcap_lost SEC(".maps");
 
 /* ---- skb tracking (--filter-track-skb, --filter-track-skb-by-stackid) ----
  * tracked:   skb addresses that passed the filters (or descend from one: clones, copies, veth's XDP rebuild).
@@ -154,6 +185,8 @@ const enum pwru_probe_kind *const pwru_probe_kinds = 0;
 const struct event *const pwru_event_layout = 0;
 const struct skb_dump *const pwru_skb_dump_layout = 0;
 const enum pwru_dump_kind *const pwru_dump_kinds = 0;
+const struct packet *const pwru_packet_layout = 0;
+const enum pwru_linktype *const pwru_linktypes = 0;
 
 /* ---- packet filter stubs ---- */
 /*
@@ -578,6 +611,123 @@ static __always_inline void dump_struct(struct sk_buff *skb, const struct record
 	}
 }
 
+/* ---- --output-pcap ---- */
+#define ETH_HLEN 14
+#define VLAN_HLEN 4
+#define ARPHRD_ETHER 1
+#define ARPHRD_LOOPBACK 772
+
+static __always_inline void count_pcap_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *count = bpf_map_lookup_elem(&pcap_lost, &zero);
+
+	if (count)
+		*count += 1;
+}
+
+/* n bounded by PWRU_PCAP_SNAPLEN_MAX in the very register the helpers get (clang may not keep a C min() in
+ * one register, and every kernel's verifier follows this form). */
+static __always_inline __u64 pcap_bound(__u64 n)
+{
+	asm volatile("if %0 <= %1 goto +1\n\t%0 = %1" : "+r"(n) : "i"(PWRU_PCAP_SNAPLEN_MAX));
+	return n;
+}
+
+/* Where the packet's bytes start (an offset from skb->head) and their link type. From the MAC header when it is
+ * set and is an Ethernet header (an Ethernet or loopback device; 14 bytes, or 18/22 with VLAN tags, before the
+ * network header); else from the network header when it is set and lies in the linear data (its version nibble
+ * then gives IPv4 or IPv6, checked by the caller); else no bytes. */
+static __always_inline __u16 pcap_start(struct sk_buff *skb, __u32 tail, __u32 *start)
+{
+	__u16 mac = BPF_CORE_READ(skb, mac_header);
+	__u16 net = BPF_CORE_READ(skb, network_header);
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	__u16 dev_type = dev ? BPF_CORE_READ(dev, type) : 0;
+
+	/* An skb is made with network_header 0 (at head, inside the headroom): not set yet. */
+	if (net == SKB_HDR_UNSET || net == 0 || net >= tail)
+		return PWRU_LINKTYPE_RAW;
+	if (mac != SKB_HDR_UNSET && (dev_type == ARPHRD_ETHER || dev_type == ARPHRD_LOOPBACK) && net > mac) {
+		__u16 l2 = net - mac;
+
+		if (l2 == ETH_HLEN || l2 == ETH_HLEN + VLAN_HLEN || l2 == ETH_HLEN + 2 * VLAN_HLEN) {
+			*start = mac;
+			return PWRU_LINKTYPE_ETHERNET;
+		}
+	}
+	*start = net;
+	return PWRU_LINKTYPE_IPV4; /* or IPv6: the caller reads the version */
+}
+
+/* The struct packet of the event about to be sent (same ts, skb, probe). */
+static __always_inline void emit_packet(struct sk_buff *skb, __u64 ts, __u64 probe, __u8 probe_kind)
+{
+	__u32 zero = 0;
+	__u32 *nest = bpf_map_lookup_elem(&pcap_nest, &zero);
+	struct packet *pkt;
+	__u32 level;
+
+	if (!nest)
+		return;
+	level = *nest;
+	if (level >= PCAP_NEST_MAX) {
+		count_pcap_lost();
+		return;
+	}
+	*nest = level + 1;
+	pkt = bpf_map_lookup_elem(&pcap_scratch, &level);
+	if (pkt) {
+		unsigned char *head = BPF_CORE_READ(skb, head);
+		__u32 tail = BPF_CORE_READ(skb, tail);
+		__u32 data_off = BPF_CORE_READ(skb, data) - head;
+		__u32 len = BPF_CORE_READ(skb, len);
+		struct net_device *dev = BPF_CORE_READ(skb, dev);
+		__u32 start = data_off;
+		__u16 linktype = pcap_start(skb, tail, &start);
+		__u64 n = 0;
+		__s64 orig;
+
+		pkt->hdr.ts = ts;
+		pkt->hdr.skb = (__u64)skb;
+		pkt->hdr.probe = probe;
+		pkt->hdr.type = PWRU_RECORD_PACKET;
+		pkt->hdr.probe_kind = probe_kind;
+		pkt->netns = skb_netns(skb);
+		pkt->ifindex = 0;
+		pkt->ifname[0] = 0;
+		if (dev) {
+			pkt->ifindex = BPF_CORE_READ(dev, ifindex);
+			bpf_core_read_str(pkt->ifname, sizeof(pkt->ifname), &dev->name);
+		}
+		if (linktype != PWRU_LINKTYPE_RAW) {
+			n = tail - start;
+			if (n > cfg_pcap_snaplen)
+				n = cfg_pcap_snaplen;
+			n = pcap_bound(n);
+			if (n && bpf_probe_read_kernel(pkt->data, n, head + start))
+				n = 0;
+			if (n && linktype != PWRU_LINKTYPE_ETHERNET) {
+				__u8 version = pkt->data[0] >> 4;
+
+				linktype = version == 4 ? PWRU_LINKTYPE_IPV4 : version == 6 ? PWRU_LINKTYPE_IPV6 : 0;
+			}
+			if (n == 0 || linktype == 0) {
+				n = 0;
+				linktype = PWRU_LINKTYPE_RAW;
+				start = data_off;
+			}
+		}
+		orig = (__s64)len + data_off - start;
+		pkt->orig_len = orig < (__s64)n ? n : orig;
+		pkt->linktype = linktype;
+		pkt->hdr.size = sizeof(*pkt) + n;
+		if (bpf_ringbuf_output(&events, pkt, sizeof(*pkt) + n, 0))
+			count_pcap_lost();
+	}
+	*nest = level;
+}
+
 /* ---- the shared handler ---- */
 /* Reserve, fill and submit the event of an skb already selected. */
 static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
@@ -594,11 +744,15 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 	struct event *ev;
 	__u32 zero = 0;
 
-	/* The dumps first: in the ring they precede their event (netfilter programs lack the helper) */
+	/* The dumps and the packet first: in the ring they precede their event, which user space pairs them with
+	 * (an event that ends a run, at the line limit, never waits for one still unread). Netfilter programs
+	 * lack the helper the dumps need. */
 	if (cfg_output_skb && mode != CALLER_NONE)
 		dump_struct(skb, &hdr, PWRU_DUMP_SK_BUFF);
 	if (cfg_output_shinfo && mode != CALLER_NONE)
 		dump_struct(skb, &hdr, PWRU_DUMP_SKB_SHARED_INFO);
+	if (cfg_output_pcap)
+		emit_packet(skb, hdr.ts, probe, probe_kind);
 
 	/* cfg_metadata_size is read from frozen .rodata: the verifier knows it, as reserve's constant size needs. */
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev) + cfg_metadata_size, 0);

@@ -11,16 +11,28 @@
 
 #define PWRU_COMM_LEN 16
 #define PWRU_IFNAME_LEN 16
+/* The most packet bytes a struct packet carries (--output-pcap-snaplen's upper bound): the per-CPU scratch
+ * record it is built in must stay within the kernel's 32 KiB per-CPU allocation unit. */
+#define PWRU_PCAP_SNAPLEN_MAX 16384
 
 enum pwru_record_type {
 	PWRU_RECORD_EVENT = 1,    /* struct event: one skb seen at one probe */
 	PWRU_RECORD_SKB_DUMP = 2, /* struct skb_dump: a struct of the skb printed by the kernel (--output-skb, ...) */
+	PWRU_RECORD_PACKET = 3,   /* struct packet: the bytes of the event's skb (--output-pcap) */
 };
 
 /* What a struct skb_dump prints (bpf_snprintf_btf on the running kernel's type). */
 enum pwru_dump_kind {
 	PWRU_DUMP_SK_BUFF = 0,         /* struct sk_buff (--output-skb) */
 	PWRU_DUMP_SKB_SHARED_INFO = 1, /* struct skb_shared_info, at skb->head + skb->end (--output-skb-shared-info) */
+};
+
+/* struct packet's linktype: where its bytes start, as a pcap link type (tcpdump's LINKTYPE_* numbers). */
+enum pwru_linktype {
+	PWRU_LINKTYPE_ETHERNET = 1, /* from the MAC header, an Ethernet one */
+	PWRU_LINKTYPE_RAW = 101,    /* no bytes could be taken (no sane header): data is empty */
+	PWRU_LINKTYPE_IPV4 = 228,   /* from the network header, an IPv4 one */
+	PWRU_LINKTYPE_IPV6 = 229,   /* from the network header, an IPv6 one */
 };
 
 /* What record_header.probe holds. */
@@ -87,6 +99,20 @@ struct skb_dump {
 	__u32 kind;  /* enum pwru_dump_kind */
 	__s32 len;   /* bpf_snprintf_btf's result: the whole text's length; more than the tail holds when truncated */
 	char text[]; /* the text, NUL-terminated */
+};
+
+/* Sent right before its event (same CPU, same program run: earlier in ring order) when --output-pcap is on. Its
+ * header's ts, skb, probe and probe_kind are the event's, which is how user space pairs the two. */
+struct packet {
+	struct record_header hdr;
+	__u32 netns;    /* as skb_meta's, filled whatever --output-meta says (the pcap's interfaces need them) */
+	__u32 ifindex;
+	__u32 orig_len; /* the packet's length from where data starts (skb->len plus the header part before
+			 * skb->data, less what lies between skb->data and the start) */
+	__u16 linktype; /* enum pwru_linktype */
+	__u16 pad;
+	char ifname[PWRU_IFNAME_LEN];
+	__u8 data[];    /* the linear bytes from the start, at most --output-pcap-snaplen (hdr.size says how many) */
 };
 
 #endif

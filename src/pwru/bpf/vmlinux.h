@@ -96,6 +96,7 @@ struct net_device {
 	char name[16];
 	int ifindex;
 	unsigned int mtu;
+	unsigned short type; /* ARPHRD_* */
 	possible_net_t nd_net;
 } __core;
 

@@ -115,6 +115,12 @@ def location_text(event: Record, names: Names) -> str:
     return sanitize(names.symbol(event.location)) if event.location else ""
 
 
+def monotonic_offset_ns() -> int:
+    """What to add to a ``bpf_ktime_get_ns()`` value (CLOCK_MONOTONIC) to get ns since the epoch (wall time),
+    read now: ``--timestamp absolute`` and the pcapng output convert with it."""
+    return time.time_ns() - time.monotonic_ns()
+
+
 class Timestamps:
     """The timestamp column, per ``--timestamp`` (pwru's meanings):
 
@@ -128,7 +134,7 @@ class Timestamps:
         self.mode = mode
         self._last_seen: dict[int, int] = {}
         self._max = max_skbs
-        self._offset_ns = time.time_ns() - time.monotonic_ns()
+        self._offset_ns = monotonic_offset_ns()
 
     def value(self, event: Record) -> int:
         """The TIMESTAMP column's number; records the skb as seen. Call once per event."""

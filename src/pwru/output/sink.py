@@ -420,6 +420,47 @@ class RotatingFileSink(_Buffered):
             thread.join()
 
 
+class FileSink(_Buffered):
+    """Units of bytes to a plain file, made anew (truncated) at start: --output-pcap. Not rotated: a pcapng
+    file is only readable whole (its section and interface blocks come first), so a rotated piece would need
+    them again; the capture is one file, as tcpdump -w writes it."""
+
+    def __init__(
+        self, path: str, flag: str, *, max_latency: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__(False, max_latency, clock)
+        self.path = os.path.abspath(path)
+        self._flag = flag
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """Lines as one unit each (for completeness: pwru writes bytes here)."""
+        for line in lines:
+            self.write((line + "\n").encode("utf-8", "replace"))
+
+    def write(self, data: bytes) -> None:
+        """Buffer ``data``; flush per the buffering rules."""
+        if self._fd < 0:
+            raise ValueError("write to a closed sink")
+        self._append(data, None)
+        self._after_write()
+
+    def _emit(self, data: bytearray) -> tuple[int, OSError | None]:
+        return _write_all(self._fd, data)
+
+    def _error(self, e: OSError) -> Exception:
+        return OutputError(f"--{self._flag}: {self.path}: {e.strerror or e}")
+
+    def close(self) -> None:
+        """Flush and close the file; idempotent."""
+        if self._fd >= 0:
+            try:
+                self.flush()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+
+
 def compress_file(path: str) -> str:
     """gzip ``path`` to ``path.gz`` (same mode; written to a temporary name first), remove ``path``."""
     dst = path + COMPRESS_SUFFIX
@@ -438,10 +479,43 @@ def compress_file(path: str) -> str:
     return dst
 
 
-def open_sink(config: Config) -> Sink:
-    """The sink the configuration asks for: the rotating --output-file, else standard output."""
-    if not config.output.file:
+def open_pcap_sink(config: Config) -> Sink | None:
+    """--output-pcap's sink: standard output for ``-``, else its file (made anew); None without the flag."""
+    path = config.output.pcap
+    if path is None:
+        return None
+    if path == "-":
         return StdoutSink()
+    try:
+        return FileSink(path, "output-pcap")
+    except OSError as e:
+        raise UserError(f"--output-pcap: {path}: {e.strerror}") from None
+
+
+class DiscardSink:
+    """Where the lines go when they have nowhere to go: --output-pcap - without --output-file (standard output
+    carries the pcapng stream). Takes everything, delivers nothing."""
+
+    delivered = 0
+
+    def write_lines(self, lines: Sequence[str]) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def open_sink(config: Config) -> Sink:
+    """The sink the configuration asks for: the rotating --output-file, else standard output, unless
+    --output-pcap takes it (:class:`DiscardSink`: the lines are not written)."""
+    if not config.output.file:
+        return DiscardSink() if config.output.pcap_to_stdout else StdoutSink()
     try:
         return RotatingFileSink(
             config.output.file,
