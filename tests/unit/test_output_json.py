@@ -62,6 +62,13 @@ def test_drop_reason_and_location() -> None:
     assert d["location"] == "__udp4_lib_rcv+0x5b1"
 
 
+def test_netfilter_drop_hook_keys() -> None:
+    d = _one(OutputConfig(), probe_kind=INDEX, probe=7, reason=2, location=0xA000, nf_pf=2, nf_hook=3)
+    assert (d["nf_family"], d["nf_hook"]) == ("ipv4", "OUTPUT")
+    assert d["func"] == "tp:kfree_skb(SKB_DROP_REASON_NO_SOCKET)"  # pwru's key keeps its meaning
+    assert "nf_hook" not in _one(OutputConfig(), probe_kind=INDEX, probe=7, reason=2, nf_hook=-1)
+
+
 def test_ipv6_icmp_and_non_ip() -> None:
     d = _one(OutputConfig(), l3_proto=0x86DD, l4_proto=58, saddr=v6("fd00::1"), daddr=v6("fd00::2"))
     assert d["tuple"] == {"saddr": "fd00::1", "daddr": "fd00::2", "proto": 58}

@@ -232,6 +232,15 @@ def test_tracepoint_drop_with_location() -> None:
     assert line.endswith(" tp:kfree_skb(SKB_DROP_REASON_NO_SOCKET) at __udp4_lib_rcv+0x5b1")
 
 
+def test_netfilter_drop_names_its_hook_after_the_location() -> None:
+    f = TextFormatter(OutputConfig(), FakeNames())
+    e = make_event(probe_kind=INDEX, probe=7, reason=2, location=0xA000, nf_pf=2, nf_hook=1)
+    assert fmt(f, e).endswith(" at __udp4_lib_rcv+0x5b1 nf=ipv4/INPUT")
+    again = fmt(f, make_event(probe_kind=INDEX, probe=7, reason=2, location=0xA000, nf_pf=10, nf_hook=3))
+    assert again.endswith(" nf=ipv6/OUTPUT")  # the hook is part of the FUNC piece's cache key
+    assert " nf=" not in fmt(f, make_event(probe_kind=INDEX, probe=7, reason=2, location=0xA000, nf_hook=-1))
+
+
 def test_unknown_reason_shows_number() -> None:
     line = fmt(TextFormatter(OutputConfig(), FakeNames()), make_event(probe=0x2000, reason=999))
     assert line.endswith(" kfree_skb_reason(999)")
