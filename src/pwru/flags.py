@@ -435,6 +435,15 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("output-json", BOOL, False, "output traces in JSON format", OUTPUT, "output", "json"),
     Flag(
+        "output-explain",
+        BOOL,
+        False,
+        "after each drop, what its reason means and what to check next (JSON: an explanation key)",
+        OUTPUT,
+        "output",
+        "explain",
+    ),
+    Flag(
         "output-limit-lines",
         UINT,
         0,

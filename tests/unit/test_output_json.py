@@ -116,3 +116,12 @@ def test_tunnel_tuple() -> None:
     assert "tunnel_tuple" not in _one(OutputConfig(tunnel=True))  # no inner packet
     d = _one(OutputConfig(tunnel=True, tuple=False), **{**VXLAN, **tunnel(l4_proto=1)})
     assert "tuple" not in d and d["tunnel_tuple"] == {"saddr": "192.168.99.1", "daddr": "192.168.99.2", "proto": 1}
+
+
+def test_explanation_key_with_output_explain() -> None:
+    d = _one(OutputConfig(explain=True), probe_kind=INDEX, probe=7, reason=6, nf_pf=10, nf_hook=1)
+    expl = d["explanation"]
+    assert isinstance(expl, dict) and set(expl) == {"text", "check"}
+    assert "INPUT chain" in expl["text"] and "ip6tables -S INPUT" in expl["check"]
+    assert "explanation" not in _one(OutputConfig(), probe_kind=INDEX, probe=7, reason=6)
+    assert "explanation" not in _one(OutputConfig(explain=True))

@@ -341,3 +341,19 @@ def test_tunnel_after_caller_and_ipv6_inner() -> None:
     e = {**VXLAN, "caller": 0xB000, **tunnel(saddr=v6("fd77::1"), daddr=v6("fd77::2"), l3_proto=0x86DD, l4_proto=58)}
     func, caller = "ip_local_out".ljust(FUNC_WIDTH), "ip_finish_output2+0x1c".ljust(CALLER_WIDTH)
     assert fmt(f, e).endswith(f" {func} {caller} [fd77::1]->[fd77::2](icmp6)")
+
+
+def test_explain_line_after_each_drop() -> None:
+    f = TextFormatter(OutputConfig(explain=True), FakeNames())
+    udp = fmt(f, make_event(probe_kind=INDEX, probe=7, reason=2, location=0xA000)).split("\n")
+    assert len(udp) == 2 and udp[0].endswith(" at __udp4_lib_rcv+0x5b1")
+    assert udp[1].startswith("  explain: no socket wanted it: nothing listens on that UDP port")
+    assert "; check: list the UDP listeners" in udp[1]
+    tcp = fmt(f, make_event(probe_kind=INDEX, probe=7, reason=2, location=0xC000)).split("\n")
+    assert "TCP port" in tcp[1]  # the explanation follows the location: part of the cache key
+    nf = fmt(f, make_event(probe_kind=INDEX, probe=7, reason=6, location=0xA000, nf_pf=2, nf_hook=3)).split("\n")
+    assert "OUTPUT chain" in nf[1] and "iptables -S OUTPUT" in nf[1]
+    assert "\n" not in fmt(f, make_event())  # not a drop
+    assert "\n" not in fmt(f, make_event(probe=0x2000, reason=999))  # a reason the table does not know
+    off = TextFormatter(OutputConfig(), FakeNames())
+    assert "\n" not in fmt(off, make_event(probe_kind=INDEX, probe=7, reason=2, location=0xA000))

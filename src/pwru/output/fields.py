@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from pwru.explain import Explanation, explain
 from pwru.output.names import Names, sanitize, shorten_left
 from pwru.records import Record, RecordLayout
 
@@ -133,6 +134,22 @@ def nf_known(pf: int, hook: int) -> bool:
 def nf_text(pf: int, hook: int) -> str:
     """``ipv4/INPUT``: the hook of a netfilter drop; empty when it is not one."""
     return f"{nf_family_name(pf)}/{nf_hook_name(hook)}" if nf_known(pf, hook) else ""
+
+
+def explanation_of(event: Record, names: Names) -> Explanation | None:
+    """The explanation of a drop event's reason (refined by its location and netfilter hook); None for an event
+    without a reason, or a reason the table does not know (``SKB_CONSUMED``, a subsystem's own)."""
+    if event.reason < 0:
+        return None
+    reason = names.reason_name(event.reason)
+    if not reason:
+        return None
+    return explain(reason, location_text(event, names) or None, nf_text(event.nf_pf, event.nf_hook) or None)
+
+
+def explanation_text(e: Explanation) -> str:
+    """--output-explain's line after a drop (text output): indented, so it never reads as an event."""
+    return sanitize(f"  explain: {e.text}; check: {e.check}")
 
 
 def location_text(event: Record, names: Names) -> str:

@@ -7,7 +7,8 @@ absolute), ``netns``, ``mark``, ``iface``, ``proto``, ``mtu``, ``len`` (--output
 same keys, for the inner packet of an encapsulated skb; --output-tunnel), ``stack`` (list of
 symbols, --output-stack). Additions to pwru's set: ``reason`` (drop reason name) and ``location`` (drop
 location symbol) when known, ``nf_family`` (``ipv4``, ``ipv6``) and ``nf_hook`` (``INPUT``, ...: the iptables
-chain name) for a drop by netfilter whose hook is known. Unlike pwru (Go's omitempty) zero values are kept, so
+chain name) for a drop by netfilter whose hook is known, ``explanation`` {``text``, ``check``} for a drop
+with --output-explain. Unlike pwru (Go's omitempty) zero values are kept, so
 every line has the same keys for the same flags; ``tuple`` is left out for skbs carrying neither IPv4 nor IPv6
 (``tunnel_tuple`` for skbs without an inner IPv4 or IPv6 packet), ``sport``/``dport``
 for protocols without ports, ``flags`` when no TCP flag is set. Addresses carry no brackets.
@@ -63,6 +64,10 @@ class JsonFormatter:
         if fields.nf_known(event.nf_pf, event.nf_hook):
             d["nf_family"] = fields.nf_family_name(event.nf_pf)
             d["nf_hook"] = fields.nf_hook_name(event.nf_hook)
+        if self._config.explain:
+            e = fields.explanation_of(event, names)
+            if e is not None:
+                d["explanation"] = {"text": e.text, "check": e.check}
         return d
 
     def _caller_part(self, event: Record) -> dict[str, Any]:

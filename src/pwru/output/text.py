@@ -8,8 +8,8 @@ column follows it, :data:`FUNC_WIDTH`; CALLER, when TUNNEL follows it, :data:`CA
 IPv6 tuple, a long function name) widens its own line only, by its overflow: the columns stay separated by
 spaces and the next line is back under the header. A kfree_skb drop location is shown after the function as
 ``at symbol+0xNN``, a netfilter drop's hook after it as ``nf=ipv4/INPUT``. TUNNEL (--output-tunnel) ends
-the line: the inner packet's tuple, ``-`` for an skb without one. Stack frames (--output-stack) follow on their
-own lines.
+the line: the inner packet's tuple, ``-`` for an skb without one. With --output-explain a drop's line is followed by
+``  explain: WHAT; check: NEXT`` (:mod:`pwru.explain`). Stack frames (--output-stack) follow on their own lines.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class TextFormatter:
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
         self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {}, {})
+        self._explained: dict[Any, str] = {}  # FUNC's key -> "\n" + explanation line, "" for none
 
     def header(self) -> str:
         """The column header line (no trailing newline)."""
@@ -152,13 +153,14 @@ class TextFormatter:
             self._layout = layout
             self._spans, self._unpack = fields.record_views(layout)
             self._stack_id = layout.unpacker("stack_id")
-            for cache in self._caches:
+            for cache in (*self._caches, self._explained):
                 cache.clear()
         (p0, p1), (m0, m1), (t0, t1), (u0, u1) = self._spans
         procs, metas, tuples, funcs, callers, tunnels = self._caches
         unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
         with_meta, with_tuple, with_caller, with_stack = c.meta, c.tuple, c.caller, c.stack
         with_tunnel = c.tunnel
+        with_explain, explained = c.explain, self._explained
         plain_head = c.timestamp == "none"
         stacks, symbol = batch.stacks, self._names.symbol
         lines: list[str] = []
@@ -209,7 +211,15 @@ class TextFormatter:
                     cached = remember(tunnels, key, self._tunnel(ev))
                 tunnel = cached
             head = f"{skb:<#18x}{proc}" if plain_head else self._head(skb, proc, ts)
-            append(f"{head}{meta}{tup}{func}{caller}{tunnel}")
+            line = f"{head}{meta}{tup}{func}{caller}{tunnel}"
+            if with_explain and reason >= 0:
+                extra = explained.get(fk)
+                if extra is None:
+                    ev = ev or decode(buf)
+                    e = fields.explanation_of(ev, self._names)
+                    extra = remember(explained, fk, "\n" + fields.explanation_text(e) if e else "")
+                line += extra
+            append(line)
         if with_stack:
             for i, buf in enumerate(events):
                 stack_id = stack_id_of(buf)[0]
