@@ -29,7 +29,7 @@ from pwru.kernel import KernelContext
 from pwru.output import Sink, make_formatter, open_sink
 from pwru.pipeline import LineOutput, Pipeline
 from pwru.probes import Attach, Attachment, Plan, Probe, Progress, execute
-from pwru.records import Schema
+from pwru.records import RecordLayout, Schema
 from pwru.stages import LimitStage, StackStage, Stage
 from pwru.symbols import Symbols
 
@@ -341,19 +341,21 @@ def run(config: Config) -> int:
     try:
         backend = backends.choose(config.kernel.backend, kernel)
         log.debug("backend %s", backend)
-        targets = backends.skb_targets(backend, kernel, config.filter.func_allowed)
-        nf_probes = netfilter.run_probes(config, backend, kernel)
-        if not targets and not nf_probes:
+        events = config.output.events  # False: a summary alone, only the probes its counts need
+        targets = backends.skb_targets(backend, kernel, config.filter.func_allowed) if events else []
+        nf_probes = netfilter.run_probes(config, backend, kernel, show=events)
+        if events and not targets and not any(p.shows for p in nf_probes):
             raise UserError("no function or tracepoint to trace: check --filter-func", exit_code=1)
         tracking.check_non_skb_funcs(config, backend, kernel)
         obj, spliced = build_object(config, kernel.spec)
         schema = schema_of(obj)
         for name in tracking.SIZED_MAPS:
             obj.maps[name].max_entries = config.tracking.max_entries
+        obj.maps["events"].max_entries = config.output.ring_size * 1024
         plan = Plan()
-        skb_probes, track_probes = tracking.probes(
-            config, backend, kernel, backends.skb_probes(backend, targets, set(obj.programs), kernel)
-        )
+        skb_side = backends.skb_probes(backend, targets, set(obj.programs), kernel)
+        skb_side += summary.probes(config, kernel.spec, skb_side)
+        skb_probes, track_probes = tracking.probes(config, backend, kernel, skb_side)
         plan.add(summary.mark_ends(skb_probes, schema.verdicts))
         plan.add(nf_probes)
         plan.add(track_probes)
@@ -399,6 +401,7 @@ def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
     attach_time = time.monotonic() - t_attach
     pipeline: Pipeline | None = None
     printed: Callable[[], int] = lambda: 0  # noqa: E731
+    reporter: summary.Reporter | None = None
     try:
         if stopper.stopped:
             return 0
@@ -420,10 +423,27 @@ def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
         if backend != "tracepoint" or config.output.stack or config.output.caller:
             kernel.kallsyms.preload()  # function names for the events, read while waiting for the first ones
         pipeline, limit, printed = make_pipeline(config, kernel, coll, plan, run.schema, run.reasons, run.sink)
-        _read(run, pipeline, limit, stopper, t_start)
+        if config.output.summarises:
+            reporter = summary.Reporter(summary_reader(run), config, run.sink)
+        _read(run, pipeline, limit, stopper, t_start, reporter.tick if reporter else None)
     finally:
-        _finish(run, att, pipeline, printed, attach_time)
+        _finish(run, att, pipeline, printed, attach_time, reporter)
     return 0
+
+
+def summary_reader(run: Loaded) -> summary.Reader:
+    """The reader of the run's kernel counts (--summary)."""
+    assert run.coll.spec.btf is not None
+    ksyms = run.kernel.kallsyms
+
+    def function_of(addr: int) -> str:
+        sym = ksyms.lookup(addr)
+        return f"{addr:#x}" if sym is None else sym.name + (f" [{sym.module}]" if sym.module else "")
+
+    key = RecordLayout(run.coll.spec.btf, summary.KEY_STRUCT)
+    maps = run.coll.maps
+    return summary.Reader(maps[summary.COUNTS_MAP], maps[summary.FULL_MAP], key, run.schema.verdicts, run.reasons,
+                          function_of)  # fmt: skip
 
 
 def _keeps(p: Probe) -> str:
@@ -461,24 +481,38 @@ def make_pipeline(
     names = Symbols(kernel.kallsyms, plan.names(), reasons, schema.probe_kind("index"))
     formatter = make_formatter(config, names)
     header_units = 1 if formatter.header() else 0
+    if not config.output.events:  # a summary alone: no event output (the summary writes to the sink itself)
+        return Pipeline(schema, stages, []), limit, lambda: 0
     output = LineOutput(formatter, sink)
     return Pipeline(schema, stages, [output]), limit, lambda: max(0, sink.delivered - header_units)
 
 
-def _read(run: Loaded, pipeline: Pipeline, limit: LimitStage | None, stopper: Stopper, t_start: float) -> None:
+def _read(
+    run: Loaded,
+    pipeline: Pipeline,
+    limit: LimitStage | None,
+    stopper: Stopper,
+    t_start: float,
+    tick: Callable[[], None] | None = None,
+) -> None:
     reader = RingBufReader(run.coll.maps["events"])
     try:
         pipeline.start()
         print("Listening for events..", file=sys.stderr)
         log.debug("ready after %.3f s", time.monotonic() - t_start)
         run.ready.signal()
-        read_loop(reader, pipeline, lambda: stopper.stopped, limit, pipeline.schema.layout("event").size)
+        read_loop(reader, pipeline, lambda: stopper.stopped, limit, pipeline.schema.layout("event").size, tick=tick)
     finally:
         reader.close()
 
 
 def _finish(
-    run: Loaded, att: Attachment, pipeline: Pipeline | None, printed: Callable[[], int], attach_time: float
+    run: Loaded,
+    att: Attachment,
+    pipeline: Pipeline | None,
+    printed: Callable[[], int],
+    attach_time: float,
+    reporter: summary.Reporter | None = None,
 ) -> None:
     config, coll = run.config, run.coll
     t_detach = time.monotonic()
@@ -487,6 +521,8 @@ def _finish(
     try:
         if pipeline is not None:
             pipeline.close()
+        if reporter is not None:
+            reporter.final()  # after the detach: the counts are final; after the events (their sink closed)
     finally:
         lost = coll.maps["lost"].lookup_u64(0) or 0
         untracked = ""
@@ -521,12 +557,15 @@ def read_loop(
     limit: LimitStage | None,
     record_size: int,
     batch: int = READ_BATCH,
+    tick: Callable[[], None] | None = None,
 ) -> None:
     """Feed records until stopped or the line limit is reached. After a stop, what the source already holds is
     still delivered, but at most one full source's worth (``source.size // record_size`` records), so a writer
     that keeps filling it cannot hold the exit back."""
     drain = -1  # after a stop: records still to deliver (-1: running)
     while drain != 0:
+        if tick is not None:
+            tick()
         if drain < 0 and stopped():
             drain = max(1, source.size // record_size)
         records = source.read_batch(batch)

@@ -91,6 +91,8 @@ def test_constants_of_the_default_config() -> None:
         "cfg_track_skb": 0,
         "cfg_track_stackid": 0,
         "cfg_output_tunnel": 0,
+        "cfg_summary": 0,
+        "cfg_emit": 1,
     }
 
 
@@ -113,6 +115,8 @@ def test_constants_come_from_the_resolved_config() -> None:
         "cfg_track_skb": 0,
         "cfg_track_stackid": 1,  # implied by --filter-non-skb-funcs, as in pwru
         "cfg_output_tunnel": 0,
+        "cfg_summary": 0,
+        "cfg_emit": 1,
     }
     assert flags.constants(Config(filter=FilterConfig(netns=7)))["cfg_netns"] == 7
 
@@ -123,10 +127,10 @@ def test_constants_exist_in_the_bpf_program() -> None:
     assert names <= declared
     # The rest come with the spliced filters (cfg_has_*pcap*, from run.build_object), with the plan's netfilter
     # points (netfilter.constants) or are set per attached program (cfg_tp_*, cfg_probe_id, cfg_ret_pos,
-    # cfg_nf_point, cfg_emit for probes that keep state only).
+    # cfg_nf_point; cfg_emit, which --summary-events sets, is also 0 per load for probes that keep state only).
     spliced = {"cfg_has_pcap", "cfg_has_tunnel_pcap_l2", "cfg_has_tunnel_pcap_l3"}
     nf = set(netfilter.constants([], {}))
-    per_load = {"cfg_probe_id", "cfg_ret_pos", "cfg_nf_point", "cfg_emit"}
+    per_load = {"cfg_probe_id", "cfg_ret_pos", "cfg_nf_point"}
     assert {n for n in declared - names if not n.startswith("cfg_tp_")} == spliced | nf | per_load
 
 

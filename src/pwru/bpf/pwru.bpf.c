@@ -66,6 +66,7 @@ const volatile __u32 cfg_nf_drop_reason = 0;
 const volatile __u8 cfg_nf_point = 0;         /* netfilter, per load: NF_POINT_FIRST or NF_POINT_LAST */
 #define NF_POINT_FIRST 1
 #define NF_POINT_LAST 2
+const volatile __u8 cfg_summary = 0;          /* --summary: the free tracepoints count the ends they see */
 /* tp_btf caller: kernel stack frames before the function that fired the tracepoint: the stack is
  * [this program, bpf_trace_run<N>, function with the tracepoint, ...]. */
 #define TP_CALLER_SKIP 2
@@ -158,6 +159,25 @@ struct {
 	__type(key, __u64);
 	__type(value, struct nf_where);
 } nf_where SEC(".maps");
+
+/* ---- --summary ----
+ * summary:      struct summary_key -> skb ends, per CPU (user space sums the CPUs). Its size is set by user space
+ *               before the map is made; an end whose key finds it full is counted in summary_full instead.
+ * summary_full: per-CPU counts of those ends, by verdict (index = enum pwru_verdict): the totals stay exact, only
+ *               their breakdown by reason and location is missing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct summary_key);
+	__type(value, __u64);
+} summary SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, __u64);
+} summary_full SEC(".maps");
 
 /* Keep the record types and layouts in the object's BTF for user space's decoder (null constants in .rodata,
  * never read). */
@@ -545,6 +565,43 @@ static __always_inline void nf_forget(__u64 skb)
 		bpf_map_delete_elem(&nf_where, &skb);
 }
 
+/* ---- --summary ---- */
+/* Count one end of a selected skb. The per-CPU slot is added to atomically: a program on this CPU may be
+ * interrupted by another one counting the same key (a tracepoint in an interrupt). */
+static __always_inline void count_end(__u64 skb, __u8 verdict, __s64 reason, __u64 location)
+{
+	struct summary_key key = {};
+	__u64 one = 1, *n;
+	__u32 slot = verdict;
+	long err;
+
+	key.verdict = verdict;
+	key.nf_hook = -1;
+	if (verdict == PWRU_VERDICT_DROPPED) {
+		key.reason = reason < 0 ? 0xffffffff : (__u32)reason;
+		nf_drop_hook(skb, reason, &key.nf_pf, &key.nf_hook);
+		key.location = key.nf_hook >= 0 ? 0 : location;
+	}
+	n = bpf_map_lookup_elem(&summary, &key);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return;
+	}
+	err = bpf_map_update_elem(&summary, &key, &one, BPF_NOEXIST);
+	if (err == 0)
+		return;
+	if (err == -EEXIST) { /* another CPU made the key meanwhile */
+		n = bpf_map_lookup_elem(&summary, &key);
+		if (n) {
+			__sync_fetch_and_add(n, 1);
+			return;
+		}
+	}
+	n = bpf_map_lookup_elem(&summary_full, &slot);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
 /* ---- the shared handler ---- */
 /* Reserve, fill and submit the event of an skb already selected. */
 static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
@@ -741,7 +798,12 @@ int tp_skb(__u64 *ctx)
 	__s64 reason = cfg_tp_reason_pos ? (__s64)(__u32)tp_arg(ctx, cfg_tp_reason_pos, 0) : -1;
 	__u64 location = tp_arg(ctx, cfg_tp_location_pos, 0);
 
-	handle_skb(ctx, skb, cfg_probe_id, PWRU_PROBE_INDEX, reason, location, CALLER_TP);
+	if (skb && skb_selected(skb, true)) {
+		if (cfg_summary && cfg_tp_verdict)
+			count_end((__u64)skb, cfg_tp_verdict, reason, location);
+		if (cfg_emit)
+			emit_skb(ctx, skb, cfg_probe_id, PWRU_PROBE_INDEX, reason, location, CALLER_TP);
+	}
 	if (cfg_tp_verdict && skb)
 		nf_forget((__u64)skb);
 	if (cfg_tp_frees && skb)
