@@ -561,7 +561,8 @@ def read_loop(
 ) -> None:
     """Feed records until stopped or the line limit is reached. After a stop, what the source already holds is
     still delivered, but at most one full source's worth (``source.size // record_size`` records), so a writer
-    that keeps filling it cannot hold the exit back."""
+    that keeps filling it cannot hold the exit back. ``tick`` is called at the start of every turn (at least five
+    times a second: the source is waited on for 0.2 s at most), for work on a clock (--summary-interval)."""
     drain = -1  # after a stop: records still to deliver (-1: running)
     while drain != 0:
         if tick is not None:
