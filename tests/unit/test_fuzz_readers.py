@@ -508,6 +508,12 @@ def _elf_regressions() -> dict[str, tuple[bytes, str]]:
         "shoff-past-eof": (_patch(seed, (0x28, _u64(len(seed) * 2))), "malformed ELF object"),
         # OverflowError "Python int too large to convert to C ssize_t" reading a section of size 2**64-1.
         "section-size-huge": (_patch(seed, (shdr(".BTF", 32), _u64((1 << 64) - 1))), "runs past the end"),
+        # OverflowError (fuzzer, issue 12's object): the section-name string table at offset 2**63 + 5, which
+        # pyelftools seeks to while naming the sections, before any of our checks.
+        "shstrtab-offset-huge": (
+            _patch(seed, (shoff + e["e_shstrndx"] * 64 + 24, _u64((1 << 63) + 5))),
+            "malformed ELF object: an offset out of range",
+        ),
         # elftools ELFParseError "Reading section ... past EOF".
         "section-offset-past-eof": (_patch(seed, (shdr(".maps", 24), _u64(0x7FFFFFFF))), "runs past the end"),
         # IndexError: a relocation against symbol 0xFFFFFF.

@@ -528,6 +528,8 @@ class ObjectSpec:
         except elftools_errors.ELFError as e:
             # pyelftools reads lazily: a bad header field surfaces wherever it is first used.
             raise ELFError(f"malformed ELF object: {e}") from None
+        except OverflowError as e:  # pyelftools seeking to an offset past what a file position can hold
+            raise ELFError(f"malformed ELF object: an offset out of range ({e})") from None
         return spec
 
     def program(self, name: str) -> ProgramSpec:
