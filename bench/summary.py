@@ -4,7 +4,7 @@
 Runs pwru in three ways, alternating (``--runs`` times each), against the same loopback UDP flood (to a closed
 port: every datagram is dropped with NO_SOCKET) in a namespace this script makes: ``--summary`` alone (the
 kernel counts, writes no event), the per-event text output (to a file), and ``--summary-events`` (both). With
-``kernel.bpf_stats_enabled`` on, the kernel times every run of every BPF program (``run_cnt``,
+run-time statistics on (``BPF_ENABLE_STATS``), the kernel times every run of every BPF program (``run_cnt``,
 ``run_time_ns``); this script sums them over the programs pwru holds, after the flood, and divides by the
 datagrams sent: the kernel's cost per packet, all probes included (programs on the free tracepoints run for
 every skb the machine frees, so other traffic meanwhile adds to it). ``--summary`` with
@@ -19,6 +19,7 @@ events it printed per second, and the sender's datagrams per second.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -32,6 +33,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from pwru.ebpf import syscall
 from pwru.ebpf.fdinfo import held_ids
 
 PORT = 9997
@@ -45,7 +47,6 @@ for _ in range(n):
     s.sendto(b"x", ("127.0.0.1", {PORT}))
 print(n / (time.monotonic() - t))
 """
-STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -57,6 +58,16 @@ class Result:
     events_per_s: float
     sender_pps: float
     counted: int  # drops the summary counted (0 without one)
+
+
+class _EnableStatsAttr(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32)]  # BPF_STATS_RUN_TIME = 0
+
+
+def enable_stats() -> int:
+    """BPF_ENABLE_STATS: run-time statistics on while the returned descriptor is open (unlike the sysctl, another
+    process turning the sysctl off meanwhile cannot turn them off under us)."""
+    return syscall.bpf(syscall.Cmd.ENABLE_STATS, _EnableStatsAttr(0))
 
 
 def prog_info(prog_id: int) -> dict[str, int]:
@@ -128,8 +139,7 @@ def main() -> int:
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/summary.py: run as root")
-    was = STATS.read_text().strip()
-    STATS.write_text("1")
+    stats_fd = enable_stats()
     netns = f"pwb-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
@@ -145,7 +155,7 @@ def main() -> int:
                     results[label].append(one_run(cmd, netns, args.packets, Path(tmp)))
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False)
-        STATS.write_text(was)
+        os.close(stats_fd)
     print(f"{args.packets} datagrams per run, {args.runs} alternating runs, medians")
     print(f"{'':<18} {'BPF ns/pkt':>11} {'runs/pkt':>9} {'pwru CPU us/pkt':>16} {'events/s':>10} "
           f"{'sender pkt/s':>13} {'counted':>8}")

@@ -752,15 +752,20 @@ int nf_skb(struct bpf_nf_ctx *ctx)
 	struct sk_buff *skb = ctx->skb;
 	__u64 addr = (__u64)skb;
 
-	if (!skb || !skb_selected(skb, true))
+	if (!skb)
+		return NF_ACCEPT;
+	if (cfg_nf_point == NF_POINT_LAST) {
+		nf_forget(addr); /* whatever the filters say: only selected skbs have an entry, and a lookup is cheap */
+		if (!cfg_emit)
+			return NF_ACCEPT; /* a point that keeps state only need not run the filters */
+	}
+	if (!skb_selected(skb, true))
 		return NF_ACCEPT;
 	if (cfg_nf_point == NF_POINT_FIRST) {
 		const struct nf_hook_state *state = ctx->state;
 		struct nf_where w = {.pf = BPF_CORE_READ(state, pf), .hook = BPF_CORE_READ(state, hook)};
 
 		bpf_map_update_elem(&nf_where, &addr, &w, BPF_ANY);
-	} else if (cfg_nf_point == NF_POINT_LAST) {
-		bpf_map_delete_elem(&nf_where, &addr);
 	}
 	if (cfg_emit)
 		emit_skb(ctx, skb, cfg_probe_id, PWRU_PROBE_INDEX, -1, 0, CALLER_NONE);
