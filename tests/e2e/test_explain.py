@@ -7,12 +7,21 @@ import random
 
 import pytest
 
+from pwru import discovery
+from pwru.ebpf.btf import kernel_btf
+
 from .conftest import Netns, PwruRun, udp_send
 
 pytestmark = pytest.mark.root
 
 PORT = random.randrange(20000, 60000)
 NO_SOCKET = "SKB_DROP_REASON_NO_SOCKET"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_reasons() -> None:
+    if NO_SOCKET not in discovery.drop_reasons(kernel_btf()).values():
+        pytest.skip("this kernel reports no drop reasons (before 5.17)")
 
 
 def test_text_line_after_the_drop(pwru: object, netns: Netns) -> None:

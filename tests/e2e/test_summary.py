@@ -9,7 +9,9 @@ import re
 
 import pytest
 
+from pwru import discovery
 from pwru.ebpf import features
+from pwru.ebpf.btf import kernel_btf
 
 from .conftest import Netns, PwruRun
 
@@ -18,6 +20,12 @@ pytestmark = pytest.mark.root
 PORT = random.randrange(20000, 60000)
 N_CLOSED, M_FIREWALLED = 3000, 2000
 ROW = re.compile(r"^\s+(\d+)  (\w+)\s+(\S+)\s+(.+)$")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_reasons() -> None:
+    if "SKB_DROP_REASON_NETFILTER_DROP" not in discovery.drop_reasons(kernel_btf()).values():
+        pytest.skip("this kernel reports no drop reasons NO_SOCKET and NETFILTER_DROP (before 5.17)")
 
 
 def _floods(ns: Netns) -> None:
