@@ -22,6 +22,8 @@ TIMESTAMP_MODES = ("none", "current", "relative", "absolute")
 #: --filter-trace-netfilter: auto is on with the tracepoint backend when the kernel has netfilter links.
 NETFILTER_MODES = ("auto", "true", "false")
 MEGABYTE = 1024 * 1024
+#: --output-ring-size's default, KiB (the object's own size for the ``events`` ring buffer: 4 MiB).
+RING_SIZE_DEFAULT = 4096
 IFNAMSIZ = 16
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _DEC = re.compile(r"[0-9]+")
@@ -95,6 +97,11 @@ class OutputConfig:
     stack: bool = False
     caller: bool = False
     tunnel: bool = False  # the inner packet's tuple of encapsulated skbs
+    explain: bool = False  # --output-explain: a drop's explanation (pwru.explain) after its line / in its object
+    summary: bool = False  # --summary: skb ends counted in the kernel, a table at exit
+    summary_interval: int = 0  # --summary-interval N: the table every N seconds too (0: at exit only)
+    summary_events: bool = False  # --summary-events: the per-event output as well
+    ring_size: int = RING_SIZE_DEFAULT  # --output-ring-size: the kernel's event ring buffer, KiB
     json: bool = False
     limit_lines: int = 0  # 0: unlimited
     file: str | None = None
@@ -122,6 +129,17 @@ class OutputConfig:
     def file_max_bytes(self) -> int:
         """--output-file-max-size in bytes."""
         return self.file_max_size * MEGABYTE
+
+    @property
+    def summarises(self) -> bool:
+        """Whether the run counts skb ends for a summary (--summary, or one of the flags that imply it)."""
+        return self.summary or self.summary_interval > 0 or self.summary_events
+
+    @property
+    def events(self) -> bool:
+        """Whether the run prints events: always, except with a summary and neither --summary-events nor
+        --output-pcap (the kernel then writes no event at all, and only the probes the counts need are attached)."""
+        return not self.summarises or self.summary_events or self.pcap is not None
 
 
 #: --filter-kprobe-batch's default (pwru's).
@@ -171,6 +189,12 @@ class Config:
     list_funcs: bool = False
 
     def __post_init__(self) -> None:
+        o = self.output
+        if o.limit_lines and not o.events:
+            raise UserError(
+                "--output-limit-lines counts printed events, and a summary without --summary-events prints none "
+                "(add --summary-events, or leave --output-limit-lines out)"
+            )
         if self.list_backends and self.list_funcs:
             raise UserError("--list-backends and --list-funcs: give one of them (each is a command of its own)")
 

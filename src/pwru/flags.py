@@ -19,6 +19,7 @@ the dataclasses agree. :meth:`FlagTable.with_flags` builds an extended table (us
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -323,6 +324,18 @@ def _pcap_snaplen(value: int) -> int:
     return value
 
 
+def _summary_interval(value: str) -> int:
+    """A str flag, so that an explicit 0 is told from the flag left out (0: no interval)."""
+    return cfg.parse_uint("summary-interval", value, minimum=1, maximum=1 << 31) if value else 0
+
+
+def _ring_size(value: int) -> int:
+    page_kib = max(1, os.sysconf("SC_PAGE_SIZE") // 1024)
+    if value < page_kib or value > 1 << 20 or value & (value - 1):
+        raise FlagError("output-ring-size", f"{value} KiB: a power of two from {page_kib} (the page size) to {1 << 20}")
+    return value
+
+
 def _track_max(value: int) -> int:
     if not 1 <= value <= 1 << 24:
         raise FlagError("filter-track-skb-max", f"{value} is out of range (1..{1 << 24})")
@@ -427,7 +440,8 @@ FLAGS: tuple[Flag, ...] = (
         STR,
         "auto",
         "also observe packets at the first and last priority of each netfilter hook, in every netns "
-        f"({', '.join(cfg.NETFILTER_MODES)}; auto: with the tracepoint backend when the kernel has netfilter links)",
+        f"({', '.join(cfg.NETFILTER_MODES)}; auto: with the tracepoint backend when the kernel has netfilter links; "
+        "unless false they are attached, unseen, to name the hook of netfilter drops)",
         FILTERS,
         "filter",
         "trace_netfilter",
@@ -539,6 +553,59 @@ FLAGS: tuple[Flag, ...] = (
         "skb_metadata",
         parse=lambda v: tuple(_metadata_exprs(v)),
         metavar="strings",
+    ),
+    Flag(
+        "output-explain",
+        BOOL,
+        False,
+        "after each drop, what its reason means and what to check next (JSON: an explanation key)",
+        OUTPUT,
+        "output",
+        "explain",
+    ),
+    Flag(
+        "summary",
+        BOOL,
+        False,
+        "count in the kernel how the selected skbs end (dropped, by reason and where; consumed) and print a table "
+        "at exit, to the output (stdout or --output-file; JSON with --output-json); no events are printed or even "
+        "written by the kernel unless --summary-events",
+        OUTPUT,
+        "output",
+        "summary",
+        consts={"cfg_summary": lambda c: c.output.summarises},
+    ),
+    Flag(
+        "summary-interval",
+        STR,
+        "",
+        "also print the summary every N seconds (implies --summary)",
+        OUTPUT,
+        "output",
+        "summary_interval",
+        parse=_summary_interval,
+        metavar="N",
+    ),
+    Flag(
+        "summary-events",
+        BOOL,
+        False,
+        "with --summary, print the events too (the table then goes to stderr; implies --summary)",
+        OUTPUT,
+        "output",
+        "summary_events",
+        consts={"cfg_emit": lambda c: c.output.events},
+    ),
+    Flag(
+        "output-ring-size",
+        UINT,
+        cfg.RING_SIZE_DEFAULT,
+        "size of the kernel's event ring buffer in KiB (a power of two); events that do not fit are counted lost",
+        OUTPUT,
+        "output",
+        "ring_size",
+        parse=_ring_size,
+        metavar="KiB",
     ),
     Flag(
         "output-limit-lines",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import backends, discovery, dumps, flags, netfilter, resolve, tracking
+from pwru import backends, discovery, dumps, flags, netfilter, resolve, summary, tracking
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
@@ -32,7 +32,7 @@ from pwru.output.pcap import PcapOutput
 from pwru.output.sink import open_pcap_sink
 from pwru.pipeline import LineOutput, Output, Pipeline
 from pwru.probes import Attach, Attachment, Plan, Probe, Progress, execute
-from pwru.records import Schema
+from pwru.records import RecordLayout, Schema
 from pwru.stages import LimitStage, StackStage, Stage
 from pwru.symbols import Symbols
 
@@ -401,9 +401,10 @@ def run(config: Config) -> int:
     try:
         backend = backends.choose(config.kernel.backend, kernel)
         log.debug("backend %s", backend)
-        targets = backends.skb_targets(backend, kernel, config.filter.func_allowed)
-        nf_probes = netfilter.run_probes(config, backend, kernel)
-        if not targets and not nf_probes:
+        events = config.output.events  # False: a summary alone, only the probes its counts need
+        targets = backends.skb_targets(backend, kernel, config.filter.func_allowed) if events else []
+        nf_probes = netfilter.run_probes(config, backend, kernel, show=events)
+        if events and not targets and not any(p.shows for p in nf_probes):
             raise UserError("no function or tracepoint to trace: check --filter-func", exit_code=1)
         tracking.check_non_skb_funcs(config, backend, kernel)
         obj, spliced = build_object(config, kernel.spec)
@@ -412,11 +413,12 @@ def run(config: Config) -> int:
             obj.maps[name].max_entries = config.tracking.max_entries
         dumps.prepare(config, kernel.spec, obj, nf_probes)
         size_pcap_scratch(obj, config)
+        obj.maps["events"].max_entries = config.output.ring_size * 1024
         plan = Plan()
-        skb_probes, track_probes = tracking.probes(
-            config, backend, kernel, backends.skb_probes(backend, targets, set(obj.programs), kernel)
-        )
-        plan.add(skb_probes)
+        skb_side = backends.skb_probes(backend, targets, set(obj.programs), kernel)
+        skb_side += summary.probes(config, kernel.spec, skb_side)
+        skb_probes, track_probes = tracking.probes(config, backend, kernel, skb_side)
+        plan.add(summary.mark_ends(skb_probes, schema.verdicts))
         plan.add(nf_probes)
         plan.add(track_probes)
         ensure_fd_limit(plan)
@@ -427,7 +429,7 @@ def run(config: Config) -> int:
             pcap_sink = open_pcap_sink(config)
             stopper = Stopper()
             with stopper.installed():
-                constants = flags.constants(config) | spliced
+                constants = flags.constants(config) | spliced | netfilter.constants(plan.probes, reasons)
                 coll = Collection(obj, kernel_btf=kernel.spec, constants=constants)
                 try:
                     loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready, pcap_sink)
@@ -466,6 +468,7 @@ def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
     attach_time = time.monotonic() - t_attach
     pipeline: Pipeline | None = None
     printed: Callable[[], int] = lambda: 0  # noqa: E731
+    reporter: summary.Reporter | None = None
     try:
         if stopper.stopped:
             return 0
@@ -474,25 +477,47 @@ def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
             why = "; ".join(f"{p.display_name}: {reason}" for p, reason in att.ignored[:3])
             raise UserError(f"could not attach to anything ({backend}): {why}", exit_code=1)
         ignored = [(p, why) for p, why in att.ignored if p.shows]
-        print(f"Attached {counted(plan, shown)} (ignored {len(ignored)})", file=sys.stderr)
+        print(f"Attached {counted(Plan(shown))} (ignored {len(ignored)})", file=sys.stderr)
         for p, why in ignored:
             log.debug("ignored %s: %s", p.display_name, why)
         _warn_kinds_all_ignored(plan, shown, ignored)
         keepers = sorted({f"{p.display_name}({p.attach.value})" for p in att.attached if not p.shows})
         if keepers:
-            log.debug("skb tracking probes: %s", " ".join(keepers))
+            log.debug("probes keeping kernel state only: %s", " ".join(keepers))
         for p, why in att.ignored:
-            if not p.shows:  # a hole in what tracking sees: say so, it changes what the output means
-                log.warning("skb tracking: could not attach %s (%s): %s", p.display_name, p.attach.value, why)
+            if not p.shows:  # a hole in what tracking (or attribution) sees: say so, it changes what output means
+                log.warning("%s: could not attach %s (%s): %s", _keeps(p), p.display_name, p.attach.value, why)
         if backend != "tracepoint" or config.output.stack or config.output.caller:
             kernel.kallsyms.preload()  # function names for the events, read while waiting for the first ones
         pipeline, limit, printed = make_pipeline(
             config, kernel, coll, plan, run.schema, run.reasons, run.sink, pcap_sink=run.pcap_sink
         )
-        _read(run, pipeline, limit, stopper, t_start)
+        if config.output.summarises:
+            reporter = summary.Reporter(summary_reader(run), config, run.sink)
+        _read(run, pipeline, limit, stopper, t_start, reporter.tick if reporter else None)
     finally:
-        _finish(run, att, pipeline, printed, attach_time)
+        _finish(run, att, pipeline, printed, attach_time, reporter)
     return 0
+
+
+def summary_reader(run: Loaded) -> summary.Reader:
+    """The reader of the run's kernel counts (--summary)."""
+    assert run.coll.spec.btf is not None
+    ksyms = run.kernel.kallsyms
+
+    def function_of(addr: int) -> str:
+        sym = ksyms.lookup(addr)
+        return f"{addr:#x}" if sym is None else sym.name + (f" [{sym.module}]" if sym.module else "")
+
+    key = RecordLayout(run.coll.spec.btf, summary.KEY_STRUCT)
+    maps = run.coll.maps
+    return summary.Reader(maps[summary.COUNTS_MAP], maps[summary.FULL_MAP], key, run.schema.verdicts, run.reasons,
+                          function_of)  # fmt: skip
+
+
+def _keeps(p: Probe) -> str:
+    """What a probe that shows nothing keeps (for the warning when it cannot be attached)."""
+    return "netfilter drop attribution" if p.kind == "nf_hook" else "skb tracking"
 
 
 def _warn_kinds_all_ignored(plan: Plan, shown: list[Probe], ignored: list[tuple[Probe, str]]) -> None:
@@ -534,6 +559,8 @@ def make_pipeline(
         config, names, NetnsNames() if config.output.netns_names else None, metadata[1] if metadata else ()
     )
     header_units = 1 if formatter.header() else 0
+    if not config.output.events:  # a summary alone: no event output (the summary writes to the sink itself)
+        return Pipeline(schema, stages, []), limit, lambda: 0
     outputs: list[Output] = []
     lines = not (config.output.pcap_to_stdout and config.output.file is None)  # else the lines go nowhere
     if lines:
@@ -555,20 +582,32 @@ def _warn_unframed(pipeline: Pipeline, coll: Collection) -> None:
             log.debug("--output-pcap: %d packet records lost in the kernel", lost)
 
 
-def _read(run: Loaded, pipeline: Pipeline, limit: LimitStage | None, stopper: Stopper, t_start: float) -> None:
+def _read(
+    run: Loaded,
+    pipeline: Pipeline,
+    limit: LimitStage | None,
+    stopper: Stopper,
+    t_start: float,
+    tick: Callable[[], None] | None = None,
+) -> None:
     reader = RingBufReader(run.coll.maps["events"])
     try:
         pipeline.start()
         print("Listening for events..", file=sys.stderr)
         log.debug("ready after %.3f s", time.monotonic() - t_start)
         run.ready.signal()
-        read_loop(reader, pipeline, lambda: stopper.stopped, limit, pipeline.schema.layout("event").size)
+        read_loop(reader, pipeline, lambda: stopper.stopped, limit, pipeline.schema.layout("event").size, tick=tick)
     finally:
         reader.close()
 
 
 def _finish(
-    run: Loaded, att: Attachment, pipeline: Pipeline | None, printed: Callable[[], int], attach_time: float
+    run: Loaded,
+    att: Attachment,
+    pipeline: Pipeline | None,
+    printed: Callable[[], int],
+    attach_time: float,
+    reporter: summary.Reporter | None = None,
 ) -> None:
     config, coll = run.config, run.coll
     t_detach = time.monotonic()
@@ -577,6 +616,8 @@ def _finish(
     try:
         if pipeline is not None:
             pipeline.close()
+        if reporter is not None:
+            reporter.final()  # after the detach: the counts are final; after the events (their sink closed)
     finally:
         lost = coll.maps["lost"].lookup_u64(0) or 0
         if pipeline is not None:
@@ -613,12 +654,16 @@ def read_loop(
     limit: LimitStage | None,
     record_size: int,
     batch: int = READ_BATCH,
+    tick: Callable[[], None] | None = None,
 ) -> None:
     """Feed records until stopped or the line limit is reached. After a stop, what the source already holds is
     still delivered, but at most one full source's worth (``source.size // record_size`` records), so a writer
-    that keeps filling it cannot hold the exit back."""
+    that keeps filling it cannot hold the exit back. ``tick`` is called at the start of every turn (at least five
+    times a second: the source is waited on for 0.2 s at most), for work on a clock (--summary-interval)."""
     drain = -1  # after a stop: records still to deliver (-1: running)
     while drain != 0:
+        if tick is not None:
+            tick()
         if drain < 0 and stopped():
             drain = max(1, source.size // record_size)
         records = source.read_batch(batch)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pwru import config as cfg
-from pwru import flags, netns, resolve
+from pwru import flags, netfilter, netns, resolve
 from pwru.config import Config, FilterConfig, OutputConfig
 from pwru.errors import UserError
 
@@ -97,6 +97,8 @@ def test_constants_of_the_default_config() -> None:
         "cfg_percpu_buf": 4096,
         "cfg_output_pcap": 0,
         "cfg_pcap_snaplen": 256,
+        "cfg_summary": 0,
+        "cfg_emit": 1,
     }
 
 
@@ -125,6 +127,8 @@ def test_constants_come_from_the_resolved_config() -> None:
         "cfg_percpu_buf": 4096,
         "cfg_output_pcap": 0,
         "cfg_pcap_snaplen": 256,
+        "cfg_summary": 0,
+        "cfg_emit": 1,
     }
     pcap = resolve.resolve(flags.parse_config(["--output-pcap=-", "--output-pcap-snaplen=1500"]))
     assert (flags.constants(pcap)["cfg_output_pcap"], flags.constants(pcap)["cfg_pcap_snaplen"]) == (1, 1500)
@@ -136,12 +140,16 @@ def test_constants_exist_in_the_bpf_program() -> None:
     names = set(flags.constants(Config()))
     assert names <= declared
     # The rest come with the spliced code (the filters, the C expressions: from run.build_object, which returns
-    # exactly these) or are set per attached program (cfg_tp_*, cfg_probe_id, cfg_ret_pos).
+    # exactly these), with the plan's netfilter points (netfilter.constants) or are set per attached program
+    # (cfg_tp_*, cfg_probe_id, cfg_ret_pos, cfg_nf_point; cfg_emit, which --summary-events sets, is also 0 per
+    # load for probes that keep state only).
     from pwru.run import build_object
 
     spliced = set(build_object(Config())[1])
     assert spliced >= {"cfg_has_pcap", "cfg_has_tunnel_pcap_l2", "cfg_has_skb_expr", "cfg_metadata_size"}
-    assert {n for n in declared - names if not n.startswith("cfg_tp_")} == spliced | {"cfg_probe_id", "cfg_ret_pos"}
+    nf = set(netfilter.constants([], {}))
+    per_load = {"cfg_probe_id", "cfg_ret_pos", "cfg_nf_point"}
+    assert {n for n in declared - names if not n.startswith("cfg_tp_")} == spliced | nf | per_load
 
 
 def test_help_lists_every_flag_by_name_as_pwru() -> None:

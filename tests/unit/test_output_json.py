@@ -62,6 +62,13 @@ def test_drop_reason_and_location() -> None:
     assert d["location"] == "__udp4_lib_rcv+0x5b1"
 
 
+def test_netfilter_drop_hook_keys() -> None:
+    d = _one(OutputConfig(), probe_kind=INDEX, probe=7, reason=2, location=0xA000, nf_pf=2, nf_hook=3)
+    assert (d["nf_family"], d["nf_hook"]) == ("ipv4", "OUTPUT")
+    assert d["func"] == "tp:kfree_skb(SKB_DROP_REASON_NO_SOCKET)"  # pwru's key keeps its meaning
+    assert "nf_hook" not in _one(OutputConfig(), probe_kind=INDEX, probe=7, reason=2, nf_hook=-1)
+
+
 def test_ipv6_icmp_and_non_ip() -> None:
     d = _one(OutputConfig(), l3_proto=0x86DD, l4_proto=58, saddr=v6("fd00::1"), daddr=v6("fd00::2"))
     assert d["tuple"] == {"saddr": "fd00::1", "daddr": "fd00::2", "proto": 58}
@@ -191,3 +198,12 @@ def test_empty_members_are_left_out_as_pwru() -> None:
     assert zero_ports["tuple"] == {"saddr": "10.99.0.1", "daddr": "10.99.0.2", "proto": 6}
     first = json.loads(fmt(JsonFormatter(OutputConfig(timestamp="relative"), FakeNames()), make_event()))
     assert first["time"] == 0  # pwru's time is an interface: a 0 in it is not empty
+
+
+def test_explanation_key_with_output_explain() -> None:
+    d = _one(OutputConfig(explain=True), probe_kind=INDEX, probe=7, reason=6, nf_pf=10, nf_hook=1)
+    expl = d["explanation"]
+    assert isinstance(expl, dict) and set(expl) == {"text", "check"}
+    assert "INPUT chain" in expl["text"] and "ip6tables -S INPUT" in expl["check"]
+    assert "explanation" not in _one(OutputConfig(), probe_kind=INDEX, probe=7, reason=6)
+    assert "explanation" not in _one(OutputConfig(explain=True))

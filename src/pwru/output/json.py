@@ -12,10 +12,12 @@ value is 0 or an empty string is left out (``cpu`` 0 included; ``time`` 0 stays,
 and ``tunnel_tuple`` are there whenever their flag is (``{}`` for an skb without an IPv4/IPv6 packet);
 ``sport``/``dport`` are also left out for protocols without ports.
 
-Ours besides (new keys, never a pwru key with another meaning): ``reason`` (drop reason name) and ``location``
-(drop location symbol) when known, and ``sk_buff``: the struct sk_buff text of --output-skb, which pwru puts
-under ``skb_metadata``, a key --output-skb-metadata uses for its own values. Addresses carry no brackets (pwru
-writes IPv6 ones as ``[fd00::1]``).
+Ours besides (new keys, never a pwru key with another meaning): ``reason`` (drop reason name) and ``location`` (drop
+location symbol) when known, ``nf_family`` (``ipv4``, ``ipv6``) and ``nf_hook`` (``INPUT``, ...: the iptables chain
+name) for a drop by netfilter whose hook is known, ``explanation`` {``text``, ``check``} for a drop with
+--output-explain, ``skb_metadata`` (--output-skb-metadata's values), and ``sk_buff``: the struct sk_buff text of
+--output-skb, which pwru puts under ``skb_metadata``, a key --output-skb-metadata uses for its own values. Addresses
+carry no brackets (pwru writes IPv6 ones as ``[fd00::1]``).
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class JsonFormatter:
         return _nonempty({"cpu": event.cpu, "process": self._names.process(event.pid, event.comm)})
 
     def _func_part(self, event: Record) -> dict[str, Any]:
-        """``func``, ``reason``, ``location``: depends on addr, kind, reason and location."""
+        """``func``, ``reason``, ``location``, ``nf_family``+``nf_hook``: depends on addr, kind, reason, location,
+        nf_pf and nf_hook."""
         names = self._names
         d: dict[str, Any] = {"func": fields.func_text(event, names)}
         if event.reason >= 0:
@@ -78,6 +81,13 @@ class JsonFormatter:
         location = fields.location_text(event, names)
         if location:
             d["location"] = location
+        if fields.nf_known(event.nf_pf, event.nf_hook):
+            d["nf_family"] = fields.nf_family_name(event.nf_pf)
+            d["nf_hook"] = fields.nf_hook_name(event.nf_hook)
+        if self._config.explain:
+            e = fields.explanation_of(event, names)
+            if e is not None:
+                d["explanation"] = {"text": e.text, "check": e.check}
         return d
 
     def _caller_part(self, event: Record) -> dict[str, Any]:
@@ -169,13 +179,13 @@ class JsonFormatter:
         events = batch.of_type("event")
         for buf in events:
             ev: Record | None = None
-            ts, skb, probe, probe_kind, caller_addr, location, reason = unpack(buf)
+            ts, skb, probe, probe_kind, caller_addr, location, reason, nf_pf, nf_hook = unpack(buf)
             key = buf[p0:p1]
             proc = procs.get(key)
             if proc is None:
                 ev = decode(buf)
                 proc = remember(procs, key, _members(self._proc_part(ev)))
-            fk = (probe, probe_kind, reason, location)
+            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook)
             func = funcs.get(fk)
             if func is None:
                 ev = ev or decode(buf)

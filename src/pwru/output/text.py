@@ -7,9 +7,10 @@ the columns after them mid-stream). TUPLE fits the longest IPv4 tuple (:func:`tu
 column follows it, :data:`FUNC_WIDTH`; CALLER, when TUNNEL follows it, :data:`CALLER_WIDTH`. A longer value (an
 IPv6 tuple, a long function name) widens its own line only, by its overflow: the columns stay separated by
 spaces and the next line is back under the header. A kfree_skb drop location is shown after the function as
-``at symbol+0xNN``. TUNNEL (--output-tunnel) ends the line: the inner packet's tuple, ``-`` for an skb without
-one. Stack frames (--output-stack) follow on their own lines, then the structs the kernel printed (--output-skb,
---output-skb-shared-info), as pwru.
+``at symbol+0xNN``, a netfilter drop's hook after it as ``nf=ipv4/INPUT``. TUNNEL (--output-tunnel) ends
+the line: the inner packet's tuple, ``-`` for an skb without one. With --output-explain a drop's line is followed by
+``  explain: WHAT; check: NEXT`` (:mod:`pwru.explain`). Stack frames (--output-stack) follow on their own lines,
+then the structs the kernel printed (--output-skb, --output-skb-shared-info), as pwru.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class TextFormatter:
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
         self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {}, {})
+        self._explained: dict[Any, str] = {}  # FUNC's key -> "\n" + explanation line, "" for none
 
     def header(self) -> str:
         """The column header line (no trailing newline)."""
@@ -132,11 +134,15 @@ class TextFormatter:
         return " " + fields.tuple_text(fields.tuple_of(event, fields.TUNNEL_PREFIX), self._config.tcp_flags)
 
     def _func(self, event: Record) -> str:
-        """FUNC with drop reason and location, padded when a column follows, with its leading space: depends on
-        addr, kind, reason and location."""
+        """FUNC with drop reason, location and a netfilter drop's hook (``nf=ipv4/INPUT``), padded when a column
+        follows, with its leading space: depends on addr, kind, reason, location, nf_pf and nf_hook."""
         func = fields.func_text(event, self._names)
         location = fields.location_text(event, self._names)
-        return " " + (f"{func} at {location}" if location else func).ljust(self._func_width)
+        text = f"{func} at {location}" if location else func
+        nf = fields.nf_text(event.nf_pf, event.nf_hook)
+        if nf:
+            text += f" nf={nf}"
+        return " " + text.ljust(self._func_width)
 
     def _caller(self, event: Record) -> str:
         """CALLER, padded when TUNNEL follows, with its leading space: depends on caller only."""
@@ -175,7 +181,7 @@ class TextFormatter:
             self._layout = layout
             self._spans, self._unpack = fields.record_views(layout)
             self._stack_id = layout.unpacker("stack_id")
-            for cache in self._caches:
+            for cache in (*self._caches, self._explained):
                 cache.clear()
             if self._metadata_fields:
                 assert layout.tail is not None, "struct event has no metadata tail"
@@ -186,6 +192,7 @@ class TextFormatter:
         with_meta, with_tuple, with_caller, with_stack = c.meta, c.tuple, c.caller, c.stack
         with_tunnel = c.tunnel
         netns_names, netns_of = self._netns_names, layout.unpacker("netns")
+        with_explain, explained = c.explain, self._explained
         plain_head = c.timestamp == "none"
         stacks, symbol = batch.stacks, self._names.symbol
         lines: list[str] = []
@@ -193,7 +200,7 @@ class TextFormatter:
         events = batch.of_type("event")
         for buf in events:
             ev: Record | None = None
-            ts, skb, probe, probe_kind, caller_addr, location, reason = unpack(buf)
+            ts, skb, probe, probe_kind, caller_addr, location, reason, nf_pf, nf_hook = unpack(buf)
             key = buf[p0:p1]
             proc = procs.get(key)
             if proc is None:
@@ -215,7 +222,7 @@ class TextFormatter:
                     ev = ev or decode(buf)
                     cached = remember(tuples, key, self._tuple(ev))
                 tup = cached
-            fk = (probe, probe_kind, reason, location)
+            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook)
             func = funcs.get(fk)
             if func is None:
                 ev = ev or decode(buf)
@@ -239,7 +246,15 @@ class TextFormatter:
             if netns_names is not None:
                 meta += self._netns_name(netns_names, ev.netns if ev is not None else netns_of(buf)[0])
             extra = self._metadata.text(buf) if self._metadata is not None else ""
-            append(f"{head}{meta}{tup}{func}{caller}{tunnel}{extra}")
+            line = f"{head}{meta}{tup}{func}{caller}{tunnel}{extra}"
+            if with_explain and reason >= 0:
+                explanation = explained.get(fk)
+                if explanation is None:
+                    ev = ev or decode(buf)
+                    e = fields.explanation_of(ev, self._names)
+                    explanation = remember(explained, fk, "\n" + fields.explanation_text(e) if e else "")
+                line += explanation
+            append(line)
         if with_stack:
             for i, buf in enumerate(events):
                 stack_id = stack_id_of(buf)[0]
