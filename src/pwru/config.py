@@ -9,7 +9,7 @@ is ``--flag: problem``) when the text is unusable, without touching files or nam
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import re2
@@ -69,6 +69,13 @@ class FilterConfig:
         return self.func is None or self.func.fullmatch(name) is not None
 
 
+#: --output-journey's bounds (see pwru.output.journey): idle time (ms) before a journey is printed without its
+#: end, journeys held at once, hops held per journey.
+JOURNEY_TIMEOUT_DEFAULT = 1000
+JOURNEY_MAX_DEFAULT = 512
+JOURNEY_MAX_HOPS_DEFAULT = 256
+
+
 @dataclass(frozen=True)
 class OutputConfig:
     """What each event shows and where it goes."""
@@ -87,6 +94,10 @@ class OutputConfig:
     file_max_age: int = 0  # days, 0: keep all
     file_compress: bool = False
     timestamp: str = "none"
+    journey: bool = False  # --output-journey: one block per packet (implies tracking.skb, see Config)
+    journey_timeout: int = JOURNEY_TIMEOUT_DEFAULT  # ms without an event before a journey is printed anyway
+    journey_max: int = JOURNEY_MAX_DEFAULT  # journeys in progress at once
+    journey_max_hops: int = JOURNEY_MAX_HOPS_DEFAULT  # hops held per journey before it is printed as cut
 
     @property
     def file_max_bytes(self) -> int:
@@ -137,6 +148,10 @@ class Config:
     list_funcs: bool = False
 
     def __post_init__(self) -> None:
+        if self.output.journey and not self.tracking.skb:
+            # A journey is only whole if every later event of its skb is shown (after NAT, ...): journeys imply
+            # --filter-track-skb. Set here, once, so every reader of tracking.skb sees it.
+            object.__setattr__(self, "tracking", replace(self.tracking, skb=True))
         if self.list_backends and self.list_funcs:
             raise UserError("--list-backends and --list-funcs: give one of them (each is a command of its own)")
 

@@ -27,6 +27,7 @@ from pwru.ebpf.ringbuf import RingBufReader
 from pwru.errors import UserError
 from pwru.kernel import KernelContext
 from pwru.output import Sink, make_formatter, open_sink
+from pwru.output.journey import JourneyOutput
 from pwru.pipeline import LineOutput, Pipeline
 from pwru.probes import Attach, Attachment, Plan, Probe, Progress, execute
 from pwru.records import Schema
@@ -454,6 +455,9 @@ def make_pipeline(
     if config.output.stack:
         stages.append(StackStage(coll.maps["stacks"].stack_trace, kernel.kallsyms))
     names = Symbols(kernel.kallsyms, plan.names(), reasons, schema.probe_kind("index"))
+    if config.output.journey:  # one unit per journey, no header
+        journeys = JourneyOutput(config.output, names, sink)
+        return Pipeline(schema, stages, [journeys]), limit, lambda: sink.delivered
     formatter = make_formatter(config, names)
     header_units = 1 if formatter.header() else 0
     output = LineOutput(formatter, sink)
@@ -491,8 +495,11 @@ def _finish(
                 " (the tracked set was full: raise --filter-track-skb-max)" if full else ""
             )
             tracking.report_unfreed(coll.maps["tracked"], att)
+        shown = f"{printed()} events printed"
+        if config.output.journey:
+            shown = f"{printed()} journeys printed ({pipeline.events if pipeline is not None else 0} events)"
         print(
-            f"pwru: {printed()} events printed, {lost} lost{untracked}; attached {len(att.attached)} in "
+            f"pwru: {shown}, {lost} lost{untracked}; attached {len(att.attached)} in "
             f"{attach_time:.2f} s, detached in {detach_time:.2f} s",
             file=sys.stderr,
         )

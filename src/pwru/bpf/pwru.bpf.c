@@ -55,6 +55,7 @@ const volatile __u32 cfg_tp_reason_pos = 0;   /* 0: the tracepoint has no drop r
 const volatile __u32 cfg_tp_location_pos = 0; /* 0: no location argument */
 const volatile __u64 cfg_probe_id = 0;        /* tp_btf, netfilter: header.probe; fentry: address without get_func_ip */
 const volatile __u8 cfg_tp_frees = 0;         /* tp_btf: the tracepoint marks its skb's end (kfree_skb, consume_skb) */
+const volatile __u8 cfg_output_journey = 0;  /* --output-journey: send struct skb_copy records */
 const volatile __u32 cfg_ret_pos = 0;         /* fexit: 1-based ctx slot of the return value (argument count + 1) */
 /* tp_btf caller: kernel stack frames before the function that fired the tracepoint: the stack is
  * [this program, bpf_trace_run<N>, function with the tracepoint, ...]. */
@@ -123,6 +124,9 @@ struct {
 struct stash_value {
 	__u64 skb;  /* the skb at entry */
 	__u64 pskb; /* where the function leaves its result (struct sk_buff **), 0 when it returns it */
+	__u64 probe; /* the function (struct skb_copy's hdr.probe) */
+	__u8 probe_kind;
+	__u8 pad[7];
 };
 
 struct {
@@ -137,6 +141,7 @@ struct {
 const enum pwru_record_type *const pwru_record_types = 0;
 const enum pwru_probe_kind *const pwru_probe_kinds = 0;
 const struct event *const pwru_event_layout = 0;
+const struct skb_copy *const pwru_skb_copy_layout = 0;
 
 /* ---- packet filter stubs ---- */
 /*
@@ -458,11 +463,39 @@ static __always_inline void untrack(__u64 addr)
 	}
 }
 
-/* A copy of a tracked skb (clone, copy, veth's rebuild for XDP) is tracked too. */
-static __always_inline void track_copy(__u64 old, __u64 new)
+/* --output-journey: tell user space which skb the new one was made from (a lost record is counted in lost). */
+static __always_inline void emit_copy(__u64 old, __u64 new, __u64 probe, __u8 probe_kind)
 {
-	if (old && new && old != new && is_tracked(old))
-		track(new);
+	struct skb_copy *rec;
+	__u32 zero = 0;
+
+	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	if (!rec) {
+		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
+
+		if (count)
+			*count += 1;
+		return;
+	}
+	__builtin_memset(rec, 0, sizeof(*rec));
+	rec->hdr.ts = bpf_ktime_get_ns();
+	rec->hdr.skb = new;
+	rec->hdr.probe = probe;
+	rec->hdr.type = PWRU_RECORD_SKB_COPY;
+	rec->hdr.size = sizeof(*rec);
+	rec->hdr.probe_kind = probe_kind;
+	rec->parent = old;
+	bpf_ringbuf_submit(rec, 0);
+}
+
+/* A copy of a tracked skb (clone, copy, veth's rebuild for XDP) is tracked too. */
+static __always_inline void track_copy(__u64 old, __u64 new, __u64 probe, __u8 probe_kind)
+{
+	if (!(old && new && old != new && is_tracked(old)))
+		return;
+	track(new);
+	if (cfg_output_journey)
+		emit_copy(old, new, probe, probe_kind);
 }
 
 /* Whether the skb is shown: tracked (by address, or as the skb its call chain works on), else by the filters.
@@ -602,6 +635,15 @@ static __always_inline __u64 fentry_func_ip(void *ctx)
 	return cfg_probe_id;
 }
 
+/* What fentry_func_ip returns: an address, or the load's probe id where the kernel lacks bpf_get_func_ip
+ * (the tracking probes' loads get their probe index; the skb probes' get the address, see backends.py). */
+static __always_inline __u8 fentry_probe_kind(void)
+{
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_func_ip))
+		return PWRU_PROBE_ADDR;
+	return PWRU_PROBE_INDEX;
+}
+
 #define FENTRY_SKB(n)                                                                                        \
 	SEC("fentry/placeholder")                                                                            \
 	int fentry_skb_##n(__u64 *ctx)                                                                       \
@@ -715,7 +757,7 @@ int fentry_skb_free(__u64 *ctx)
 SEC("fexit/placeholder")
 int fexit_skb_copy(__u64 *ctx)
 {
-	track_copy(ctx[0], tp_arg(ctx, cfg_ret_pos, 0));
+	track_copy(ctx[0], tp_arg(ctx, cfg_ret_pos, 0), fentry_func_ip(ctx), fentry_probe_kind());
 	return 0;
 }
 
@@ -726,6 +768,8 @@ int kprobe_skb_copy_entry(struct pt_regs *ctx)
 	__u64 key = bpf_get_current_pid_tgid();
 	struct stash_value v = {.skb = PT_REGS_PARM1(ctx)};
 
+	v.probe = kprobe_func_ip(ctx);
+	v.probe_kind = PWRU_PROBE_ADDR;
 	if (is_tracked(v.skb))
 		bpf_map_update_elem(&stash, &key, &v, BPF_ANY);
 	return 0;
@@ -739,17 +783,17 @@ int kretprobe_skb_copy(struct pt_regs *ctx)
 
 	if (!v)
 		return 0;
-	track_copy(v->skb, PT_REGS_RC(ctx));
+	track_copy(v->skb, PT_REGS_RC(ctx), v->probe, v->probe_kind);
 	bpf_map_delete_elem(&stash, &key);
 	return 0;
 }
 
 /* veth_convert_skb_to_xdp_buff(rq, xdp, struct sk_buff **pskb): veth may replace the skb it hands to XDP by a
  * new one (the talk's example); the new one inherits the old one's tracking. */
-static __always_inline void stash_pskb(__u64 pskb)
+static __always_inline void stash_pskb(__u64 pskb, __u64 probe, __u8 probe_kind)
 {
 	__u64 key = bpf_get_current_pid_tgid();
-	struct stash_value v = {.pskb = pskb};
+	struct stash_value v = {.pskb = pskb, .probe = probe, .probe_kind = probe_kind};
 
 	if (bpf_probe_read_kernel(&v.skb, sizeof(v.skb), (void *)pskb) || !is_tracked(v.skb))
 		return;
@@ -765,14 +809,14 @@ static __always_inline void track_pskb(void)
 	if (!v)
 		return;
 	if (bpf_probe_read_kernel(&new, sizeof(new), (void *)v->pskb) == 0)
-		track_copy(v->skb, new);
+		track_copy(v->skb, new, v->probe, v->probe_kind);
 	bpf_map_delete_elem(&stash, &key);
 }
 
 SEC("kprobe/skb_replace_entry")
 int kprobe_skb_replace_entry(struct pt_regs *ctx)
 {
-	stash_pskb(PT_REGS_PARM3(ctx));
+	stash_pskb(PT_REGS_PARM3(ctx), kprobe_func_ip(ctx), PWRU_PROBE_ADDR);
 	return 0;
 }
 
@@ -786,7 +830,7 @@ int kretprobe_skb_replace(struct pt_regs *ctx)
 SEC("fentry/placeholder")
 int fentry_skb_replace_entry(__u64 *ctx)
 {
-	stash_pskb(ctx[2]);
+	stash_pskb(ctx[2], fentry_func_ip(ctx), fentry_probe_kind());
 	return 0;
 }
 

@@ -14,6 +14,7 @@
 
 enum pwru_record_type {
 	PWRU_RECORD_EVENT = 1, /* struct event: one skb seen at one probe */
+	PWRU_RECORD_SKB_COPY = 3, /* struct skb_copy: a tracked skb was copied (--output-journey) */
 };
 
 /* What record_header.probe holds. */
@@ -65,6 +66,15 @@ struct event {
 	struct skb_meta meta;
 	struct skb_tuple tuple;
 	struct skb_tuple tunnel; /* the inner packet's tuple (--output-tunnel); flattened as tunnel_saddr, ... */
+};
+
+/* A tracked skb was cloned or copied, or replaced by a new one (veth's rebuild for XDP), and the new skb joins
+ * the tracked set: sent only with --output-journey (cfg_output_journey), so user space can put the new skb's
+ * events in its parent's journey. hdr.skb is the new skb; hdr.probe names the copying function (probe_kind
+ * ADDR: its address; INDEX: a probe id, fexit on kernels without bpf_get_func_ip). */
+struct skb_copy {
+	struct record_header hdr;
+	__u64 parent; /* the tracked skb it was made from */
 };
 
 #endif
