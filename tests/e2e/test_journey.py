@@ -59,12 +59,13 @@ def test_datagram_to_a_closed_port_is_one_block_ending_in_no_socket(
     lines = run.stdout.rstrip("\n").splitlines()
     verdict = [i for i, line in enumerate(lines) if line.startswith("  verdict: ")]
     assert len(verdict) == 1, run.stdout
-    assert re.match(r"  verdict: dropped at __udp[46]_lib_rcv\+0x[0-9a-f]+: SKB_DROP_REASON_NO_SOCKET ", lines[verdict[0]])
+    drop = r"  verdict: dropped at __udp[46]_lib_rcv\+0x[0-9a-f]+: SKB_DROP_REASON_NO_SOCKET "
+    assert re.match(drop, lines[verdict[0]]), lines[verdict[0]]
     assert "10.99.0.1:" in lines[0] and "->10.99.0.2:9999(udp)" in lines[0], lines[0]
     # Both ends' devices are hops, in order, each with the time since the previous one.
     hops = [line for line in lines[1 : verdict[0]] if re.match(r"\s+\+\d", line)]
     assert any("a0:" in h for h in hops) and any("b0:" in h for h in hops), run.stdout
-    assert [i for i, h in enumerate(hops) if "a0:" in h][0] < [i for i, h in enumerate(hops) if "b0:" in h][0]
+    assert next(i for i, h in enumerate(hops) if "a0:" in h) < next(i for i, h in enumerate(hops) if "b0:" in h)
     assert "journeys printed" in run.stderr
 
 
