@@ -91,6 +91,7 @@ def test_constants_of_the_default_config() -> None:
         "cfg_track_skb": 0,
         "cfg_track_stackid": 0,
         "cfg_output_tunnel": 0,
+        "cfg_output_journey": 0,
     }
 
 
@@ -113,6 +114,7 @@ def test_constants_come_from_the_resolved_config() -> None:
         "cfg_track_skb": 0,
         "cfg_track_stackid": 1,  # implied by --filter-non-skb-funcs, as in pwru
         "cfg_output_tunnel": 0,
+        "cfg_output_journey": 0,
     }
     assert flags.constants(Config(filter=FilterConfig(netns=7)))["cfg_netns"] == 7
 
