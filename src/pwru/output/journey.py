@@ -10,11 +10,11 @@ tunnel tuple or netns at the hop where it was first seen, the copies, and each s
 process, sent out of a device, dropped where and why with its explanation, consumed).
 
 Memory is bounded: at most ``--output-journey-max`` journeys are held; one more prints the one idle longest
-early, marked ``cut``. A journey holds at most ``--output-journey-max-hops`` hops (the raw records, about 250
-bytes each with their list slot); at the bound the hops so far are printed as a part marked ``cut`` and the
-journey goes on in a next part. So the records held are at most max x max-hops (512 x 256 by default: about 32
-MiB at the worst, a few kB per journey in practice), plus per journey its live skbs, which the kernel's tracked
-set (``--filter-track-skb-max``) bounds.
+early, marked ``cut``. A journey holds at most ``--output-journey-max-hops`` hops (the raw records: 308 bytes a
+hop with their list slot and label, measured with tracemalloc); at the bound the hops so far are printed as a
+part marked ``cut`` and the journey goes on in a next part. So the records held are at most max x max-hops (512
+x 256 by default: 38 MiB at the worst, a few kB per journey in practice), plus per journey its live skbs, which
+the kernel's tracked set (``--filter-track-skb-max``) bounds.
 """
 
 from __future__ import annotations
