@@ -86,6 +86,7 @@ class OutputConfig:
     stack: bool = False
     caller: bool = False
     tunnel: bool = False  # the inner packet's tuple of encapsulated skbs
+    explain: bool = False  # --output-explain: a drop's explanation (pwru.explain) after its line / in its object
     json: bool = False
     limit_lines: int = 0  # 0: unlimited
     file: str | None = None

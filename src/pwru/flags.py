@@ -502,6 +502,15 @@ FLAGS: tuple[Flag, ...] = (
         metavar="N",
     ),
     Flag(
+        "output-explain",
+        BOOL,
+        False,
+        "after each drop, what its reason means and what to check next (JSON: an explanation key)",
+        OUTPUT,
+        "output",
+        "explain",
+    ),
+    Flag(
         "output-limit-lines",
         UINT,
         0,

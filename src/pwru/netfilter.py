@@ -9,12 +9,22 @@ at ``nf:OUTPUT@last`` after all of them (a packet a rule dropped shows at the fi
 The program only observes: it always returns NF_ACCEPT. The same name stands for IPv4 and IPv6 (the event's
 protocol column tells them apart). A netfilter link hooks the network namespace of the thread that creates it,
 so each namespace's links are made from a thread inside it (:data:`pwru.probes.EXECUTORS`).
+
+**Drop attribution.** The same points tell which hook dropped a packet: at a hook's first point the program
+remembers the skb's (family, hook) in the kernel (``nf_where`` in pwru.bpf.c), at its last point it forgets it;
+a drop with reason ``NETFILTER_DROP`` in between (``kfree_skb``'s tracepoint, ``kfree_skb_reason``,
+``sk_skb_reason_drop``) looks it up into the event's ``nf_pf``/``nf_hook``. So the points are attached whenever
+the kernel has netfilter links and ``--filter-trace-netfilter`` is not ``false``: shown (``auto`` with the
+tracepoint backend, ``true``), else as probes that keep that state only (``Probe.shows`` False, ``cfg_emit``
+0: ``auto`` with a function backend, points ``--filter-func`` leaves out, ``--summary`` without events).
+Families other than IPv4 and IPv6 (bridge, arp, netdev) have no points: their drops stay unattributed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pwru import netns
@@ -56,6 +66,10 @@ POSITIONS: dict[int, str] = {prio: name for name, prio in PRIORITIES.items()}
 #: pwru's program for every point, and the prefix of the points' display names.
 PROGRAM = "nf_skb"
 PREFIX = "nf:"
+#: ``cfg_nf_point`` of each priority's loads (NF_POINT_FIRST / NF_POINT_LAST in pwru.bpf.c).
+POINT_CONSTANTS: dict[int, int] = {PRIORITIES["first"]: 1, PRIORITIES["last"]: 2}
+#: The drop reason whose drops are looked up (its value differs between kernels: read from BTF).
+DROP_REASON = "SKB_DROP_REASON_NETFILTER_DROP"
 
 
 @dataclass(frozen=True)
@@ -90,13 +104,19 @@ def points(namespaces: Sequence[netns.NetnsRef]) -> list[Point]:
     ]
 
 
-def probes_for(pts: Sequence[Point], allowed: Callable[[str], bool] = lambda _: True) -> list[Probe]:
-    """The probes of ``pts`` that ``allowed`` (--filter-func, on the display name) lets through."""
+def probes_for(
+    pts: Sequence[Point], allowed: Callable[[str], bool] = lambda _: True, *, keep_state: bool = False
+) -> list[Probe]:
+    """The probes of ``pts`` that ``allowed`` (--filter-func, on the display name) lets through, shown; with
+    ``keep_state`` also the others, as probes that keep the drop-attribution state only (no event)."""
     out = []
     for p in pts:
-        probe = Probe("nf_hook", p.name, PROGRAM, Attach.NETFILTER, netfilter=p)
+        constants = {"cfg_nf_point": POINT_CONSTANTS.get(p.priority, 0)}
+        probe = Probe("nf_hook", p.name, PROGRAM, Attach.NETFILTER, netfilter=p, constants=constants)
         if allowed(probe.display_name):
             out.append(probe)
+        elif keep_state:
+            out.append(dataclasses.replace(probe, constants={**constants, "cfg_emit": 0}, shows=False))
     return out
 
 
@@ -112,6 +132,14 @@ def enabled(mode: str, backend: str, kernel: KernelContext) -> bool:
     return feature.available
 
 
+def attributes(mode: str, kernel: KernelContext) -> bool:
+    """Whether this run attaches the points for drop attribution (shown or not): on unless ``mode`` is
+    ``false``, where the kernel has netfilter links (``true`` without them is refused by :func:`enabled`)."""
+    if mode == "false":
+        return False
+    return kernel.feature("netfilter_link", features.netfilter_link).available
+
+
 def namespaces(config: Config) -> list[netns.NetnsRef]:
     """The namespaces to observe: --filter-netns's (or --filter-ifname's) only, else every one present now.
     Empty when that namespace is given by inode and no file names it (nothing to enter it by)."""
@@ -122,10 +150,13 @@ def namespaces(config: Config) -> list[netns.NetnsRef]:
     return [] if path is None else [netns.NetnsRef(f.netns, path)]
 
 
-def run_probes(config: Config, backend: str, kernel: KernelContext) -> list[Probe]:
-    """The netfilter probes of a run (none when --filter-trace-netfilter leaves them off)."""
+def run_probes(config: Config, backend: str, kernel: KernelContext, show: bool = True) -> list[Probe]:
+    """The netfilter probes of a run: shown when --filter-trace-netfilter (and ``show``, False when the run
+    prints no events) says so, the others keeping drop-attribution state only; none with ``false`` or without
+    netfilter links."""
     mode = config.filter.trace_netfilter
-    if not enabled(mode, backend, kernel):
+    shown = enabled(mode, backend, kernel) and show
+    if not shown and not attributes(mode, kernel):
         return []
     found = namespaces(config)
     if not found:
@@ -133,4 +164,12 @@ def run_probes(config: Config, backend: str, kernel: KernelContext) -> list[Prob
         if mode == "true":
             raise UserError(f"--filter-trace-netfilter: {why} (give --filter-netns as a path)")
         log.debug("netfilter hooks not observed: %s", why)
-    return probes_for(points(found), config.filter.func_allowed)
+    allowed = config.filter.func_allowed if shown else (lambda _: False)
+    return probes_for(points(found), allowed, keep_state=True)
+
+
+def constants(plan: Sequence[Probe], reasons: Mapping[int, str]) -> dict[str, int]:
+    """The kernel constants of drop attribution: on when the plan has netfilter points, and the value of
+    ``NETFILTER_DROP`` on this kernel (0: it has none, nothing is looked up)."""
+    value = next((v for v, name in reasons.items() if name == DROP_REASON), 0)
+    return {"cfg_nf_attrib": int(any(p.kind == "nf_hook" for p in plan)), "cfg_nf_drop_reason": value}

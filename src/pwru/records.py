@@ -30,6 +30,8 @@ PROBE_KIND_ENUM = "pwru_probe_kind"
 HEADER_STRUCT = "record_header"
 RECORD_PREFIX = "PWRU_RECORD_"
 PROBE_PREFIX = "PWRU_PROBE_"
+VERDICT_ENUM = "pwru_verdict"
+VERDICT_PREFIX = "PWRU_VERDICT_"
 
 
 class LayoutError(ValueError):
@@ -220,6 +222,10 @@ class Schema:
         self.header = RecordLayout(spec, HEADER_STRUCT)
         self.types: dict[str, int] = _enum_members(spec, RECORD_TYPE_ENUM, RECORD_PREFIX)
         self.probe_kinds: dict[str, int] = _enum_members(spec, PROBE_KIND_ENUM, PROBE_PREFIX)
+        #: ``enum pwru_verdict``: how an skb ended (--summary), lower-cased without the prefix.
+        self.verdicts: dict[str, int] = {}
+        if spec.find(VERDICT_ENUM, btf.Kind.ENUM):
+            self.verdicts = _enum_members(spec, VERDICT_ENUM, VERDICT_PREFIX)
         self.layouts: dict[int, RecordLayout] = {}
         for name, value in self.types.items():
             layout = RecordLayout(spec, name)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import backends, discovery, flags, netfilter, resolve, tracking
+from pwru import backends, discovery, flags, netfilter, resolve, summary, tracking
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
@@ -355,7 +355,7 @@ def run(config: Config) -> int:
         skb_probes, track_probes = tracking.probes(
             config, backend, kernel, backends.skb_probes(backend, targets, set(obj.programs), kernel)
         )
-        plan.add(skb_probes)
+        plan.add(summary.mark_ends(skb_probes, schema.verdicts))
         plan.add(nf_probes)
         plan.add(track_probes)
         ensure_fd_limit(plan)
@@ -364,7 +364,7 @@ def run(config: Config) -> int:
         try:
             stopper = Stopper()
             with stopper.installed():
-                constants = flags.constants(config) | spliced
+                constants = flags.constants(config) | spliced | netfilter.constants(plan.probes, reasons)
                 coll = Collection(obj, kernel_btf=kernel.spec, constants=constants)
                 try:
                     loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready)
@@ -408,16 +408,16 @@ def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
             why = "; ".join(f"{p.display_name}: {reason}" for p, reason in att.ignored[:3])
             raise UserError(f"could not attach to anything ({backend}): {why}", exit_code=1)
         ignored = [(p, why) for p, why in att.ignored if p.shows]
-        print(f"Attached {counted(plan, shown)} (ignored {len(ignored)})", file=sys.stderr)
+        print(f"Attached {counted(Plan(shown))} (ignored {len(ignored)})", file=sys.stderr)
         for p, why in ignored:
             log.debug("ignored %s: %s", p.display_name, why)
         _warn_kinds_all_ignored(plan, shown, ignored)
         keepers = sorted({f"{p.display_name}({p.attach.value})" for p in att.attached if not p.shows})
         if keepers:
-            log.debug("skb tracking probes: %s", " ".join(keepers))
+            log.debug("probes keeping kernel state only: %s", " ".join(keepers))
         for p, why in att.ignored:
-            if not p.shows:  # a hole in what tracking sees: say so, it changes what the output means
-                log.warning("skb tracking: could not attach %s (%s): %s", p.display_name, p.attach.value, why)
+            if not p.shows:  # a hole in what tracking (or attribution) sees: say so, it changes what output means
+                log.warning("%s: could not attach %s (%s): %s", _keeps(p), p.display_name, p.attach.value, why)
         if backend != "tracepoint" or config.output.stack or config.output.caller:
             kernel.kallsyms.preload()  # function names for the events, read while waiting for the first ones
         pipeline, limit, printed = make_pipeline(config, kernel, coll, plan, run.schema, run.reasons, run.sink)
@@ -425,6 +425,11 @@ def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
     finally:
         _finish(run, att, pipeline, printed, attach_time)
     return 0
+
+
+def _keeps(p: Probe) -> str:
+    """What a probe that shows nothing keeps (for the warning when it cannot be attached)."""
+    return "netfilter drop attribution" if p.kind == "nf_hook" else "skb tracking"
 
 
 def _warn_kinds_all_ignored(plan: Plan, shown: list[Probe], ignored: list[tuple[Probe, str]]) -> None:

@@ -7,11 +7,13 @@ NETFILTER_DROP at its hook; a datagram read by a process is delivered to that pr
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 
 import pytest
 
+from pwru.explain import explain
 from tests.e2e.conftest import Netns, PwruRun, tcp_connect, udp_send
 
 pytestmark = pytest.mark.root
@@ -20,6 +22,11 @@ pytestmark = pytest.mark.root
 #: host's kernel, so its journey is printed after it.
 TIMEOUT_MS = 300
 BLOCK = re.compile(r"^journey \d+", re.M)
+
+
+def port() -> int:
+    """A port of the test's own: other tests on this machine send to the same addresses in their namespaces."""
+    return random.randrange(20000, 60000)
 
 
 def resolved(a: Netns, b: Netns) -> None:
@@ -51,17 +58,22 @@ def test_datagram_to_a_closed_port_is_one_block_ending_in_no_socket(
 ) -> None:
     a, b = veth_pair
     resolved(a, b)
-    run = traced(pwru, "udp and dst port 9999")
-    udp_send(a, "10.99.0.2", 9999)
+    p = port()
+    run = traced(pwru, f"udp and dst port {p}")
+    udp_send(a, "10.99.0.2", p)
     finish(run)
     blocks = BLOCK.findall(run.stdout)
     assert len(blocks) == 1, run.stdout
     lines = run.stdout.rstrip("\n").splitlines()
     verdict = [i for i, line in enumerate(lines) if line.startswith("  verdict: ")]
     assert len(verdict) == 1, run.stdout
-    drop = r"  verdict: dropped at __udp[46]_lib_rcv\+0x[0-9a-f]+: SKB_DROP_REASON_NO_SOCKET "
-    assert re.match(drop, lines[verdict[0]]), lines[verdict[0]]
-    assert "10.99.0.1:" in lines[0] and "->10.99.0.2:9999(udp)" in lines[0], lines[0]
+    pattern = r"  verdict: dropped at (__udp[46]_lib_rcv\+0x[0-9a-f]+): SKB_DROP_REASON_NO_SOCKET "
+    drop = re.match(pattern, lines[verdict[0]])
+    assert drop, lines[verdict[0]]
+    explained = explain("SKB_DROP_REASON_NO_SOCKET", drop.group(1))
+    assert explained is not None and "listens" in explained.text
+    assert lines[verdict[0] + 1] == f"    {explained.text}" and lines[verdict[0] + 2] == f"    next: {explained.check}"
+    assert "10.99.0.1:" in lines[0] and f"->10.99.0.2:{p}(udp)" in lines[0], lines[0]
     # Both ends' devices are hops, in order, each with the time since the previous one.
     hops = [line for line in lines[1 : verdict[0]] if re.match(r"\s+\+\d", line)]
     assert any("a0:" in h for h in hops) and any("b0:" in h for h in hops), run.stdout
@@ -74,11 +86,12 @@ def test_dnat_then_firewall_drop_shows_the_nat_change_and_the_hook(
 ) -> None:
     a, b = veth_pair
     resolved(a, b)
-    b.exec("iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080",
-           "-j", "DNAT", "--to-destination", "10.99.0.2:9090")  # fmt: skip
-    b.exec("iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9090", "-j", "DROP")
-    run = traced(pwru, "--output-json", "--filter-trace-netfilter=true", "tcp and dst port 8080")
-    tcp_connect(a, "10.99.0.2", 8080, timeout=0.5)  # one SYN: the first retransmission is due after 1 s
+    before, after = port(), port()
+    b.exec("iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", str(before),
+           "-j", "DNAT", "--to-destination", f"10.99.0.2:{after}")  # fmt: skip
+    b.exec("iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(after), "-j", "DROP")
+    run = traced(pwru, "--output-json", "--filter-trace-netfilter=true", f"tcp and dst port {before}")
+    tcp_connect(a, "10.99.0.2", before, timeout=0.5)  # one SYN: the first retransmission is due after 1 s
     finish(run)
     found = journeys(run)
     assert found, run.stdout + run.stderr
@@ -86,13 +99,14 @@ def test_dnat_then_firewall_drop_shows_the_nat_change_and_the_hook(
     changed = [h for h in j["hops"] if "tuple_before" in h]  # type: ignore[union-attr]
     assert len(changed) == 1, j
     hop = changed[0]
-    assert hop["tuple_before"]["dport"] == 8080 and hop["tuple"]["dport"] == 9090, hop
+    assert hop["tuple_before"]["dport"] == before and hop["tuple"]["dport"] == after, hop
     # DNAT runs in PREROUTING (nat, priority -100): between the hook's first and last points.
     assert hop["func"] == "nf:PREROUTING@last", hop
     assert hop["iface"].startswith("b0:"), hop
     v = j["verdict"]
     assert v["verdict"] == "dropped" and v["reason"] == "SKB_DROP_REASON_NETFILTER_DROP", v  # type: ignore[index]
     assert v["nf_hook"] == "INPUT", v  # type: ignore[index]
+    assert v["explanation"] and v["check"], v  # type: ignore[index]
     assert j["end"] == "freed", j
 
 
@@ -108,13 +122,13 @@ def test_datagram_read_by_a_process_is_delivered_to_it(pwru: object, veth_pair: 
     reader = b.python_background(
         "import socket\n"
         "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        "s.bind(('10.99.0.2', 9998))\n"
+        f"s.bind(('10.99.0.2', {(p := port())}))\n"
         "print('ready', flush=True)\n"
         "s.recv(65536)\n"
     )
     try:
-        run = traced(pwru, "--output-json", "udp and dst port 9998")
-        udp_send(a, "10.99.0.2", 9998, payload=b"x" * 30000)
+        run = traced(pwru, "--output-json", f"udp and dst port {p}")
+        udp_send(a, "10.99.0.2", p, payload=b"x" * 30000)
         assert reader.wait(timeout=10) == 0
         finish(run)
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pwru import config as cfg
-from pwru import flags, netns, resolve
+from pwru import flags, netfilter, netns, resolve
 from pwru.config import Config, FilterConfig, OutputConfig
 from pwru.errors import UserError
 
@@ -123,10 +123,13 @@ def test_constants_exist_in_the_bpf_program() -> None:
     declared = set(re.findall(r"const volatile \w+ (cfg_\w+)", BPF_SOURCE.read_text()))
     names = set(flags.constants(Config()))
     assert names <= declared
-    # The rest come with the spliced filters (cfg_has_*pcap*, from run.build_object) or are set per attached
-    # program (cfg_tp_*, cfg_probe_id, cfg_ret_pos).
+    # The rest come with the spliced filters (cfg_has_*pcap*, from run.build_object), with the plan's netfilter
+    # points (netfilter.constants) or are set per attached program (cfg_tp_*, cfg_probe_id, cfg_ret_pos,
+    # cfg_nf_point, cfg_emit for probes that keep state only).
     spliced = {"cfg_has_pcap", "cfg_has_tunnel_pcap_l2", "cfg_has_tunnel_pcap_l3"}
-    assert {n for n in declared - names if not n.startswith("cfg_tp_")} == spliced | {"cfg_probe_id", "cfg_ret_pos"}
+    nf = set(netfilter.constants([], {}))
+    per_load = {"cfg_probe_id", "cfg_ret_pos", "cfg_nf_point", "cfg_emit"}
+    assert {n for n in declared - names if not n.startswith("cfg_tp_")} == spliced | nf | per_load
 
 
 def test_help_is_grouped_in_table_order() -> None:

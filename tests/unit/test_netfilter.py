@@ -182,7 +182,11 @@ def test_executor_loads_per_point_name_and_links_inside_each_netns(monkeypatch: 
     firsts = sorted({names.index(n) for n in names[1:]})
     assert len(firsts) == 10 and len(coll.loads) == 10
     loads = sorted(coll.loads, key=lambda p: p.load["constants"]["cfg_probe_id"])
-    assert [p.load["constants"] for p in loads] == [{"cfg_probe_id": i} for i in firsts]
+    points = [netfilter.POINT_CONSTANTS[plan.probes[i].netfilter.priority] for i in firsts]  # type: ignore[union-attr]
+    assert points == [1, 2] * 5  # first, last: remember and forget the skb's hook
+    assert [p.load["constants"] for p in loads] == [
+        {"cfg_probe_id": i, "cfg_nf_point": pt} for i, pt in zip(firsts, points, strict=True)
+    ]
     assert {(p.load["prog_type"], p.load["expected_attach_type"]) for p in loads} == {
         (ProgType.NETFILTER, AttachType.NETFILTER)
     }
@@ -212,3 +216,63 @@ def test_executor_ignores_what_cannot_load_or_enter(monkeypatch: pytest.MonkeyPa
     assert len(ctx.att.ignored) == 22
     assert ctx.att.attached == [p for i, p in enumerate(plan.probes[:20]) if i not in refused]
     assert all(p.closed for p in coll.loads)
+
+
+# --- drop attribution -----------------------------------------------------------------------------------------
+
+
+def test_points_left_out_keep_the_attribution_state_only() -> None:
+    pts = netfilter.points([A])
+    ps = netfilter.probes_for(pts, FilterConfig(func=re.compile(r"nf:INPUT@.*")).func_allowed, keep_state=True)
+    assert len(ps) == len(pts)  # every point attached: a drop at any hook can be named
+    shown = [p for p in ps if p.shows]
+    assert {p.display_name for p in shown} == {"nf:INPUT@first", "nf:INPUT@last"}
+    assert all("cfg_emit" not in p.constants for p in shown)
+    hidden = [p for p in ps if not p.shows]
+    assert len(hidden) == len(pts) - 4 and all(p.constants["cfg_emit"] == 0 for p in hidden)
+    first = netfilter.PRIORITIES["first"]
+    assert {(p.netfilter.priority == first, p.constants["cfg_nf_point"]) for p in ps if p.netfilter} == {
+        (True, 1), (False, 2)
+    }
+
+
+@pytest.mark.parametrize(
+    ("mode", "backend", "available", "shown", "hidden"),
+    [
+        ("auto", "tracepoint", True, 20, 0),
+        ("auto", "kprobe-multi", True, 0, 20),  # function backends: kept for attribution, not shown
+        ("auto", "fentry", False, 0, 0),
+        ("true", "kprobe", True, 20, 0),
+        ("false", "tracepoint", True, 0, 0),
+    ],
+)
+def test_run_probes_shown_or_kept(
+    monkeypatch: pytest.MonkeyPatch, mode: str, backend: str, available: bool, shown: int, hidden: int
+) -> None:
+    monkeypatch.setattr(netns, "all_netns", lambda: [A])
+    ps = netfilter.run_probes(_config(trace_netfilter=mode), backend, Kernel(available))  # type: ignore[arg-type]
+    assert (sum(p.shows for p in ps), sum(not p.shows for p in ps)) == (shown, hidden)
+
+
+def test_run_probes_without_events_keep_state_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netns, "all_netns", lambda: [A])
+    ps = netfilter.run_probes(_config(), "tracepoint", Kernel(True), show=False)  # type: ignore[arg-type]
+    assert len(ps) == 20 and not any(p.shows for p in ps)
+
+
+def test_attribution_constants() -> None:
+    nf = netfilter.probes_for(netfilter.points([A]))
+    tp = [Probe("tracepoint", "kfree_skb", "tp_skb", Attach.TP_BTF)]
+    reasons = {2: "SKB_DROP_REASON_NOT_SPECIFIED", 9: "SKB_DROP_REASON_NETFILTER_DROP"}
+    assert netfilter.constants(tp + nf, reasons) == {"cfg_nf_attrib": 1, "cfg_nf_drop_reason": 9}
+    assert netfilter.constants(tp, reasons) == {"cfg_nf_attrib": 0, "cfg_nf_drop_reason": 9}
+    assert netfilter.constants(tp + nf, {})["cfg_nf_drop_reason"] == 0  # a kernel without the reason
+
+
+def test_hook_names_agree_with_the_output_names() -> None:
+    from pwru.output import fields
+
+    assert {num: fields.nf_hook_name(num) for num in netfilter.HOOKS.values()} == netfilter.HOOK_NAMES
+    assert [fields.nf_family_name(pf) for pf in netfilter.FAMILIES] == ["ipv4", "ipv6"]
+    assert fields.nf_text(NFPROTO_IPV6, NF_INET_FORWARD) == "ipv6/FORWARD"
+    assert fields.nf_text(0, -1) == "" and fields.nf_text(0, 1) == ""

@@ -62,6 +62,13 @@ def test_drop_reason_and_location() -> None:
     assert d["location"] == "__udp4_lib_rcv+0x5b1"
 
 
+def test_netfilter_drop_hook_keys() -> None:
+    d = _one(OutputConfig(), probe_kind=INDEX, probe=7, reason=2, location=0xA000, nf_pf=2, nf_hook=3)
+    assert (d["nf_family"], d["nf_hook"]) == ("ipv4", "OUTPUT")
+    assert d["func"] == "tp:kfree_skb(SKB_DROP_REASON_NO_SOCKET)"  # pwru's key keeps its meaning
+    assert "nf_hook" not in _one(OutputConfig(), probe_kind=INDEX, probe=7, reason=2, nf_hook=-1)
+
+
 def test_ipv6_icmp_and_non_ip() -> None:
     d = _one(OutputConfig(), l3_proto=0x86DD, l4_proto=58, saddr=v6("fd00::1"), daddr=v6("fd00::2"))
     assert d["tuple"] == {"saddr": "fd00::1", "daddr": "fd00::2", "proto": 58}
@@ -109,3 +116,12 @@ def test_tunnel_tuple() -> None:
     assert "tunnel_tuple" not in _one(OutputConfig(tunnel=True))  # no inner packet
     d = _one(OutputConfig(tunnel=True, tuple=False), **{**VXLAN, **tunnel(l4_proto=1)})
     assert "tuple" not in d and d["tunnel_tuple"] == {"saddr": "192.168.99.1", "daddr": "192.168.99.2", "proto": 1}
+
+
+def test_explanation_key_with_output_explain() -> None:
+    d = _one(OutputConfig(explain=True), probe_kind=INDEX, probe=7, reason=6, nf_pf=10, nf_hook=1)
+    expl = d["explanation"]
+    assert isinstance(expl, dict) and set(expl) == {"text", "check"}
+    assert "INPUT chain" in expl["text"] and "ip6tables -S INPUT" in expl["check"]
+    assert "explanation" not in _one(OutputConfig(), probe_kind=INDEX, probe=7, reason=6)
+    assert "explanation" not in _one(OutputConfig(explain=True))

@@ -232,6 +232,15 @@ def test_tracepoint_drop_with_location() -> None:
     assert line.endswith(" tp:kfree_skb(SKB_DROP_REASON_NO_SOCKET) at __udp4_lib_rcv+0x5b1")
 
 
+def test_netfilter_drop_names_its_hook_after_the_location() -> None:
+    f = TextFormatter(OutputConfig(), FakeNames())
+    e = make_event(probe_kind=INDEX, probe=7, reason=2, location=0xA000, nf_pf=2, nf_hook=1)
+    assert fmt(f, e).endswith(" at __udp4_lib_rcv+0x5b1 nf=ipv4/INPUT")
+    again = fmt(f, make_event(probe_kind=INDEX, probe=7, reason=2, location=0xA000, nf_pf=10, nf_hook=3))
+    assert again.endswith(" nf=ipv6/OUTPUT")  # the hook is part of the FUNC piece's cache key
+    assert " nf=" not in fmt(f, make_event(probe_kind=INDEX, probe=7, reason=2, location=0xA000, nf_hook=-1))
+
+
 def test_unknown_reason_shows_number() -> None:
     line = fmt(TextFormatter(OutputConfig(), FakeNames()), make_event(probe=0x2000, reason=999))
     assert line.endswith(" kfree_skb_reason(999)")
@@ -332,3 +341,19 @@ def test_tunnel_after_caller_and_ipv6_inner() -> None:
     e = {**VXLAN, "caller": 0xB000, **tunnel(saddr=v6("fd77::1"), daddr=v6("fd77::2"), l3_proto=0x86DD, l4_proto=58)}
     func, caller = "ip_local_out".ljust(FUNC_WIDTH), "ip_finish_output2+0x1c".ljust(CALLER_WIDTH)
     assert fmt(f, e).endswith(f" {func} {caller} [fd77::1]->[fd77::2](icmp6)")
+
+
+def test_explain_line_after_each_drop() -> None:
+    f = TextFormatter(OutputConfig(explain=True), FakeNames())
+    udp = fmt(f, make_event(probe_kind=INDEX, probe=7, reason=2, location=0xA000)).split("\n")
+    assert len(udp) == 2 and udp[0].endswith(" at __udp4_lib_rcv+0x5b1")
+    assert udp[1].startswith("  explain: no socket wanted it: nothing listens on that UDP port")
+    assert "; check: list the UDP listeners" in udp[1]
+    tcp = fmt(f, make_event(probe_kind=INDEX, probe=7, reason=2, location=0xC000)).split("\n")
+    assert "TCP port" in tcp[1]  # the explanation follows the location: part of the cache key
+    nf = fmt(f, make_event(probe_kind=INDEX, probe=7, reason=6, location=0xA000, nf_pf=2, nf_hook=3)).split("\n")
+    assert "OUTPUT chain" in nf[1] and "iptables -S OUTPUT" in nf[1]
+    assert "\n" not in fmt(f, make_event())  # not a drop
+    assert "\n" not in fmt(f, make_event(probe=0x2000, reason=999))  # a reason the table does not know
+    off = TextFormatter(OutputConfig(), FakeNames())
+    assert "\n" not in fmt(off, make_event(probe_kind=INDEX, probe=7, reason=2, location=0xA000))

@@ -57,6 +57,16 @@ const volatile __u64 cfg_probe_id = 0;        /* tp_btf, netfilter: header.probe
 const volatile __u8 cfg_tp_frees = 0;         /* tp_btf: the tracepoint marks its skb's end (kfree_skb, consume_skb) */
 const volatile __u8 cfg_output_journey = 0;  /* --output-journey: send struct skb_copy records */
 const volatile __u32 cfg_ret_pos = 0;         /* fexit: 1-based ctx slot of the return value (argument count + 1) */
+const volatile __u8 cfg_tp_verdict = 0;       /* tp_btf: the tracepoint ends its skb with this enum pwru_verdict */
+const volatile __u8 cfg_emit = 1;             /* 0: the program writes no event (kernel state only, or counts only) */
+/* Netfilter drop attribution: nf_skb at a hook's first point remembers (pf, hook) for the skb, at its last
+ * forgets it; a drop with reason cfg_nf_drop_reason (SKB_DROP_REASON_NETFILTER_DROP's value on this kernel, 0:
+ * none) looks it up. */
+const volatile __u8 cfg_nf_attrib = 0;        /* the netfilter points are attached: look drops up */
+const volatile __u32 cfg_nf_drop_reason = 0;
+const volatile __u8 cfg_nf_point = 0;         /* netfilter, per load: NF_POINT_FIRST or NF_POINT_LAST */
+#define NF_POINT_FIRST 1
+#define NF_POINT_LAST 2
 /* tp_btf caller: kernel stack frames before the function that fired the tracepoint: the stack is
  * [this program, bpf_trace_run<N>, function with the tracepoint, ...]. */
 #define TP_CALLER_SKIP 2
@@ -136,12 +146,31 @@ struct {
 	__type(value, struct stash_value);
 } stash SEC(".maps");
 
+/* ---- netfilter drop attribution ----
+ * nf_where: skb address -> the hook it is inside (between the hook's first and last points). An entry lives
+ * from the first point to the last one, or to the skb's end (deleted at the free tracepoints when they are
+ * attached); an LRU map, so entries of skbs a hook stole (NF_STOLEN, NF_QUEUE) and never freed in sight make
+ * room for new ones instead of filling it. */
+struct nf_where {
+	__u8 pf;   /* NFPROTO_* */
+	__u8 hook; /* NF_INET_* */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct nf_where);
+} nf_where SEC(".maps");
+
 /* Keep the record types and layouts in the object's BTF for user space's decoder (null constants in .rodata,
  * never read). */
 const enum pwru_record_type *const pwru_record_types = 0;
 const enum pwru_probe_kind *const pwru_probe_kinds = 0;
 const struct event *const pwru_event_layout = 0;
 const struct skb_copy *const pwru_skb_copy_layout = 0;
+const enum pwru_verdict *const pwru_verdicts = 0;
+const struct summary_key *const pwru_summary_key_layout = 0;
 
 /* ---- packet filter stubs ---- */
 /*
@@ -525,6 +554,30 @@ selected:
 	return true;
 }
 
+/* ---- netfilter drop attribution ---- */
+/* The hook of a netfilter drop: *pf = NFPROTO_*, *hook = NF_INET_*; 0 and -1 when not one or unknown. */
+static __always_inline void nf_drop_hook(__u64 skb, __s64 reason, __u8 *pf, __s8 *hook)
+{
+	struct nf_where *w;
+
+	*pf = 0;
+	*hook = -1;
+	if (!cfg_nf_attrib || !cfg_nf_drop_reason || reason != cfg_nf_drop_reason)
+		return;
+	w = bpf_map_lookup_elem(&nf_where, &skb);
+	if (!w)
+		return;
+	*pf = w->pf;
+	*hook = w->hook;
+}
+
+/* An skb's end: no later skb at its address inherits its hook (a lookup first: it takes no lock). */
+static __always_inline void nf_forget(__u64 skb)
+{
+	if (cfg_nf_attrib && bpf_map_lookup_elem(&nf_where, &skb))
+		bpf_map_delete_elem(&nf_where, &skb);
+}
+
 /* ---- the shared handler ---- */
 /* Reserve, fill and submit the event of an skb already selected. */
 static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
@@ -551,6 +604,7 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 	ev->hdr.probe_kind = probe_kind;
 	ev->location = location;
 	ev->reason = reason;
+	nf_drop_hook((__u64)skb, reason, &ev->nf_pf, &ev->nf_hook);
 	ev->cpu = bpf_get_smp_processor_id();
 	if (mode == CALLER_NONE) {
 		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -586,7 +640,7 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 static __always_inline int handle_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
 				      __u64 location, enum caller_mode mode)
 {
-	if (!skb || !skb_selected(skb, true))
+	if (!skb || !skb_selected(skb, true) || !cfg_emit)
 		return 0;
 	return emit_skb(ctx, skb, probe, probe_kind, reason, location, mode);
 }
@@ -674,11 +728,27 @@ FENTRY_SKB_REASON(2, 3)
 #define NF_ACCEPT 1
 
 /* Attached at the first and last priority of each IPv4/IPv6 hook, in each netns; the probe id (cfg_probe_id)
- * names the point. It observes only: whatever the filters say, the packet goes on. */
+ * names the point. It observes only: whatever the filters say, the packet goes on. A selected skb's hook is
+ * remembered from the first point to the last (nf_where), so a drop in between names its hook; with cfg_emit
+ * 0 the point keeps that state only and shows no event. */
 SEC("netfilter")
 int nf_skb(struct bpf_nf_ctx *ctx)
 {
-	handle_skb(ctx, ctx->skb, cfg_probe_id, PWRU_PROBE_INDEX, -1, 0, CALLER_NONE);
+	struct sk_buff *skb = ctx->skb;
+	__u64 addr = (__u64)skb;
+
+	if (!skb || !skb_selected(skb, true))
+		return NF_ACCEPT;
+	if (cfg_nf_point == NF_POINT_FIRST) {
+		const struct nf_hook_state *state = ctx->state;
+		struct nf_where w = {.pf = BPF_CORE_READ(state, pf), .hook = BPF_CORE_READ(state, hook)};
+
+		bpf_map_update_elem(&nf_where, &addr, &w, BPF_ANY);
+	} else if (cfg_nf_point == NF_POINT_LAST) {
+		bpf_map_delete_elem(&nf_where, &addr);
+	}
+	if (cfg_emit)
+		emit_skb(ctx, skb, cfg_probe_id, PWRU_PROBE_INDEX, -1, 0, CALLER_NONE);
 	return NF_ACCEPT;
 }
 
@@ -714,6 +784,8 @@ int tp_skb(__u64 *ctx)
 	__u64 location = tp_arg(ctx, cfg_tp_location_pos, 0);
 
 	handle_skb(ctx, skb, cfg_probe_id, PWRU_PROBE_INDEX, reason, location, CALLER_TP);
+	if (cfg_tp_verdict && skb)
+		nf_forget((__u64)skb);
 	if (cfg_tp_frees && skb)
 		untrack((__u64)skb); /* after its event: the drop is shown for a tracked skb too */
 	return 0;
@@ -728,8 +800,10 @@ int tp_skb_free(__u64 *ctx)
 {
 	__u64 skb = tp_arg(ctx, cfg_tp_skb_pos, 0);
 
-	if (skb)
+	if (skb) {
 		untrack(skb);
+		nf_forget(skb);
+	}
 	return 0;
 }
 

@@ -66,6 +66,28 @@ struct event {
 	struct skb_meta meta;
 	struct skb_tuple tuple;
 	struct skb_tuple tunnel; /* the inner packet's tuple (--output-tunnel); flattened as tunnel_saddr, ... */
+	/* A netfilter drop (reason NETFILTER_DROP): the hook that dropped it, from the netfilter observation points */
+	__u8 nf_pf;   /* NFPROTO_* (2 ipv4, 10 ipv6), 0 when unknown */
+	__s8 nf_hook; /* NF_INET_* hook number (0 PREROUTING .. 4 POSTROUTING), -1 when not a netfilter drop or unknown */
+	__u8 pad_nf[6];
+};
+
+/* How an skb ended, for --summary (struct summary_key.verdict). */
+enum pwru_verdict {
+	PWRU_VERDICT_DROPPED = 1,  /* kfree_skb tracepoint: freed with a drop reason */
+	PWRU_VERDICT_CONSUMED = 2, /* consume_skb tracepoint: freed after use (delivered, sent, merged) */
+};
+
+/* --summary: the key of the kernel's count map (a per-CPU hash: key -> number of skb ends). Not a record:
+ * user space reads the map at exit and every --summary-interval. Consumed ends have reason, location and nf_*
+ * zero (-1 for nf_hook); a netfilter drop with a known hook has location 0 (the hook names where). */
+struct summary_key {
+	__u64 location; /* drop location (the kfree_skb tracepoint's return address), 0 when none or by hook */
+	__u32 reason;   /* drop reason, 0xffffffff when the kernel reports none */
+	__u8 verdict;   /* enum pwru_verdict */
+	__u8 nf_pf;     /* as struct event's */
+	__s8 nf_hook;
+	__u8 pad;
 };
 
 /* A tracked skb was cloned or copied, or replaced by a new one (veth's rebuild for XDP), and the new skb joins

@@ -132,8 +132,11 @@ struct task_struct {
 	char comm[16]; /* TASK_COMM_LEN */
 } __core;
 
-/* Netfilter BPF programs' context (kernel >= 6.4); the hook state is not read (the attach point is known). */
-struct nf_hook_state;
+/* Netfilter BPF programs' context (kernel >= 6.4, where hook and pf are both u8). */
+struct nf_hook_state {
+	__u8 hook; /* NF_INET_* */
+	__u8 pf;   /* NFPROTO_* */
+} __core;
 
 struct bpf_nf_ctx {
 	const struct nf_hook_state *state;
@@ -193,8 +196,10 @@ struct udphdr {
 /* UAPI values (stable ABI). */
 enum bpf_map_type {
 	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_STACK_TRACE = 7,
+	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 
@@ -205,6 +210,7 @@ enum bpf_func_id {
 
 enum {
 	BPF_ANY = 0,
+	BPF_NOEXIST = 1,
 };
 
 enum {

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from pwru.explain import Explanation, explain
 from pwru.output.names import Names, sanitize, shorten_left
 from pwru.records import Record, RecordLayout
 
@@ -109,6 +110,48 @@ def func_text(event: Record, names: Names) -> str:
     return name
 
 
+#: Netfilter families (NFPROTO_*) and hooks (NF_INET_*) by number, for a netfilter drop's hook
+#: (``struct event``'s ``nf_pf``/``nf_hook``); the hooks by their iptables chain names.
+NF_FAMILIES = {1: "inet", 2: "ipv4", 3: "arp", 5: "netdev", 7: "bridge", 10: "ipv6"}
+NF_HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+
+
+def nf_family_name(pf: int) -> str:
+    """``ipv4``, ``ipv6``, ... or the number."""
+    return NF_FAMILIES.get(pf, str(pf))
+
+
+def nf_hook_name(hook: int) -> str:
+    """``PREROUTING`` .. ``POSTROUTING`` or the number."""
+    return NF_HOOKS[hook] if 0 <= hook < len(NF_HOOKS) else str(hook)
+
+
+def nf_known(pf: int, hook: int) -> bool:
+    """Whether an event's ``nf_pf``/``nf_hook`` name a hook (the kernel leaves 0/-1 when they do not)."""
+    return pf != 0 and hook >= 0
+
+
+def nf_text(pf: int, hook: int) -> str:
+    """``ipv4/INPUT``: the hook of a netfilter drop; empty when it is not one."""
+    return f"{nf_family_name(pf)}/{nf_hook_name(hook)}" if nf_known(pf, hook) else ""
+
+
+def explanation_of(event: Record, names: Names) -> Explanation | None:
+    """The explanation of a drop event's reason (refined by its location and netfilter hook); None for an event
+    without a reason, or a reason the table does not know (``SKB_CONSUMED``, a subsystem's own)."""
+    if event.reason < 0:
+        return None
+    reason = names.reason_name(event.reason)
+    if not reason:
+        return None
+    return explain(reason, location_text(event, names) or None, nf_text(event.nf_pf, event.nf_hook) or None)
+
+
+def explanation_text(e: Explanation) -> str:
+    """--output-explain's line after a drop (text output): indented, so it never reads as an event."""
+    return sanitize(f"  explain: {e.text}; check: {e.check}")
+
+
 def location_text(event: Record, names: Names) -> str:
     """Where the kernel dropped the packet (``__udp4_lib_rcv+0x5b1``), empty when unknown."""
     return sanitize(names.symbol(event.location)) if event.location else ""
@@ -156,7 +199,7 @@ class Timestamps:
 
 
 #: The per-probe fields the fast paths unpack from every record, in this order.
-PROBE_FIELDS = ("ts", "skb", "probe", "probe_kind", "caller", "location", "reason")
+PROBE_FIELDS = ("ts", "skb", "probe", "probe_kind", "caller", "location", "reason", "nf_pf", "nf_hook")
 
 Spans = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pwru.config import OutputConfig
+from pwru.explain import explain
 from pwru.output import fields, verdict
 from pwru.output.names import Names, sanitize
 from pwru.output.sink import Sink
@@ -51,13 +52,10 @@ class Explained(Protocol):
     def check(self) -> str: ...
 
 
-#: ``explain(reason, location, nf_hook)`` (:func:`pwru.explain.explain`).
+#: ``explain(reason, location, nf_hook)`` (:func:`pwru.explain.explain`, the default).
 Explainer = Callable[[str, "str | None", "str | None"], "Explained | None"]
 
 
-def no_explanations(reason: str, location: str | None = None, nf_hook: str | None = None) -> Explained | None:
-    """An explainer that has none."""
-    return None
 
 
 @dataclass
@@ -71,6 +69,7 @@ class Verdict:
     process: str = ""  # delivered: the reading process
     device: str = ""  # sent: the device
     nf_hook: str = ""  # NETFILTER_DROP: the hook
+    nf_family: str = ""  # and its family, when the kernel side recorded it
     explanation: Explained | None = None
     why_unknown: str = ""  # UNKNOWN: how the journey ended without an outcome
 
@@ -146,7 +145,7 @@ class JourneyOutput:
         config: OutputConfig,
         names: Names,
         sink: Sink,
-        explain: Explainer = no_explanations,
+        explain: Explainer = explain,
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self._config = config
@@ -399,8 +398,11 @@ class JourneyOutput:
             v.where = hop["location"] or hop["name"]
             v.reason = reason or ""
             if verdict.short_reason(v.reason) == verdict.NETFILTER_DROP:
-                v.nf_hook = self._nf_hook(ev) or s.nf_open or ""
-            v.explanation = self._explain(v.reason, hop["location"] or None, v.nf_hook or None)
+                v.nf_family, v.nf_hook = self._nf_hook(ev)
+                if not v.nf_hook:  # the hook entered and not left, from the journey's own netfilter points
+                    v.nf_hook = s.nf_open or ""
+            nf = f"{v.nf_family}/{v.nf_hook}" if v.nf_family else v.nf_hook
+            v.explanation = self._explain(v.reason, hop["location"] or None, nf or None)
         elif kind == verdict.DELIVERED:
             v.process = self._names.process(ev.pid, ev.comm)
         elif kind == verdict.SENT:
@@ -408,12 +410,12 @@ class JourneyOutput:
         return v
 
     @staticmethod
-    def _nf_hook(ev: Record) -> str:
-        """The hook the kernel side recorded for a netfilter drop (``nf_hook``, -1: none), when it records one."""
-        hook = getattr(ev, "nf_hook", None)
-        if not isinstance(hook, int) or hook < 0:
-            return ""
-        return verdict.NF_HOOK_NAMES.get(hook, str(hook))
+    def _nf_hook(ev: Record) -> tuple[str, str]:
+        """(family, hook) the kernel side recorded for a netfilter drop (``nf_pf``, ``nf_hook``); empty when it
+        did not (netfilter points not attached: no BPF netfilter links on this kernel)."""
+        if not fields.nf_known(ev.nf_pf, ev.nf_hook):
+            return "", ""
+        return fields.nf_family_name(ev.nf_pf), fields.nf_hook_name(ev.nf_hook)
 
     def _verdict(self, s: _Skb, end: str, why: str) -> Verdict:
         if s.outcome is not None:
@@ -472,15 +474,18 @@ class JourneyOutput:
                 lines.append(f"{'':16}netns changed: {changes['netns']} -> {h['netns']}")
         for s, v in verdicts:
             who = f" [{s.label}]" if multi else ""
-            lines += [f"  verdict{who}: " + line for line in self._verdict_lines(v)]
+            first, *more = self._verdict_lines(v)
+            lines += [f"  verdict{who}: {first}", *more]
         return "\n".join(lines) + "\n"
 
     def _verdict_lines(self, v: Verdict) -> list[str]:
         if v.kind == verdict.DROPPED:
-            hook = f" in netfilter hook {v.nf_hook}" if v.nf_hook else ""
-            lines = [f"dropped at {v.where}{hook}: {v.reason or 'no reason'} ({v.hop})"]
+            nf = f"{v.nf_family}/{v.nf_hook}" if v.nf_family else v.nf_hook
+            hook = f" in netfilter hook {nf}" if nf else ""
+            where = f"at {v.where}{hook}" if v.where != v.hop or not hook else hook.lstrip()
+            lines = [f"dropped {where}: {v.reason or 'no reason'} ({v.hop})"]
             if v.explanation is not None:
-                lines += [f"    {v.explanation.text}", f"    next: {v.explanation.check}"]
+                lines += [f"{'':4}{v.explanation.text}", f"{'':4}next: {v.explanation.check}"]
             return lines
         if v.kind == verdict.DELIVERED:
             return [f"delivered to {v.process} ({v.hop})"]
@@ -551,6 +556,8 @@ class JourneyOutput:
             d.update(location=v.where, reason=v.reason)
             if v.nf_hook:
                 d["nf_hook"] = v.nf_hook
+            if v.nf_family:
+                d["nf_family"] = v.nf_family
             if v.explanation is not None:
                 d.update(explanation=v.explanation.text, check=v.explanation.check)
         elif v.kind == verdict.DELIVERED:

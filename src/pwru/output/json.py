@@ -6,9 +6,11 @@ absolute), ``netns``, ``mark``, ``iface``, ``proto``, ``mtu``, ``len`` (--output
 {``saddr``, ``daddr``, ``sport``, ``dport``, ``proto``, ``flags``} (--output-tuple), ``tunnel_tuple`` (the
 same keys, for the inner packet of an encapsulated skb; --output-tunnel), ``stack`` (list of
 symbols, --output-stack). Additions to pwru's set: ``reason`` (drop reason name) and ``location`` (drop
-location symbol) when known. Unlike pwru (Go's omitempty) zero values are kept, so every line has the same
-keys for the same flags; ``tuple`` is left out for skbs carrying neither IPv4 nor IPv6 (``tunnel_tuple`` for
-skbs without an inner IPv4 or IPv6 packet), ``sport``/``dport``
+location symbol) when known, ``nf_family`` (``ipv4``, ``ipv6``) and ``nf_hook`` (``INPUT``, ...: the iptables
+chain name) for a drop by netfilter whose hook is known, ``explanation`` {``text``, ``check``} for a drop
+with --output-explain. Unlike pwru (Go's omitempty) zero values are kept, so
+every line has the same keys for the same flags; ``tuple`` is left out for skbs carrying neither IPv4 nor IPv6
+(``tunnel_tuple`` for skbs without an inner IPv4 or IPv6 packet), ``sport``/``dport``
 for protocols without ports, ``flags`` when no TCP flag is set. Addresses carry no brackets.
 """
 
@@ -50,7 +52,8 @@ class JsonFormatter:
         return {"cpu": event.cpu, "process": self._names.process(event.pid, event.comm)}
 
     def _func_part(self, event: Record) -> dict[str, Any]:
-        """``func``, ``reason``, ``location``: depends on addr, kind, reason and location."""
+        """``func``, ``reason``, ``location``, ``nf_family``+``nf_hook``: depends on addr, kind, reason, location,
+        nf_pf and nf_hook."""
         names = self._names
         d: dict[str, Any] = {"func": fields.func_text(event, names)}
         if event.reason >= 0:
@@ -58,6 +61,13 @@ class JsonFormatter:
         location = fields.location_text(event, names)
         if location:
             d["location"] = location
+        if fields.nf_known(event.nf_pf, event.nf_hook):
+            d["nf_family"] = fields.nf_family_name(event.nf_pf)
+            d["nf_hook"] = fields.nf_hook_name(event.nf_hook)
+        if self._config.explain:
+            e = fields.explanation_of(event, names)
+            if e is not None:
+                d["explanation"] = {"text": e.text, "check": e.check}
         return d
 
     def _caller_part(self, event: Record) -> dict[str, Any]:
@@ -143,13 +153,13 @@ class JsonFormatter:
         events = batch.of_type("event")
         for buf in events:
             ev: Record | None = None
-            ts, skb, probe, probe_kind, caller_addr, location, reason = unpack(buf)
+            ts, skb, probe, probe_kind, caller_addr, location, reason, nf_pf, nf_hook = unpack(buf)
             key = buf[p0:p1]
             proc = procs.get(key)
             if proc is None:
                 ev = decode(buf)
                 proc = remember(procs, key, _members(self._proc_part(ev)))
-            fk = (probe, probe_kind, reason, location)
+            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook)
             func = funcs.get(fk)
             if func is None:
                 ev = ev or decode(buf)

@@ -7,8 +7,9 @@ the columns after them mid-stream). TUPLE fits the longest IPv4 tuple (:func:`tu
 column follows it, :data:`FUNC_WIDTH`; CALLER, when TUNNEL follows it, :data:`CALLER_WIDTH`. A longer value (an
 IPv6 tuple, a long function name) widens its own line only, by its overflow: the columns stay separated by
 spaces and the next line is back under the header. A kfree_skb drop location is shown after the function as
-``at symbol+0xNN``. TUNNEL (--output-tunnel) ends the line: the inner packet's tuple, ``-`` for an skb without
-one. Stack frames (--output-stack) follow on their own lines.
+``at symbol+0xNN``, a netfilter drop's hook after it as ``nf=ipv4/INPUT``. TUNNEL (--output-tunnel) ends
+the line: the inner packet's tuple, ``-`` for an skb without one. With --output-explain a drop's line is followed by
+``  explain: WHAT; check: NEXT`` (:mod:`pwru.explain`). Stack frames (--output-stack) follow on their own lines.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class TextFormatter:
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
         self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {}, {})
+        self._explained: dict[Any, str] = {}  # FUNC's key -> "\n" + explanation line, "" for none
 
     def header(self) -> str:
         """The column header line (no trailing newline)."""
@@ -110,11 +112,15 @@ class TextFormatter:
         return " " + fields.tuple_text(fields.tuple_of(event, fields.TUNNEL_PREFIX), self._config.tcp_flags)
 
     def _func(self, event: Record) -> str:
-        """FUNC with drop reason and location, padded when a column follows, with its leading space: depends on
-        addr, kind, reason and location."""
+        """FUNC with drop reason, location and a netfilter drop's hook (``nf=ipv4/INPUT``), padded when a column
+        follows, with its leading space: depends on addr, kind, reason, location, nf_pf and nf_hook."""
         func = fields.func_text(event, self._names)
         location = fields.location_text(event, self._names)
-        return " " + (f"{func} at {location}" if location else func).ljust(self._func_width)
+        text = f"{func} at {location}" if location else func
+        nf = fields.nf_text(event.nf_pf, event.nf_hook)
+        if nf:
+            text += f" nf={nf}"
+        return " " + text.ljust(self._func_width)
 
     def _caller(self, event: Record) -> str:
         """CALLER, padded when TUNNEL follows, with its leading space: depends on caller only."""
@@ -147,13 +153,14 @@ class TextFormatter:
             self._layout = layout
             self._spans, self._unpack = fields.record_views(layout)
             self._stack_id = layout.unpacker("stack_id")
-            for cache in self._caches:
+            for cache in (*self._caches, self._explained):
                 cache.clear()
         (p0, p1), (m0, m1), (t0, t1), (u0, u1) = self._spans
         procs, metas, tuples, funcs, callers, tunnels = self._caches
         unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
         with_meta, with_tuple, with_caller, with_stack = c.meta, c.tuple, c.caller, c.stack
         with_tunnel = c.tunnel
+        with_explain, explained = c.explain, self._explained
         plain_head = c.timestamp == "none"
         stacks, symbol = batch.stacks, self._names.symbol
         lines: list[str] = []
@@ -161,7 +168,7 @@ class TextFormatter:
         events = batch.of_type("event")
         for buf in events:
             ev: Record | None = None
-            ts, skb, probe, probe_kind, caller_addr, location, reason = unpack(buf)
+            ts, skb, probe, probe_kind, caller_addr, location, reason, nf_pf, nf_hook = unpack(buf)
             key = buf[p0:p1]
             proc = procs.get(key)
             if proc is None:
@@ -183,7 +190,7 @@ class TextFormatter:
                     ev = ev or decode(buf)
                     cached = remember(tuples, key, self._tuple(ev))
                 tup = cached
-            fk = (probe, probe_kind, reason, location)
+            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook)
             func = funcs.get(fk)
             if func is None:
                 ev = ev or decode(buf)
@@ -204,7 +211,15 @@ class TextFormatter:
                     cached = remember(tunnels, key, self._tunnel(ev))
                 tunnel = cached
             head = f"{skb:<#18x}{proc}" if plain_head else self._head(skb, proc, ts)
-            append(f"{head}{meta}{tup}{func}{caller}{tunnel}")
+            line = f"{head}{meta}{tup}{func}{caller}{tunnel}"
+            if with_explain and reason >= 0:
+                extra = explained.get(fk)
+                if extra is None:
+                    ev = ev or decode(buf)
+                    e = fields.explanation_of(ev, self._names)
+                    extra = remember(explained, fk, "\n" + fields.explanation_text(e) if e else "")
+                line += extra
+            append(line)
         if with_stack:
             for i, buf in enumerate(events):
                 stack_id = stack_id_of(buf)[0]

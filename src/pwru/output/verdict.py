@@ -61,8 +61,6 @@ CONSUMED_REASON = "SKB_CONSUMED"
 #: The drop reason whose hook is named (with or without the ``SKB_DROP_REASON_`` prefix).
 NETFILTER_DROP = "NETFILTER_DROP"
 REASON_PREFIX = "SKB_DROP_REASON_"
-#: NF_INET_* hook numbers (include/uapi/linux/netfilter.h) by their iptables chain names.
-NF_HOOK_NAMES = {0: "PREROUTING", 1: "INPUT", 2: "FORWARD", 3: "OUTPUT", 4: "POSTROUTING"}
 #: How netfilter observation points are named (pwru.netfilter.PREFIX; ``nf:HOOK@first|last``).
 NF_PREFIX = "nf:"
 
