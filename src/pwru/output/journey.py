@@ -474,8 +474,8 @@ class JourneyOutput:
                 lines.append(f"{'':16}netns changed: {changes['netns']} -> {h['netns']}")
         for s, v in verdicts:
             who = f" [{s.label}]" if multi else ""
-            first, *more = self._verdict_lines(v)
-            lines += [f"  verdict{who}: {first}", *more]
+            head, *more = self._verdict_lines(v)
+            lines += [f"  verdict{who}: {head}", *more]
         return "\n".join(lines) + "\n"
 
     def _verdict_lines(self, v: Verdict) -> list[str]:
