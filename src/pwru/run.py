@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import backends, discovery, flags, netfilter, resolve, summary, tracking
+from pwru import backends, discovery, flags, netfilter, nf_rules, resolve, summary, tracking
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
@@ -358,6 +358,7 @@ def run(config: Config) -> int:
         plan.add(summary.mark_ends(skb_probes, schema.verdicts))
         plan.add(nf_probes)
         plan.add(track_probes)
+        plan.add(nf_rules.probes(config, backend, kernel))
         ensure_fd_limit(plan)
         reasons = discovery.drop_reasons(kernel.spec, kernel.modules())
         sink = open_sink(config)  # an --output-file that cannot be opened is said before anything is loaded
@@ -365,6 +366,7 @@ def run(config: Config) -> int:
             stopper = Stopper()
             with stopper.installed():
                 constants = flags.constants(config) | spliced | netfilter.constants(plan.probes, reasons)
+                constants |= nf_rules.constants(plan.probes)
                 coll = Collection(obj, kernel_btf=kernel.spec, constants=constants)
                 try:
                     loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready)

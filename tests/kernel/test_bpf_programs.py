@@ -48,6 +48,21 @@ def test_kprobe_loads(coll: Collection, name: str, constants: dict[str, int]) ->
     prog.close()
 
 
+#: The tracking and netfilter-table programs, with the journey's copy records and the table lookups on.
+STATE_KPROBES = ["kprobe_skb_copy_entry", "kretprobe_skb_copy", "kprobe_skb_replace_entry", "kretprobe_skb_replace",
+                 "kprobe_xt_table_skb_first", "kprobe_xt_table_priv_first", "kprobe_nft_chain",
+                 "kretprobe_nf_verdict"]  # fmt: skip
+JOURNEY = {**EVERYTHING, "cfg_track_skb": 1, "cfg_output_journey": 1, "cfg_nf_rules": 1}
+
+
+@pytest.mark.parametrize("constants", [NOTHING, JOURNEY], ids=["defaults", "journey-and-tables"])
+@pytest.mark.parametrize("name", STATE_KPROBES)
+def test_state_kprobes_load(coll: Collection, name: str, constants: dict[str, int]) -> None:
+    prog = coll.load_program(name, constants=constants)
+    assert prog.info().verified_insns > 0
+    prog.close()
+
+
 def test_kprobe_multi_attach_type_loads(coll: Collection) -> None:
     try:
         prog = coll.load_program("kprobe_skb_1", expected_attach_type=AttachType.TRACE_KPROBE_MULTI)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pwru import config as cfg
-from pwru import flags, netfilter, netns, resolve
+from pwru import flags, netfilter, netns, nf_rules, resolve
 from pwru.config import Config, FilterConfig, OutputConfig
 from pwru.errors import UserError
 
@@ -127,8 +127,9 @@ def test_constants_exist_in_the_bpf_program() -> None:
     # points (netfilter.constants) or are set per attached program (cfg_tp_*, cfg_probe_id, cfg_ret_pos,
     # cfg_nf_point, cfg_emit for probes that keep state only).
     spliced = {"cfg_has_pcap", "cfg_has_tunnel_pcap_l2", "cfg_has_tunnel_pcap_l3"}
-    nf = set(netfilter.constants([], {}))
-    per_load = {"cfg_probe_id", "cfg_ret_pos", "cfg_nf_point", "cfg_emit"}
+    nf = set(netfilter.constants([], {})) | set(nf_rules.constants([]))
+    per_load = {"cfg_probe_id", "cfg_ret_pos", "cfg_nf_point", "cfg_emit", "cfg_nf_skb_pos", "cfg_nf_priv_pos",
+                "cfg_nf_kind"}  # fmt: skip
     assert {n for n in declared - names if not n.startswith("cfg_tp_")} == spliced | nf | per_load
 
 

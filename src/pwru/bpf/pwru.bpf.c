@@ -64,6 +64,10 @@ const volatile __u8 cfg_emit = 1;             /* 0: the program writes no event 
  * none) looks it up. */
 const volatile __u8 cfg_nf_attrib = 0;        /* the netfilter points are attached: look drops up */
 const volatile __u32 cfg_nf_drop_reason = 0;
+const volatile __u8 cfg_nf_rules = 0;         /* the table/chain probes are attached: drop events look them up */
+const volatile __u32 cfg_nf_skb_pos = 0;      /* fexit_nf_verdict, per load: the skb's (nft: the pktinfo's) slot */
+const volatile __u32 cfg_nf_priv_pos = 0;     /* and the table's (nft: the chain's) */
+const volatile __u8 cfg_nf_kind = 0;          /* enum nf_walk_kind */
 const volatile __u8 cfg_nf_point = 0;         /* netfilter, per load: NF_POINT_FIRST or NF_POINT_LAST */
 #define NF_POINT_FIRST 1
 #define NF_POINT_LAST 2
@@ -162,6 +166,41 @@ struct {
 	__type(key, __u64);
 	__type(value, struct nf_where);
 } nf_where SEC(".maps");
+
+/* ---- netfilter table and chain attribution (kprobe, fentry backends) ----
+ * nf_stash: a table walk in progress (key: pid_tgid): the skb and the table (struct xt_table *) or base chain
+ * (struct nft_chain *), kept from the function's entry to its return (kprobe backends; fexit has both at once).
+ * nf_rule:  skb -> the table/chain whose verdict was DROP, taken (and deleted) by the skb's next drop event. */
+enum nf_walk_kind {
+	NF_WALK_XT = 1,  /* ipt_do_table, ip6t_do_table: priv is a struct xt_table * */
+	NF_WALK_NFT = 2, /* nft_do_chain: priv is a struct nft_chain * */
+};
+
+struct nf_walk {
+	__u64 skb;
+	__u64 priv;
+	__u8 kind; /* enum nf_walk_kind */
+	__u8 pad[7];
+};
+
+struct nf_rule {
+	char table[PWRU_NF_NAME_LEN];
+	char chain[PWRU_NF_NAME_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct nf_walk);
+} nf_stash SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct nf_rule);
+} nf_rule SEC(".maps");
 
 /* Keep the record types and layouts in the object's BTF for user space's decoder (null constants in .rodata,
  * never read). */
@@ -578,6 +617,18 @@ static __always_inline void nf_forget(__u64 skb)
 		bpf_map_delete_elem(&nf_where, &skb);
 }
 
+/* A drop event takes the table/chain whose verdict DROP its skb got last (and no later drop takes it again). */
+static __always_inline void nf_drop_rule(__u64 skb, struct event *ev)
+{
+	struct nf_rule *r = bpf_map_lookup_elem(&nf_rule, &skb);
+
+	if (!r)
+		return;
+	__builtin_memcpy(ev->nf_table, r->table, sizeof(ev->nf_table));
+	__builtin_memcpy(ev->nf_chain, r->chain, sizeof(ev->nf_chain));
+	bpf_map_delete_elem(&nf_rule, &skb);
+}
+
 /* ---- the shared handler ---- */
 /* Reserve, fill and submit the event of an skb already selected. */
 static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
@@ -605,6 +656,8 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 	ev->location = location;
 	ev->reason = reason;
 	nf_drop_hook((__u64)skb, reason, &ev->nf_pf, &ev->nf_hook);
+	if (cfg_nf_rules && reason >= 0)
+		nf_drop_rule((__u64)skb, ev);
 	ev->cpu = bpf_get_smp_processor_id();
 	if (mode == CALLER_NONE) {
 		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -912,6 +965,100 @@ SEC("fexit/placeholder")
 int fexit_skb_replace(__u64 *ctx)
 {
 	track_pskb();
+	return 0;
+}
+
+/* ---- netfilter table and chain attribution ----
+ * The walk of a table (iptables, ip6tables: ipt_do_table, ip6t_do_table) or of a base chain (nftables:
+ * nft_do_chain) returns the verdict; a DROP (NF_DROP in the low byte: nftables may carry an errno above it) is
+ * remembered for the skb's drop event. Only skbs that are tracked or pass the filters are looked at. */
+#define NF_DROP 0
+#define NF_VERDICT_MASK 0xff
+
+static __always_inline bool nf_wanted(__u64 skb)
+{
+	return skb && (is_tracked(skb) || filter_skb((struct sk_buff *)skb));
+}
+
+static __always_inline void nf_walk_end(__u64 skb, __u64 priv, __u8 kind, __u64 verdict)
+{
+	struct nf_rule r;
+
+	if ((verdict & NF_VERDICT_MASK) != NF_DROP || !priv)
+		return;
+	__builtin_memset(&r, 0, sizeof(r));
+	if (kind == NF_WALK_XT) {
+		struct xt_table *t = (struct xt_table *)priv;
+
+		BPF_CORE_READ_STR_INTO(&r.table, t, name);
+	} else {
+		struct nft_chain *c = (struct nft_chain *)priv;
+
+		bpf_probe_read_kernel_str(r.chain, sizeof(r.chain), BPF_CORE_READ(c, name));
+		bpf_probe_read_kernel_str(r.table, sizeof(r.table), BPF_CORE_READ(c, table, name));
+	}
+	bpf_map_update_elem(&nf_rule, &skb, &r, BPF_ANY);
+}
+
+static __always_inline void nf_walk_begin(__u64 skb, __u64 priv, __u8 kind)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	struct nf_walk w = {.skb = skb, .priv = priv, .kind = kind};
+
+	if (nf_wanted(skb))
+		bpf_map_update_elem(&nf_stash, &key, &w, BPF_ANY);
+}
+
+/* 5.10: ipt_do_table(struct sk_buff *skb, const struct nf_hook_state *state, struct xt_table *table) */
+SEC("kprobe/xt_table_skb_first")
+int kprobe_xt_table_skb_first(struct pt_regs *ctx)
+{
+	nf_walk_begin(PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), NF_WALK_XT);
+	return 0;
+}
+
+/* 5.16+: ipt_do_table(void *priv, struct sk_buff *skb, const struct nf_hook_state *state) */
+SEC("kprobe/xt_table_priv_first")
+int kprobe_xt_table_priv_first(struct pt_regs *ctx)
+{
+	nf_walk_begin(PT_REGS_PARM2(ctx), PT_REGS_PARM1(ctx), NF_WALK_XT);
+	return 0;
+}
+
+/* nft_do_chain(struct nft_pktinfo *pkt, void *priv) */
+SEC("kprobe/nft_chain")
+int kprobe_nft_chain(struct pt_regs *ctx)
+{
+	struct nft_pktinfo *pkt = (struct nft_pktinfo *)PT_REGS_PARM1(ctx);
+
+	nf_walk_begin((__u64)BPF_CORE_READ(pkt, skb), PT_REGS_PARM2(ctx), NF_WALK_NFT);
+	return 0;
+}
+
+SEC("kretprobe/nf_verdict")
+int kretprobe_nf_verdict(struct pt_regs *ctx)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	struct nf_walk *w = bpf_map_lookup_elem(&nf_stash, &key);
+
+	if (!w)
+		return 0;
+	nf_walk_end(w->skb, w->priv, w->kind, PT_REGS_RC(ctx));
+	bpf_map_delete_elem(&nf_stash, &key);
+	return 0;
+}
+
+/* fentry backend: arguments and return value at once (positions per load). */
+SEC("fexit/placeholder")
+int fexit_nf_verdict(__u64 *ctx)
+{
+	__u64 skb = tp_arg(ctx, cfg_nf_skb_pos, 0);
+
+	if (cfg_nf_kind == NF_WALK_NFT)
+		skb = (__u64)BPF_CORE_READ((struct nft_pktinfo *)skb, skb);
+	if (!nf_wanted(skb))
+		return 0;
+	nf_walk_end(skb, tp_arg(ctx, cfg_nf_priv_pos, 0), cfg_nf_kind, (__u32)tp_arg(ctx, cfg_ret_pos, 0));
 	return 0;
 }
 

@@ -11,6 +11,7 @@
 
 #define PWRU_COMM_LEN 16
 #define PWRU_IFNAME_LEN 16
+#define PWRU_NF_NAME_LEN 32 /* xt_table names are at most 32 with their NUL; longer nftables names are cut */
 
 enum pwru_record_type {
 	PWRU_RECORD_EVENT = 1, /* struct event: one skb seen at one probe */
@@ -70,6 +71,10 @@ struct event {
 	__u8 nf_pf;   /* NFPROTO_* (2 ipv4, 10 ipv6), 0 when unknown */
 	__s8 nf_hook; /* NF_INET_* hook number (0 PREROUTING .. 4 POSTROUTING), -1 when not a netfilter drop or unknown */
 	__u8 pad_nf[6];
+	/* A drop after a netfilter table's verdict DROP (kprobe/fentry backends: ipt_do_table, ip6t_do_table,
+	 * nft_do_chain): the table's name and, for nftables, the base chain's; empty when unknown. */
+	char nf_table[PWRU_NF_NAME_LEN];
+	char nf_chain[PWRU_NF_NAME_LEN];
 };
 
 /* How an skb ended, for --summary (struct summary_key.verdict). */

@@ -70,6 +70,8 @@ class Verdict:
     device: str = ""  # sent: the device
     nf_hook: str = ""  # NETFILTER_DROP: the hook
     nf_family: str = ""  # and its family, when the kernel side recorded it
+    nf_table: str = ""  # the table whose verdict was DROP (kprobe/fentry backends)
+    nf_chain: str = ""  # nftables: its base chain
     explanation: Explained | None = None
     why_unknown: str = ""  # UNKNOWN: how the journey ended without an outcome
 
@@ -401,6 +403,7 @@ class JourneyOutput:
                 v.nf_family, v.nf_hook = self._nf_hook(ev)
                 if not v.nf_hook:  # the hook entered and not left, from the journey's own netfilter points
                     v.nf_hook = s.nf_open or ""
+            v.nf_table, v.nf_chain = sanitize(ev.nf_table), sanitize(ev.nf_chain)
             nf = f"{v.nf_family}/{v.nf_hook}" if v.nf_family else v.nf_hook
             v.explanation = self._explain(v.reason, hop["location"] or None, nf or None)
         elif kind == verdict.DELIVERED:
@@ -481,7 +484,9 @@ class JourneyOutput:
     def _verdict_lines(self, v: Verdict) -> list[str]:
         if v.kind == verdict.DROPPED:
             nf = f"{v.nf_family}/{v.nf_hook}" if v.nf_family else v.nf_hook
-            hook = f" in netfilter hook {nf}" if nf else ""
+            rule = ", ".join(f"{k} {n}" for k, n in (("table", v.nf_table), ("chain", v.nf_chain)) if n)
+            hook = f" in netfilter hook {nf}" if nf else (" in netfilter" if rule else "")
+            hook += f" ({rule})" if rule else ""
             where = f"at {v.where}{hook}" if v.where != v.hop or not hook else hook.lstrip()
             lines = [f"dropped {where}: {v.reason or 'no reason'} ({v.hop})"]
             if v.explanation is not None:
@@ -558,6 +563,10 @@ class JourneyOutput:
                 d["nf_hook"] = v.nf_hook
             if v.nf_family:
                 d["nf_family"] = v.nf_family
+            if v.nf_table:
+                d["nf_table"] = v.nf_table
+            if v.nf_chain:
+                d["nf_chain"] = v.nf_chain
             if v.explanation is not None:
                 d.update(explanation=v.explanation.text, check=v.explanation.check)
         elif v.kind == verdict.DELIVERED:

@@ -7,7 +7,8 @@ absolute), ``netns``, ``mark``, ``iface``, ``proto``, ``mtu``, ``len`` (--output
 same keys, for the inner packet of an encapsulated skb; --output-tunnel), ``stack`` (list of
 symbols, --output-stack). Additions to pwru's set: ``reason`` (drop reason name) and ``location`` (drop
 location symbol) when known, ``nf_family`` (``ipv4``, ``ipv6``) and ``nf_hook`` (``INPUT``, ...: the iptables
-chain name) for a drop by netfilter whose hook is known, ``explanation`` {``text``, ``check``} for a drop
+chain name) for a drop by netfilter whose hook is known, ``nf_table`` and ``nf_chain`` (nftables' base chain)
+for a drop after a table's DROP verdict (kprobe and fentry backends), ``explanation`` {``text``, ``check``} for a drop
 with --output-explain. Unlike pwru (Go's omitempty) zero values are kept, so
 every line has the same keys for the same flags; ``tuple`` is left out for skbs carrying neither IPv4 nor IPv6
 (``tunnel_tuple`` for skbs without an inner IPv4 or IPv6 packet), ``sport``/``dport``
@@ -37,6 +38,7 @@ class JsonFormatter:
         self._ts = fields.Timestamps(config.timestamp)
         self._layout: RecordLayout | None = None
         self._stack_id: Any = None
+        self._rule_span = (0, 0)
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
         self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {}, {})
@@ -64,6 +66,11 @@ class JsonFormatter:
         if fields.nf_known(event.nf_pf, event.nf_hook):
             d["nf_family"] = fields.nf_family_name(event.nf_pf)
             d["nf_hook"] = fields.nf_hook_name(event.nf_hook)
+        table, chain = sanitize(event.nf_table), sanitize(event.nf_chain)
+        if table:
+            d["nf_table"] = table
+        if chain:
+            d["nf_chain"] = chain
         if self._config.explain:
             e = fields.explanation_of(event, names)
             if e is not None:
@@ -138,6 +145,7 @@ class JsonFormatter:
         if self._layout is not layout:
             self._layout = layout
             self._spans, self._unpack = fields.record_views(layout)
+            self._rule_span = layout.span(*fields.NF_RULE_FIELDS)
             self._stack_id = layout.unpacker("stack_id")
             for cache in self._caches:
                 cache.clear()
@@ -159,7 +167,7 @@ class JsonFormatter:
             if proc is None:
                 ev = decode(buf)
                 proc = remember(procs, key, _members(self._proc_part(ev)))
-            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook)
+            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook, fields.rule_key(buf, self._rule_span, reason))
             func = funcs.get(fk)
             if func is None:
                 ev = ev or decode(buf)
