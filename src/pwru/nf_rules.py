@@ -97,7 +97,11 @@ def probes(config: Config, backend: str, kernel: KernelContext) -> list[Probe]:
     return out
 
 
-def constants(plan: Sequence[Probe]) -> dict[str, int]:
-    """``cfg_nf_rules``: drop events look up the table and chain when the walks are probed."""
+def constants(plan: Sequence[Probe], has_reasons: bool = True) -> dict[str, int]:
+    """``cfg_nf_rules`` when the walks are probed: 1, drop events (those with a reason) take the table and chain;
+    2 on a kernel without drop reasons (before 5.17), where the drop is a plain ``kfree_skb``: the skb's next
+    event after the verdict takes them (nf_hook_slow frees a dropped skb right after the walk)."""
     programs = {"fexit_nf_verdict", "kretprobe_nf_verdict"}
-    return {"cfg_nf_rules": int(any(p.program in programs for p in plan))}
+    if not any(p.program in programs for p in plan):
+        return {"cfg_nf_rules": 0}
+    return {"cfg_nf_rules": 1 if has_reasons else 2}

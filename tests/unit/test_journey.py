@@ -296,6 +296,7 @@ def test_consumed_reason_is_no_drop_and_roles() -> None:
     assert not verdict.role("kfree_skb").ends  # the function: kfree_skbmem comes after it
     assert not verdict.role("nf:INPUT@first").ends
     assert verdict.role("veth_xmit[veth]") == verdict.Role()
+    assert verdict.outcome(verdict.role("kfree_skb"), None) == verdict.DROPPED  # 5.10: no reason
 
 
 def test_end_functions_are_trackings_free_functions() -> None:

@@ -64,7 +64,8 @@ const volatile __u8 cfg_emit = 1;             /* 0: the program writes no event 
  * none) looks it up. */
 const volatile __u8 cfg_nf_attrib = 0;        /* the netfilter points are attached: look drops up */
 const volatile __u32 cfg_nf_drop_reason = 0;
-const volatile __u8 cfg_nf_rules = 0;         /* the table/chain probes are attached: drop events look them up */
+const volatile __u8 cfg_nf_rules = 0;         /* table/chain probes attached: 1 drop events (a reason) look them
+					       * up, 2 the skb's next event (kernels without drop reasons) */
 const volatile __u32 cfg_nf_skb_pos = 0;      /* fexit_nf_verdict, per load: the skb's (nft: the pktinfo's) slot */
 const volatile __u32 cfg_nf_priv_pos = 0;     /* and the table's (nft: the chain's) */
 const volatile __u8 cfg_nf_kind = 0;          /* enum nf_walk_kind */
@@ -656,7 +657,7 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 	ev->location = location;
 	ev->reason = reason;
 	nf_drop_hook((__u64)skb, reason, &ev->nf_pf, &ev->nf_hook);
-	if (cfg_nf_rules && reason >= 0)
+	if ((cfg_nf_rules == 1 && reason >= 0) || cfg_nf_rules == 2)
 		nf_drop_rule((__u64)skb, ev);
 	ev->cpu = bpf_get_smp_processor_id();
 	if (mode == CALLER_NONE) {

@@ -12,7 +12,8 @@ fentry backends). Each hop gets a :class:`Role`:
 * an **outcome**, one of:
 
   ``dropped``   an event with a drop reason other than ``SKB_CONSUMED`` (``tp:kfree_skb``, ``kfree_skb_reason``,
-                ``sk_skb_reason_drop``): where (the drop location, else the hop), why (the reason, explained);
+                ``sk_skb_reason_drop``), or ``kfree_skb`` without one (kernels before 5.17): where (the drop
+                location, else the hop), why (the reason, explained);
   ``delivered`` the skb's data was copied to a process (:data:`DELIVER`: ``tp:skb_copy_datagram_iovec``,
                 ``skb_copy_datagram_iter``, ...): the process is the event's (the reader's context);
   ``sent``      handed to a device's driver (:data:`XMIT`: ``tp:net_dev_xmit``, ``dev_hard_start_xmit``, ...):
@@ -56,6 +57,8 @@ RECEIVE = frozenset({"netif_receive_skb", "netif_rx", "netif_rx_entry", "netif_r
                      "netif_receive_skb_list_entry", "napi_gro_receive_entry", "napi_gro_frags_entry",
                      "netif_rx_internal", "__netif_rx", "__netif_receive_skb", "__netif_receive_skb_core",
                      "netif_receive_skb_internal", "napi_gro_receive", "enqueue_to_backlog"})  # fmt: skip
+#: A drop on kernels without drop reasons (before 5.17: the ``kfree_skb`` tracepoint and function carry none).
+DROP = frozenset({"kfree_skb", "kfree_skb_list"})
 #: The drop reason of a free that is no drop.
 CONSUMED_REASON = "SKB_CONSUMED"
 #: The drop reason whose hook is named (with or without the ``SKB_DROP_REASON_`` prefix).
@@ -93,6 +96,8 @@ def role(name: str) -> Role:
         return Role(ends, SENT)
     if base in CONSUME:
         return Role(ends, CONSUMED)
+    if base in DROP:
+        return Role(ends, DROPPED)
     return Role(ends, None, base in RECEIVE)
 
 
