@@ -34,6 +34,15 @@ log = logging.getLogger("pwru")
 #: (module, function, kind) of the table walks; kind as pwru.bpf.c's enum nf_walk_kind.
 XT, NFT = 1, 2
 WALKS = (("ip_tables", "ipt_do_table", XT), ("ip6_tables", "ip6t_do_table", XT), ("nf_tables", "nft_do_chain", NFT))
+#: The member offsets the programs read, by constant: (kind, module, struct, member). The types live in the
+#: modules' BTF, which the loader's CO-RE relocation (against vmlinux) does not see: user space reads them.
+OFFSETS = {
+    "cfg_off_xt_table_name": (XT, "x_tables", "xt_table", "name"),
+    "cfg_off_nft_pkt_skb": (NFT, "nf_tables", "nft_pktinfo", "skb"),
+    "cfg_off_nft_chain_table": (NFT, "nf_tables", "nft_chain", "table"),
+    "cfg_off_nft_chain_name": (NFT, "nf_tables", "nft_chain", "name"),
+    "cfg_off_nft_table_name": (NFT, "nf_tables", "nft_table", "name"),
+}
 
 
 def enabled(config: Config, backend: str) -> bool:
@@ -68,12 +77,38 @@ def _positions(spec: Spec, fid: int, kind: int) -> tuple[int, int, int] | None:
     return None
 
 
+def offsets(kernel: KernelContext) -> dict[str, int]:
+    """The ``cfg_off_*`` constants found in the kernel's BTF or its loaded modules' (a kind whose structs are
+    missing is not probed)."""
+    found: dict[str, int] = {}
+    for const, (_, module, struct, member) in OFFSETS.items():
+        for spec in _specs(kernel, module):
+            try:
+                found[const] = spec.member_offset(spec.find_one(struct, Kind.STRUCT), member)
+                break
+            except btf.BTFError:
+                continue
+    return found
+
+
+def _specs(kernel: KernelContext, module: str) -> list[Spec]:
+    specs = [kernel.spec]
+    if module in btf.module_names():
+        specs.append(kernel.module_spec(module))
+    return specs
+
+
 def probes(config: Config, backend: str, kernel: KernelContext) -> list[Probe]:
     """The probes of the table walks this kernel has (none with the tracepoint backend)."""
     if not enabled(config, backend):
         return []
+    have = offsets(kernel)
+    kinds = {k for k in (XT, NFT) if all(c in have for c, o in OFFSETS.items() if o[0] == k)}
     out: list[Probe] = []
     for module, name, kind in WALKS:
+        if kind not in kinds:
+            log.debug("netfilter tables: %s's structs are not in the BTF", name)
+            continue
         found = _find(kernel, module, name)
         if found is None:
             log.debug("netfilter tables: no %s (module %s not loaded)", name, module)
@@ -97,11 +132,14 @@ def probes(config: Config, backend: str, kernel: KernelContext) -> list[Probe]:
     return out
 
 
-def constants(plan: Sequence[Probe], has_reasons: bool = True) -> dict[str, int]:
+def constants(plan: Sequence[Probe], has_reasons: bool = True, kernel: KernelContext | None = None) -> dict[str, int]:
     """``cfg_nf_rules`` when the walks are probed: 1, drop events (those with a reason) take the table and chain;
     2 on a kernel without drop reasons (before 5.17), where the drop is a plain ``kfree_skb``: the skb's next
     event after the verdict takes them (nf_hook_slow frees a dropped skb right after the walk)."""
     programs = {"fexit_nf_verdict", "kretprobe_nf_verdict"}
+    out = dict.fromkeys(OFFSETS, 0)
     if not any(p.program in programs for p in plan):
-        return {"cfg_nf_rules": 0}
-    return {"cfg_nf_rules": 1 if has_reasons else 2}
+        return {"cfg_nf_rules": 0, **out}
+    if kernel is not None:
+        out.update(offsets(kernel))
+    return {"cfg_nf_rules": 1 if has_reasons else 2, **out}

@@ -366,7 +366,7 @@ def run(config: Config) -> int:
             stopper = Stopper()
             with stopper.installed():
                 constants = flags.constants(config) | spliced | netfilter.constants(plan.probes, reasons)
-                constants |= nf_rules.constants(plan.probes, bool(reasons))
+                constants |= nf_rules.constants(plan.probes, bool(reasons), kernel)
                 coll = Collection(obj, kernel_btf=kernel.spec, constants=constants)
                 try:
                     loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready)

@@ -99,6 +99,12 @@ def copy(parent: int, child: int, ts: int, name: str = "skb_clone") -> bytes:
                               probe=P[name], probe_kind=INDEX, parent=parent))  # fmt: skip
 
 
+def freed(skb: int, ts: int, name: str = "kfree_skbmem") -> bytes:
+    layout = schema().layout("skb_free")
+    return layout.encode(dict(type=schema().type_id("skb_free"), size=layout.size, ts=ts, skb=skb,
+                              probe=P[name], probe_kind=INDEX))  # fmt: skip
+
+
 def journey_output(clock: Clock | None = None, **cfg: Any) -> tuple[JourneyOutput, ListSink, Explainer]:
     sink, explain = ListSink(), Explainer()
     out = JourneyOutput(OutputConfig(journey=True, **cfg), Names(), sink, explain, clock or Clock())  # type: ignore[arg-type]
@@ -314,3 +320,18 @@ def test_journey_flags_imply_tracking_and_the_fields_it_shows() -> None:
     assert Config().output.journey_timeout == 1000
     o = parse_config(["--output-journey-timeout=50", "--output-journey-max=3", "--output-journey-max-hops=9"]).output
     assert (o.journey_timeout, o.journey_max, o.journey_max_hops) == (50, 3, 9)
+
+
+def test_a_free_record_ends_the_journey_where_no_event_shows_the_free() -> None:
+    out, sink, _ = journey_output()
+    feed(out, freed(A, 1))  # an skb in no journey: nothing
+    feed(out, ev("ip_rcv", A, 10), ev("tp:skb_copy_datagram_iovec", A, 20))
+    assert sink.units == []
+    feed(out, freed(A, 35))
+    (block,) = sink.units
+    assert "(freed)" in block.splitlines()[0] and "       +15ns  freed by kfree_skbmem" in block
+    assert "verdict: delivered to curl:621" in block
+    out2, sink2, _ = journey_output(json=True)
+    feed(out2, ev("ip_rcv", B, 10), freed(B, 12))
+    hops = json.loads(sink2.units[0])["hops"]
+    assert hops[1] == {"skb": "0xffff0000b000", "delta_ns": 2, "ts": 12, "freed_by": "kfree_skbmem"}

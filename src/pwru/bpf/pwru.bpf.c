@@ -69,6 +69,13 @@ const volatile __u8 cfg_nf_rules = 0;         /* table/chain probes attached: 1 
 const volatile __u32 cfg_nf_skb_pos = 0;      /* fexit_nf_verdict, per load: the skb's (nft: the pktinfo's) slot */
 const volatile __u32 cfg_nf_priv_pos = 0;     /* and the table's (nft: the chain's) */
 const volatile __u8 cfg_nf_kind = 0;          /* enum nf_walk_kind */
+/* Member offsets of the table walks' structs, from their modules' BTF (x_tables, nf_tables): the loader
+ * relocates CO-RE reads against vmlinux's BTF only, where these types are not. */
+const volatile __u32 cfg_off_xt_table_name = 0;   /* struct xt_table: name (char[32]) */
+const volatile __u32 cfg_off_nft_pkt_skb = 0;     /* struct nft_pktinfo: skb */
+const volatile __u32 cfg_off_nft_chain_table = 0; /* struct nft_chain: table */
+const volatile __u32 cfg_off_nft_chain_name = 0;  /* struct nft_chain: name (char *) */
+const volatile __u32 cfg_off_nft_table_name = 0;  /* struct nft_table: name (char *) */
 const volatile __u8 cfg_nf_point = 0;         /* netfilter, per load: NF_POINT_FIRST or NF_POINT_LAST */
 #define NF_POINT_FIRST 1
 #define NF_POINT_LAST 2
@@ -209,6 +216,7 @@ const enum pwru_record_type *const pwru_record_types = 0;
 const enum pwru_probe_kind *const pwru_probe_kinds = 0;
 const struct event *const pwru_event_layout = 0;
 const struct skb_copy *const pwru_skb_copy_layout = 0;
+const struct skb_free *const pwru_skb_free_layout = 0;
 const enum pwru_verdict *const pwru_verdicts = 0;
 const struct summary_key *const pwru_summary_key_layout = 0;
 
@@ -557,6 +565,32 @@ static __always_inline void emit_copy(__u64 old, __u64 new, __u64 probe, __u8 pr
 	bpf_ringbuf_submit(rec, 0);
 }
 
+/* --output-journey: a tracked skb ended (before it leaves the tracked set). */
+static __always_inline void end_tracked(__u64 skb, __u64 probe, __u8 probe_kind)
+{
+	struct skb_free *rec;
+	__u32 zero = 0;
+
+	if (!cfg_output_journey || !is_tracked(skb))
+		return;
+	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	if (!rec) {
+		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
+
+		if (count)
+			*count += 1;
+		return;
+	}
+	__builtin_memset(rec, 0, sizeof(*rec));
+	rec->hdr.ts = bpf_ktime_get_ns();
+	rec->hdr.skb = skb;
+	rec->hdr.probe = probe;
+	rec->hdr.type = PWRU_RECORD_SKB_FREE;
+	rec->hdr.size = sizeof(*rec);
+	rec->hdr.probe_kind = probe_kind;
+	bpf_ringbuf_submit(rec, 0);
+}
+
 /* A copy of a tracked skb (clone, copy, veth's rebuild for XDP) is tracked too. */
 static __always_inline void track_copy(__u64 old, __u64 new, __u64 probe, __u8 probe_kind)
 {
@@ -855,6 +889,7 @@ int tp_skb_free(__u64 *ctx)
 	__u64 skb = tp_arg(ctx, cfg_tp_skb_pos, 0);
 
 	if (skb) {
+		end_tracked(skb, cfg_probe_id, PWRU_PROBE_INDEX);
 		untrack(skb);
 		nf_forget(skb);
 	}
@@ -867,16 +902,20 @@ int kprobe_skb_free(struct pt_regs *ctx)
 {
 	__u64 skb = PT_REGS_PARM1(ctx);
 
-	if (skb)
+	if (skb) {
+		end_tracked(skb, kprobe_func_ip(ctx), PWRU_PROBE_ADDR);
 		untrack(skb);
+	}
 	return 0;
 }
 
 SEC("fentry/placeholder")
 int fentry_skb_free(__u64 *ctx)
 {
-	if (ctx[0])
+	if (ctx[0]) {
+		end_tracked(ctx[0], fentry_func_ip(ctx), fentry_probe_kind());
 		untrack(ctx[0]);
+	}
 	return 0;
 }
 
@@ -976,6 +1015,16 @@ int fexit_skb_replace(__u64 *ctx)
 #define NF_DROP 0
 #define NF_VERDICT_MASK 0xff
 
+/* *(u64 *)(base + off), 0 when unreadable (base 0 included). */
+static __always_inline __u64 read_ptr(__u64 base, __u32 off)
+{
+	__u64 v = 0;
+
+	if (base)
+		bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+	return v;
+}
+
 static __always_inline bool nf_wanted(__u64 skb)
 {
 	return skb && (is_tracked(skb) || filter_skb((struct sk_buff *)skb));
@@ -989,14 +1038,12 @@ static __always_inline void nf_walk_end(__u64 skb, __u64 priv, __u8 kind, __u64 
 		return;
 	__builtin_memset(&r, 0, sizeof(r));
 	if (kind == NF_WALK_XT) {
-		struct xt_table *t = (struct xt_table *)priv;
-
-		BPF_CORE_READ_STR_INTO(&r.table, t, name);
+		bpf_probe_read_kernel_str(r.table, sizeof(r.table), (void *)(priv + cfg_off_xt_table_name));
 	} else {
-		struct nft_chain *c = (struct nft_chain *)priv;
+		__u64 table = read_ptr(priv, cfg_off_nft_chain_table);
 
-		bpf_probe_read_kernel_str(r.chain, sizeof(r.chain), BPF_CORE_READ(c, name));
-		bpf_probe_read_kernel_str(r.table, sizeof(r.table), BPF_CORE_READ(c, table, name));
+		bpf_probe_read_kernel_str(r.chain, sizeof(r.chain), (void *)read_ptr(priv, cfg_off_nft_chain_name));
+		bpf_probe_read_kernel_str(r.table, sizeof(r.table), (void *)read_ptr(table, cfg_off_nft_table_name));
 	}
 	bpf_map_update_elem(&nf_rule, &skb, &r, BPF_ANY);
 }
@@ -1030,9 +1077,7 @@ int kprobe_xt_table_priv_first(struct pt_regs *ctx)
 SEC("kprobe/nft_chain")
 int kprobe_nft_chain(struct pt_regs *ctx)
 {
-	struct nft_pktinfo *pkt = (struct nft_pktinfo *)PT_REGS_PARM1(ctx);
-
-	nf_walk_begin((__u64)BPF_CORE_READ(pkt, skb), PT_REGS_PARM2(ctx), NF_WALK_NFT);
+	nf_walk_begin(read_ptr(PT_REGS_PARM1(ctx), cfg_off_nft_pkt_skb), PT_REGS_PARM2(ctx), NF_WALK_NFT);
 	return 0;
 }
 
@@ -1056,7 +1101,7 @@ int fexit_nf_verdict(__u64 *ctx)
 	__u64 skb = tp_arg(ctx, cfg_nf_skb_pos, 0);
 
 	if (cfg_nf_kind == NF_WALK_NFT)
-		skb = (__u64)BPF_CORE_READ((struct nft_pktinfo *)skb, skb);
+		skb = read_ptr(skb, cfg_off_nft_pkt_skb);
 	if (!nf_wanted(skb))
 		return 0;
 	nf_walk_end(skb, tp_arg(ctx, cfg_nf_priv_pos, 0), cfg_nf_kind, (__u32)tp_arg(ctx, cfg_ret_pos, 0));

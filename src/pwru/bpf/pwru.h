@@ -16,6 +16,7 @@
 enum pwru_record_type {
 	PWRU_RECORD_EVENT = 1, /* struct event: one skb seen at one probe */
 	PWRU_RECORD_SKB_COPY = 3, /* struct skb_copy: a tracked skb was copied (--output-journey) */
+	PWRU_RECORD_SKB_FREE = 4, /* struct skb_free: a tracked skb was freed (--output-journey) */
 };
 
 /* What record_header.probe holds. */
@@ -102,6 +103,13 @@ struct summary_key {
 struct skb_copy {
 	struct record_header hdr;
 	__u64 parent; /* the tracked skb it was made from */
+};
+
+/* A tracked skb's end, seen by a tracking probe (kfree_skbmem and the other free functions, a free tracepoint not
+ * traced for events): sent only with --output-journey, so a journey ends when its skb does even where no event
+ * shows the free. hdr.skb is the skb; hdr.probe the free function or tracepoint (as struct skb_copy's). */
+struct skb_free {
+	struct record_header hdr;
 };
 
 #endif

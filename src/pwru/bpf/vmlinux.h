@@ -143,24 +143,6 @@ struct bpf_nf_ctx {
 	struct sk_buff *skb;
 } __core;
 
-/* Netfilter table and chain attribution (kprobe/fentry backends, functions of ip_tables, ip6_tables, nf_tables). */
-struct xt_table {
-	const char name[32]; /* XT_TABLE_MAXNAMELEN */
-} __core;
-
-struct nft_pktinfo {
-	struct sk_buff *skb;
-} __core;
-
-struct nft_table {
-	char *name;
-} __core;
-
-struct nft_chain {
-	struct nft_table *table;
-	char *name;
-} __core;
-
 struct in6_addr {
 	union {
 		__u8 u6_addr8[16];

@@ -31,7 +31,7 @@ from pwru.explain import explain
 from pwru.output import fields, verdict
 from pwru.output.names import Names, sanitize
 from pwru.output.sink import Sink
-from pwru.records import Batch, LayoutError, Record, RecordLayout, Schema
+from pwru.records import Batch, Record, RecordLayout, Schema
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -167,6 +167,8 @@ class JourneyOutput:
         self._unpack_event: Callable[[bytes], tuple[Any, ...]] | None = None
         self._event_layout: RecordLayout | None = None
         self._copy_layout: RecordLayout | None = None
+        self._free_type = -1
+        self._unpack_header: Callable[[bytes], tuple[Any, ...]] | None = None
         self._ends: dict[tuple[int, int], bool] = {}
         self.printed = 0  # journeys (and parts) written
 
@@ -186,6 +188,8 @@ class JourneyOutput:
                 self._event(buf, ts, skb, probe, probe_kind)
             elif rtype == self._copy_type:
                 self._copy(buf)
+            elif rtype == self._free_type:
+                self._free(buf)
         self._expire()
 
     def idle(self) -> None:
@@ -208,11 +212,10 @@ class JourneyOutput:
         self._event_type = schema.type_id("event")
         self._event_layout = schema.layout("event")
         self._unpack_event = self._event_layout.unpacker("ts", "skb", "probe", "probe_kind")
-        try:
-            self._copy_type = schema.type_id("skb_copy")
-            self._copy_layout = schema.layout("skb_copy")
-        except LayoutError:  # an object without copy records
-            self._copy_type, self._copy_layout = -1, None
+        self._unpack_header = schema.header.unpacker("ts", "skb", "probe", "probe_kind")
+        self._copy_type = schema.types.get("skb_copy", -1)
+        self._copy_layout = schema.layout("skb_copy") if self._copy_type >= 0 else None
+        self._free_type = schema.types.get("skb_free", -1)
 
     def _ends_skb(self, probe_kind: int, probe: int) -> bool:
         key = (probe_kind, probe)
@@ -271,6 +274,20 @@ class JourneyOutput:
         self._by_skb[rec.skb] = (j, child)
         self._add_hop(j, child.label, buf, rec.ts)
 
+    def _free(self, buf: bytes) -> None:
+        """A tracking probe saw a tracked skb's end (struct skb_free): where no event shows the free."""
+        assert self._unpack_header is not None
+        ts, skb, _, _ = self._unpack_header(buf)
+        found = self._by_skb.get(skb)
+        if found is None:
+            return  # its journey ended already (at an event that ends it)
+        j, s = found
+        self._add_hop(j, s.label, buf, ts)
+        s.ended = True
+        del self._by_skb[skb]
+        if j.live() == 0:
+            self._finish(j, FREED)
+
     def _expire(self) -> None:
         if not self._journeys:
             return
@@ -321,6 +338,13 @@ class JourneyOutput:
             if s is None:
                 continue
             rtype = self._schema.type_of(buf)[0] if self._schema is not None else -1
+            if rtype == self._free_type and self._unpack_header is not None:
+                ts, skb, probe, probe_kind = self._unpack_header(buf)
+                hop = {"kind": "free", "label": label, "skb": skb, "ts": ts,
+                       "func": sanitize(names.probe_name(probe_kind, probe))}  # fmt: skip
+                self._delta(j, hop, ts)
+                out.append(hop)
+                continue
             if rtype == self._copy_type and self._copy_layout is not None:
                 rec = self._copy_layout.decode(buf)
                 hop = {"kind": "copy", "label": label, "skb": rec.skb, "ts": rec.ts,
@@ -457,6 +481,9 @@ class JourneyOutput:
                  f"{_delta(span)[1:]} ({ended})"]  # fmt: skip
         for h in hops:
             label = f"[{h['label']}] " if multi else ""
+            if h["kind"] == "free":
+                lines.append(f"  {_delta(h['delta_ns']):>12}  {label}freed by {h['func']}")
+                continue
             if h["kind"] == "copy":
                 lines.append(f"  {_delta(h['delta_ns']):>12}  {label}copy of [{h['parent']}] by {h['func']} "
                              f"(skb {h['skb']:#x})")  # fmt: skip
@@ -515,6 +542,10 @@ class JourneyOutput:
         out_hops: list[dict[str, Any]] = []
         for h in hops:
             d: dict[str, Any] = {"skb": f"{h['skb']:#x}", "delta_ns": h["delta_ns"], "ts": h["ts"]}
+            if h["kind"] == "free":
+                d["freed_by"] = h["func"]
+                out_hops.append(d)
+                continue
             if h["kind"] == "copy":
                 d.update(copy_of=f"{h['parent_addr']:#x}", func=h["func"])
                 out_hops.append(d)
