@@ -56,8 +56,6 @@ class Explained(Protocol):
 Explainer = Callable[[str, "str | None", "str | None"], "Explained | None"]
 
 
-
-
 @dataclass
 class Verdict:
     """What happened to one skb."""
