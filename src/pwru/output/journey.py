@@ -169,6 +169,7 @@ class JourneyOutput:
         self._unpack_header: Callable[[bytes], tuple[Any, ...]] | None = None
         self._ends: dict[tuple[int, int], bool] = {}
         self.printed = 0  # journeys (and parts) written
+        self._latest = 0  # the newest record's time
 
     # -- the Output protocol --
 
@@ -188,10 +189,12 @@ class JourneyOutput:
                 self._copy(buf)
             elif rtype == self._free_type:
                 self._free(buf)
-        self._expire()
+        # A reader behind the kernel must not take the journeys it has not caught up with for idle: while
+        # records come, time is the newest record's; once the reader is idle, the clock's.
+        self._expire(self._latest)
 
     def idle(self) -> None:
-        self._expire()
+        self._expire(self._clock())
         self.sink.flush()
 
     def close(self) -> None:
@@ -251,6 +254,7 @@ class JourneyOutput:
         j.hops.append((label, buf))
         j.total_hops += 1
         j.last_ts = max(j.last_ts, ts)
+        self._latest = max(self._latest, ts)
         self._journeys.move_to_end(j.number)
 
     def _copy(self, buf: bytes) -> None:
@@ -260,10 +264,10 @@ class JourneyOutput:
         if found is None:
             return  # its parent is in no journey (printed already): the copy's events start their own
         j, parent = found
-        old = self._by_skb.get(rec.skb)
-        if old is not None and old[0] is not j:
+        old = self._by_skb.pop(rec.skb, None)
+        if old is not None:
             old[1].ended = True  # a stale entry: the skb at that address ended unseen
-            if old[0].live() == 0:
+            if old[0] is not j and old[0].live() == 0:
                 self._finish(old[0], FREED)
         child = _Skb(j.labels, rec.skb, parent.label, parent.addr, tuple=parent.tuple, tunnel=parent.tunnel,
                      netns=parent.netns, process=parent.process, nf_open=parent.nf_open)  # fmt: skip
@@ -286,10 +290,10 @@ class JourneyOutput:
         if j.live() == 0:
             self._finish(j, FREED)
 
-    def _expire(self) -> None:
+    def _expire(self, now: int) -> None:
         if not self._journeys:
             return
-        deadline = self._clock() - self._timeout
+        deadline = now - self._timeout
         while self._journeys:
             j = next(iter(self._journeys.values()))
             if j.last_ts > deadline:
