@@ -5,7 +5,9 @@ iptables and ip6tables walk a table in ``ipt_do_table`` / ``ip6t_do_table`` (mod
 probes on them (entry + return with the kprobe backends, fexit with fentry) remember, for an skb that is tracked
 or passes the filters, the table (``struct xt_table``'s name) or the base chain and its table (``struct
 nft_chain``'s and its ``struct nft_table``'s names) whose verdict was DROP; the skb's next drop event carries
-them (``nf_table``, ``nf_chain`` of ``struct event``). The chain is nftables' base chain (the one hooked, the
+them (``nf_table``, ``nf_chain`` of ``struct event``). nftables (6.x) frees a dropped skb itself inside
+``nft_do_chain`` (and returns ``NF_STOLEN``): a drop event during a walk of its own skb takes that walk's
+names. The chain is nftables' base chain (the one hooked, the
 rule may sit in a chain it jumped to); iptables names no chain (its builtin chain is the hook, ``nf_hook``).
 The rule handle (nftables tracing) is left out.
 
@@ -122,6 +124,8 @@ def probes(config: Config, backend: str, kernel: KernelContext) -> list[Probe]:
         if backend == "fentry":
             constants = {"cfg_nf_skb_pos": skb_pos, "cfg_nf_priv_pos": priv_pos, "cfg_nf_kind": kind,
                          "cfg_ret_pos": nargs + 1}  # fmt: skip
+            out.append(Probe("func", name, "fentry_nf_walk", Attach.FENTRY, mod, fid, constants=constants,
+                             shows=False))  # fmt: skip
             out.append(Probe("func", name, "fexit_nf_verdict", Attach.FEXIT, mod, fid, constants=constants,
                              shows=False))  # fmt: skip
             continue

@@ -320,5 +320,7 @@ def test_a_journey_holds_the_clone_with_its_own_verdict(journey_run: JourneyRun)
     verdicts = {v["skb"]: v for v in j["verdicts"]}  # type: ignore[attr-defined]
     root = verdicts[skbs[0]["skb"]]
     assert root["verdict"] == "dropped", root
-    clone = next(verdicts[s["skb"]] for s in skbs[1:] if s["copy_of"] == skbs[0]["skb"])
-    assert clone["verdict"] == "delivered" and str(clone["process"]).endswith(f":{run.tap_pid}"), clone
+    # dev_queue_xmit_nit's clone is shared with the tap's packet_rcv, which clones it again and consumes it: the
+    # tap reads the clone's clone.
+    copies = [verdicts[s["skb"]] for s in skbs[1:]]
+    assert any(v["verdict"] == "delivered" and str(v["process"]).endswith(f":{run.tap_pid}") for v in copies), j

@@ -652,16 +652,47 @@ static __always_inline void nf_forget(__u64 skb)
 		bpf_map_delete_elem(&nf_where, &skb);
 }
 
-/* A drop event takes the table/chain whose verdict DROP its skb got last (and no later drop takes it again). */
+/* *(u64 *)(base + off), 0 when unreadable (base 0 included). */
+static __always_inline __u64 read_ptr(__u64 base, __u32 off)
+{
+	__u64 v = 0;
+
+	if (base)
+		bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+	return v;
+}
+
+/* The names of a walk's table (iptables) or base chain and its table (nftables). */
+static __always_inline void nf_walk_names(__u64 priv, __u8 kind, char *table, char *chain)
+{
+	if (kind == NF_WALK_XT) {
+		bpf_probe_read_kernel_str(table, PWRU_NF_NAME_LEN, (void *)(priv + cfg_off_xt_table_name));
+	} else {
+		__u64 t = read_ptr(priv, cfg_off_nft_chain_table);
+
+		bpf_probe_read_kernel_str(chain, PWRU_NF_NAME_LEN, (void *)read_ptr(priv, cfg_off_nft_chain_name));
+		bpf_probe_read_kernel_str(table, PWRU_NF_NAME_LEN, (void *)read_ptr(t, cfg_off_nft_table_name));
+	}
+}
+
+/* A drop event takes the table/chain whose verdict DROP its skb got last (and no later drop takes it again), or,
+ * when the walk in progress on this task is for this skb, that walk's: nftables frees a dropped skb itself
+ * (NF_DROP_REASON, returning NF_STOLEN) before nft_do_chain returns. */
 static __always_inline void nf_drop_rule(__u64 skb, struct event *ev)
 {
 	struct nf_rule *r = bpf_map_lookup_elem(&nf_rule, &skb);
+	__u64 key = bpf_get_current_pid_tgid();
+	struct nf_walk *w;
 
-	if (!r)
+	if (r) {
+		__builtin_memcpy(ev->nf_table, r->table, sizeof(ev->nf_table));
+		__builtin_memcpy(ev->nf_chain, r->chain, sizeof(ev->nf_chain));
+		bpf_map_delete_elem(&nf_rule, &skb);
 		return;
-	__builtin_memcpy(ev->nf_table, r->table, sizeof(ev->nf_table));
-	__builtin_memcpy(ev->nf_chain, r->chain, sizeof(ev->nf_chain));
-	bpf_map_delete_elem(&nf_rule, &skb);
+	}
+	w = bpf_map_lookup_elem(&nf_stash, &key);
+	if (w && w->skb == skb && w->priv)
+		nf_walk_names(w->priv, w->kind, ev->nf_table, ev->nf_chain);
 }
 
 /* ---- the shared handler ---- */
@@ -1015,16 +1046,6 @@ int fexit_skb_replace(__u64 *ctx)
 #define NF_DROP 0
 #define NF_VERDICT_MASK 0xff
 
-/* *(u64 *)(base + off), 0 when unreadable (base 0 included). */
-static __always_inline __u64 read_ptr(__u64 base, __u32 off)
-{
-	__u64 v = 0;
-
-	if (base)
-		bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
-	return v;
-}
-
 static __always_inline bool nf_wanted(__u64 skb)
 {
 	return skb && (is_tracked(skb) || filter_skb((struct sk_buff *)skb));
@@ -1037,14 +1058,7 @@ static __always_inline void nf_walk_end(__u64 skb, __u64 priv, __u8 kind, __u64 
 	if ((verdict & NF_VERDICT_MASK) != NF_DROP || !priv)
 		return;
 	__builtin_memset(&r, 0, sizeof(r));
-	if (kind == NF_WALK_XT) {
-		bpf_probe_read_kernel_str(r.table, sizeof(r.table), (void *)(priv + cfg_off_xt_table_name));
-	} else {
-		__u64 table = read_ptr(priv, cfg_off_nft_chain_table);
-
-		bpf_probe_read_kernel_str(r.chain, sizeof(r.chain), (void *)read_ptr(priv, cfg_off_nft_chain_name));
-		bpf_probe_read_kernel_str(r.table, sizeof(r.table), (void *)read_ptr(table, cfg_off_nft_table_name));
-	}
+	nf_walk_names(priv, kind, r.table, r.chain);
 	bpf_map_update_elem(&nf_rule, &skb, &r, BPF_ANY);
 }
 
@@ -1094,14 +1108,30 @@ int kretprobe_nf_verdict(struct pt_regs *ctx)
 	return 0;
 }
 
-/* fentry backend: arguments and return value at once (positions per load). */
-SEC("fexit/placeholder")
-int fexit_nf_verdict(__u64 *ctx)
+/* fentry backend (positions per load): the walk in progress at entry (a drop inside it looks it up), the
+ * verdict at exit. */
+static __always_inline __u64 nf_ctx_skb(__u64 *ctx)
 {
 	__u64 skb = tp_arg(ctx, cfg_nf_skb_pos, 0);
 
-	if (cfg_nf_kind == NF_WALK_NFT)
-		skb = read_ptr(skb, cfg_off_nft_pkt_skb);
+	return cfg_nf_kind == NF_WALK_NFT ? read_ptr(skb, cfg_off_nft_pkt_skb) : skb;
+}
+
+SEC("fentry/placeholder")
+int fentry_nf_walk(__u64 *ctx)
+{
+	nf_walk_begin(nf_ctx_skb(ctx), tp_arg(ctx, cfg_nf_priv_pos, 0), cfg_nf_kind);
+	return 0;
+}
+
+SEC("fexit/placeholder")
+int fexit_nf_verdict(__u64 *ctx)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	__u64 skb = nf_ctx_skb(ctx);
+
+	if (bpf_map_lookup_elem(&nf_stash, &key))
+		bpf_map_delete_elem(&nf_stash, &key);
 	if (!nf_wanted(skb))
 		return 0;
 	nf_walk_end(skb, tp_arg(ctx, cfg_nf_priv_pos, 0), cfg_nf_kind, (__u32)tp_arg(ctx, cfg_ret_pos, 0));
