@@ -203,6 +203,8 @@ def test_netfilter_drops_name_their_table_and_chain(lab_run: LabRun) -> None:
     """nft_do_chain's and ipt_do_table's DROP verdicts, on the drop events (kprobe and fentry backends)."""
     if lab_run.backend not in FUNCTION_BACKENDS:
         pytest.skip("the table walks are functions: kprobes or fentry")
+    if not all(Path(f"/sys/kernel/btf/{m}").exists() for m in ("nf_tables", "ip_tables")):
+        pytest.skip("no module BTF (Debian's 5.10): the walks' prototypes and structs are unknown")
     reason = "SKB_DROP_REASON_NETFILTER_DROP"
     nft, ipt = drop_events(lab_run, 8080, reason), drop_events(lab_run, 8081, reason)
     assert nft and ipt, lab_run.funcs()
