@@ -691,8 +691,10 @@ static __always_inline void nf_drop_rule(__u64 skb, struct event *ev)
 		return;
 	}
 	w = bpf_map_lookup_elem(&nf_stash, &key);
-	if (w && w->skb == skb && w->priv)
+	if (w && w->skb == skb && w->priv) {
 		nf_walk_names(w->priv, w->kind, ev->nf_table, ev->nf_chain);
+		w->priv = 0; /* taken: the free path's later events with a reason (skb_release_data) do not repeat it */
+	}
 }
 
 /* ---- the shared handler ---- */
