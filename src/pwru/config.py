@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import re2
@@ -85,6 +85,11 @@ NETNS_NAMES_MAX_LENGTH = 255
 #: --output-pcap-snaplen: the default, and the most (pwru.h's PWRU_PCAP_SNAPLEN_MAX; a unit test holds them equal).
 PCAP_SNAPLEN_DEFAULT = 256
 PCAP_SNAPLEN_MAX = 16384
+#: --output-journey's bounds (see pwru.output.journey): idle time (ms) before a journey is printed without its
+#: end, journeys held at once, hops held per journey.
+JOURNEY_TIMEOUT_DEFAULT = 1000
+JOURNEY_MAX_DEFAULT = 512
+JOURNEY_MAX_HOPS_DEFAULT = 256
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,11 @@ class OutputConfig:
     pcap: str | None = None  # --output-pcap: a path, or "-" for standard output
     pcap_snaplen: int = PCAP_SNAPLEN_DEFAULT
 
+    journey: bool = False  # --output-journey: one block per packet (implies tracking.skb, see Config)
+    journey_timeout: int = JOURNEY_TIMEOUT_DEFAULT  # ms without an event before a journey is printed anyway
+    journey_max: int = JOURNEY_MAX_DEFAULT  # journeys in progress at once
+    journey_max_hops: int = JOURNEY_MAX_HOPS_DEFAULT  # hops held per journey before it is printed as cut
+
     @property
     def pcap_to_stdout(self) -> bool:
         """--output-pcap -: the pcapng stream takes standard output (text/JSON lines only to --output-file)."""
@@ -137,9 +147,10 @@ class OutputConfig:
 
     @property
     def events(self) -> bool:
-        """Whether the run prints events: always, except with a summary and neither --summary-events nor
-        --output-pcap (the kernel then writes no event at all, and only the probes the counts need are attached)."""
-        return not self.summarises or self.summary_events or self.pcap is not None
+        """Whether the run prints events: always, except with a summary and neither --summary-events,
+        --output-pcap nor --output-journey (the kernel then writes no event at all, and only the probes the counts
+        need are attached)."""
+        return not self.summarises or self.summary_events or self.pcap is not None or self.journey
 
 
 #: --filter-kprobe-batch's default (pwru's).
@@ -195,6 +206,10 @@ class Config:
                 "--output-limit-lines counts printed events, and a summary without --summary-events prints none "
                 "(add --summary-events, or leave --output-limit-lines out)"
             )
+        if self.output.journey and not self.tracking.skb:
+            # A journey is only whole if every later event of its skb is shown (after NAT, ...): journeys imply
+            # --filter-track-skb. Set here, once, so every reader of tracking.skb sees it.
+            object.__setattr__(self, "tracking", replace(self.tracking, skb=True))
         if self.list_backends and self.list_funcs:
             raise UserError("--list-backends and --list-funcs: give one of them (each is a command of its own)")
 

@@ -105,6 +105,12 @@ class _Classifier:
         return (skb_pos, reason_pos) if skb_pos else None
 
 
+def skb_param_position(spec: Spec, params: tuple[int, ...]) -> int:
+    """The 1-based position of the first ``struct sk_buff *`` among a prototype's ``params`` (0: none)."""
+    c = _Classifier(spec)
+    return next((i for i, tid in enumerate(params, 1) if tid and c.is_skb_ptr(tid)), 0)
+
+
 def _wrapped(wrappers: list[tuple[int, int]], ids: set[int]) -> set[int]:
     """``ids`` plus every qualifier/typedef that (transitively) wraps one of them."""
     found = set(ids)

@@ -280,9 +280,19 @@ def _timestamp(value: str) -> str:
     return cfg.parse_choice("timestamp", value, cfg.TIMESTAMP_MODES)
 
 
-def _shown(part: str) -> dict[str, KConst]:
-    """``cfg_output_<part>``: whether the kernel side fills that part of the event (a boolean output flag)."""
-    return {f"cfg_output_{part}": lambda c: int(getattr(c.output, part))}
+def _shown(part: str, journey: bool = False) -> dict[str, KConst]:
+    """``cfg_output_<part>``: whether the kernel side fills that part of the event (a boolean output flag; with
+    ``journey`` also when --output-journey needs it: the journey shows devices and tuple changes)."""
+    return {f"cfg_output_{part}": lambda c: int(getattr(c.output, part) or (journey and c.output.journey))}
+
+
+def _journey_bound(flag: str, maximum: int) -> Parse:
+    def parse(value: int) -> int:
+        if not 1 <= value <= maximum:
+            raise FlagError(flag, f"{value} is out of range (1..{maximum})")
+        return value
+
+    return parse
 
 
 def _metadata_exprs(values: list[str]) -> list[str]:
@@ -493,10 +503,16 @@ FLAGS: tuple[Flag, ...] = (
         metavar="string",
     ),
     # Output
-    Flag("output-meta", BOOL, True, "print skb metadata", OUTPUT, "output", "meta", consts=_shown("meta")),
-    Flag("output-tuple", BOOL, True, "print L4 tuple", OUTPUT, "output", "tuple", consts=_shown("tuple")),
+    Flag("output-meta", BOOL, True, "print skb metadata", OUTPUT, "output", "meta", consts=_shown("meta", True)),
+    Flag("output-tuple", BOOL, True, "print L4 tuple", OUTPUT, "output", "tuple", consts=_shown("tuple", True)),
     Flag(
-        "output-tunnel", BOOL, False, "print encapsulated tunnel header data", OUTPUT, "output", "tunnel",
+        "output-tunnel",
+        BOOL,
+        False,
+        "print encapsulated tunnel header data",
+        OUTPUT,
+        "output",
+        "tunnel",
         consts=_shown("tunnel"),
     ),
     Flag("output-tcp-flags", BOOL, False, "print TCP flags", OUTPUT, "output", "tcp_flags"),
@@ -538,7 +554,13 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("output-stack", BOOL, False, "print stack", OUTPUT, "output", "stack", consts=_shown("stack")),
     Flag(
-        "output-caller", BOOL, False, "print caller function name", OUTPUT, "output", "caller",
+        "output-caller",
+        BOOL,
+        False,
+        "print caller function name",
+        OUTPUT,
+        "output",
+        "caller",
         consts=_shown("caller"),
     ),
     Flag("output-json", BOOL, False, "output traces in JSON format", OUTPUT, "output", "json"),
@@ -553,6 +575,51 @@ FLAGS: tuple[Flag, ...] = (
         "skb_metadata",
         parse=lambda v: tuple(_metadata_exprs(v)),
         metavar="strings",
+    ),
+    Flag(
+        "output-journey",
+        BOOL,
+        False,
+        "print one block per packet when its skb is freed: its hops with the time between them, tuple changes "
+        "(NAT, encapsulation), clones, and the verdict (delivered, sent, dropped and why, consumed); implies "
+        "--filter-track-skb; with --output-json one object per journey",
+        OUTPUT,
+        "output",
+        "journey",
+        consts={"cfg_output_journey": lambda c: c.output.journey},
+    ),
+    Flag(
+        "output-journey-timeout",
+        UINT,
+        cfg.JOURNEY_TIMEOUT_DEFAULT,
+        "print a journey whose packet had no event for this many milliseconds without waiting for its end",
+        OUTPUT,
+        "output",
+        "journey_timeout",
+        parse=_journey_bound("output-journey-timeout", 3_600_000),
+        metavar="ms",
+    ),
+    Flag(
+        "output-journey-max",
+        UINT,
+        cfg.JOURNEY_MAX_DEFAULT,
+        "most journeys held at once; beyond, the one idle longest is printed early, marked cut",
+        OUTPUT,
+        "output",
+        "journey_max",
+        parse=_journey_bound("output-journey-max", 1 << 20),
+        metavar="N",
+    ),
+    Flag(
+        "output-journey-max-hops",
+        UINT,
+        cfg.JOURNEY_MAX_HOPS_DEFAULT,
+        "most hops held per journey; beyond, the hops so far are printed, marked cut, and the journey goes on",
+        OUTPUT,
+        "output",
+        "journey_max_hops",
+        parse=_journey_bound("output-journey-max-hops", 1 << 16),
+        metavar="N",
     ),
     Flag(
         "output-explain",

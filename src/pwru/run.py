@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import backends, discovery, dumps, flags, netfilter, resolve, summary, tracking
+from pwru import backends, discovery, dumps, flags, netfilter, nf_rules, resolve, summary, tracking
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
@@ -28,6 +28,7 @@ from pwru.errors import UserError
 from pwru.kernel import KernelContext
 from pwru.netns_names import NetnsNames
 from pwru.output import Sink, make_formatter, open_sink
+from pwru.output.journey import JourneyOutput
 from pwru.output.pcap import PcapOutput
 from pwru.output.sink import open_pcap_sink
 from pwru.pipeline import LineOutput, Output, Pipeline
@@ -421,6 +422,7 @@ def run(config: Config) -> int:
         plan.add(summary.mark_ends(skb_probes, schema.verdicts))
         plan.add(nf_probes)
         plan.add(track_probes)
+        plan.add(nf_rules.probes(config, backend, kernel))
         ensure_fd_limit(plan)
         reasons = discovery.drop_reasons(kernel.spec, kernel.modules())
         sink = open_sink(config)  # an --output-file that cannot be opened is said before anything is loaded
@@ -430,6 +432,7 @@ def run(config: Config) -> int:
             stopper = Stopper()
             with stopper.installed():
                 constants = flags.constants(config) | spliced | netfilter.constants(plan.probes, reasons)
+                constants |= nf_rules.constants(plan.probes, bool(reasons), kernel)
                 coll = Collection(obj, kernel_btf=kernel.spec, constants=constants)
                 try:
                     loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready, pcap_sink)
@@ -554,6 +557,11 @@ def make_pipeline(
     if config.output.stack:
         stages.append(StackStage(coll.maps["stacks"].stack_trace, kernel.kallsyms))
     names = Symbols(kernel.kallsyms, plan.names(), reasons, schema.probe_kind("index"))
+    if config.output.journey:  # one unit per journey, no header
+        journeys: list[Output] = [JourneyOutput(config.output, names, sink)]
+        if pcap_sink is not None:
+            journeys.append(PcapOutput(pcap_sink, names, config.output.pcap_snaplen))
+        return Pipeline(schema, stages, journeys), limit, lambda: sink.delivered
     metadata = skb_metadata(config, kernel.spec)
     formatter = make_formatter(
         config, names, NetnsNames() if config.output.netns_names else None, metadata[1] if metadata else ()
@@ -629,8 +637,11 @@ def _finish(
                 " (the tracked set was full: raise --filter-track-skb-max)" if full else ""
             )
             tracking.report_unfreed(coll.maps["tracked"], att)
+        shown = f"{printed()} events printed"
+        if config.output.journey:
+            shown = f"{printed()} journeys printed ({pipeline.events if pipeline is not None else 0} events)"
         print(
-            f"pwru: {printed()} events printed, {lost} lost{untracked}; attached {len(att.attached)} in "
+            f"pwru: {shown}, {lost} lost{untracked}; attached {len(att.attached)} in "
             f"{attach_time:.2f} s, detached in {detach_time:.2f} s",
             file=sys.stderr,
         )

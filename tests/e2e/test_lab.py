@@ -5,6 +5,8 @@ check, each backend gets one run (module-scoped) that sees three kinds of traffi
 
 * UDP to a closed port (9999): dropped with ``NO_SOCKET``;
 * TCP to port 8080, dropped by an nftables rule on output: ``NETFILTER_DROP`` after ``nf_hook_slow``;
+* TCP to port 8081, dropped by an iptables (legacy: x_tables) rule on output: with the function backends both
+  drops name the table (and nftables' chain) whose verdict was DROP;
 * UDP to port 9998: must not appear, the pcap filter (probe-read mode, on real skbs) rejects it.
 
 The run also has the tunnel filters and --output-tunnel on (so every lab kernel's verifier sees that code): none
@@ -35,7 +37,7 @@ from .conftest import BACKENDS, SLOW, Netns, left_behind, pwru_bpf_objects, sh, 
 
 pytestmark = pytest.mark.root
 
-FILTER = "(udp and dst port 9999) or (tcp and dst port 8080)"
+FILTER = "(udp and dst port 9999) or (tcp and dst port 8080) or (tcp and dst port 8081)"
 FUNCTION_BACKENDS = {"kprobe-multi", "kprobe", "fentry"}
 #: True for every skb of the scenario, but through each kind of code the C-expression compiler emits (a dynamic
 #: index, a bitfield-free signed char compare, a string compare through a pointer that may be NULL).
@@ -73,6 +75,7 @@ def lab_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         ns.exec("nft", "add", "table", "inet", "pwl")
         ns.exec("nft", "add chain inet pwl out { type filter hook output priority 0 ; }")
         ns.exec("nft", "add rule inet pwl out tcp dport 8080 drop")
+        ns.exec("iptables-legacy", "-A", "OUTPUT", "-p", "tcp", "--dport", "8081", "-j", "DROP")
         yield _run_scenario(backend, ns, tmp)
     finally:
         sh("ip", "netns", "del", ns.name, check=False)
@@ -114,6 +117,7 @@ def _run_scenario(backend: str, ns: Netns, tmp: Path) -> LabRun:
         udp_send(ns, "127.0.0.1", 9998)
         udp_send(ns, "127.0.0.1", 9999)
         tcp_connect(ns, "127.0.0.1", 8080, timeout=0.3)
+        tcp_connect(ns, "127.0.0.1", 8081, timeout=0.3)
         time.sleep(1 * SLOW)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=300 * SLOW)
@@ -205,6 +209,21 @@ def test_firewall_drop_path(lab_run: LabRun) -> None:
         for fn in ("ip_local_out", "__ip_local_out", "nf_hook_slow"):
             assert fn in path, path
         assert path.index("nf_hook_slow") < path.index(drop.split("(")[0])
+
+
+def test_netfilter_drops_name_their_table_and_chain(lab_run: LabRun) -> None:
+    """nft_do_chain's and ipt_do_table's DROP verdicts, on the drop events (kprobe and fentry backends)."""
+    if lab_run.backend not in FUNCTION_BACKENDS:
+        pytest.skip("the table walks are functions: kprobes or fentry")
+    if not all(Path(f"/sys/kernel/btf/{m}").exists() for m in ("nf_tables", "ip_tables")):
+        pytest.skip("no module BTF (Debian's 5.10): the walks' prototypes and structs are unknown")
+    reason = "SKB_DROP_REASON_NETFILTER_DROP"
+    nft, ipt = drop_events(lab_run, 8080, reason), drop_events(lab_run, 8081, reason)
+    assert nft and ipt, lab_run.funcs()
+    assert [(e.get("nf_table"), e.get("nf_chain")) for e in nft][:1] == [("pwl", "out")], nft
+    assert [(e.get("nf_table"), e.get("nf_chain")) for e in ipt][:1] == [("filter", None)], ipt
+    # Only the drops carry them.
+    assert not [e for e in lab_run.events if "nf_table" in e and e not in nft + ipt]
 
 
 def test_tunnel_filters_pass_packets_that_were_never_encapsulated(lab_run: LabRun) -> None:

@@ -233,3 +233,94 @@ def test_the_tracked_set_empties_when_a_socket_reads(track_run: TrackRun) -> Non
     assert sunk, track_run.stderr
     assert track_run.tracked_after_sink == 0
     assert not re.search(r"never seen freed", track_run.stderr), track_run.stderr
+
+
+# --- --output-journey with copies (function backends: the copy probes tell a clone's parent) ----------------
+
+JOURNEY_PORT = 9500  # closed in B
+
+
+@dataclass
+class JourneyRun:
+    backend: str
+    journeys: list[dict[str, object]]
+    stderr: str
+    returncode: int
+    tap_pid: int
+    left_in_kernel: set[str]
+
+
+@pytest.fixture(scope="module", params=TRACK_BACKENDS or ["none"])
+def journey_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JourneyRun]:
+    """A datagram from A to a closed port in B, with an AF_PACKET socket on a0 reading the clones the kernel
+    makes of outgoing skbs for it: one journey holds the datagram's skb (dropped in B) and its clone (read by the
+    tap), linked by the skb_clone copy record."""
+    backend = str(request.param)
+    if backend == "none":
+        pytest.skip("needs a function backend (kprobe-multi, kprobe, fentry)")
+    tmp = tmp_path_factory.mktemp(f"journey-{backend}")
+    a, b = Netns(f"pwja-{os.getpid()}"), Netns(f"pwjb-{os.getpid()}")
+    for ns in (a, b):
+        sh("ip", "netns", "add", ns.name)
+    try:
+        sh("ip", "link", "add", "a0", "netns", a.name, "type", "veth", "peer", "name", "b0", "netns", b.name)
+        for ns, dev, addr in ((a, "a0", "10.99.0.1/24"), (b, "b0", "10.99.0.2/24")):
+            ns.exec("ip", "link", "set", "lo", "up")
+            ns.exec("ip", "addr", "add", addr, "dev", dev)
+            ns.exec("ip", "link", "set", dev, "up")
+        yield _journey(backend, a, tmp)
+    finally:
+        for ns in (a, b):
+            sh("ip", "netns", "del", ns.name, check=False)
+
+
+def _journey(backend: str, a: Netns, tmp: Path) -> JourneyRun:
+    ready = tmp / "ready"
+    before = pwru_bpf_objects()
+    cmd = [
+        sys.executable, "-m", "pwru", "--backend", backend, "--ready-file", str(ready), "--output-journey",
+        "--output-json", "--output-journey-timeout", "500", "--filter-func", FUNCS,
+        f"udp and dst port {JOURNEY_PORT}",
+    ]  # fmt: skip
+    tap = a.python_background(
+        "import socket\n"
+        "s=socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n"
+        "s.bind(('a0', 0))\n"
+        "print('ready', flush=True)\n"
+        "while True: s.recv(2000)\n"
+    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp)
+    try:
+        wait_ready(proc, ready)
+        udp_send(a, REAL, JOURNEY_PORT)
+        time.sleep(2 * SLOW)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=300 * SLOW)
+    finally:
+        for p in (proc, tap):
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    journeys = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return JourneyRun(backend, journeys, err, proc.returncode, tap.pid, left_behind(before))
+
+
+def test_a_journey_holds_the_clone_with_its_own_verdict(journey_run: JourneyRun) -> None:
+    run = journey_run
+    assert run.returncode == 0 and run.left_in_kernel == set(), run.stderr
+    with_copies = [j for j in run.journeys if len(j["skbs"]) > 1]  # type: ignore[arg-type]
+    assert with_copies, run.journeys
+    j = with_copies[0]
+    skbs = j["skbs"]
+    assert isinstance(skbs, list) and skbs[0]["copy_of"] is None
+    assert any(s["copy_of"] == skbs[0]["skb"] for s in skbs[1:]), skbs
+    hops = j["hops"]
+    assert isinstance(hops, list)
+    assert any(h.get("copy_of") == skbs[0]["skb"] and h["func"] == "skb_clone" for h in hops), hops
+    verdicts = {v["skb"]: v for v in j["verdicts"]}  # type: ignore[attr-defined]
+    root = verdicts[skbs[0]["skb"]]
+    assert root["verdict"] == "dropped", root
+    # dev_queue_xmit_nit's clone is shared with the tap's packet_rcv, which clones it again and consumes it: the
+    # tap reads the clone's clone.
+    copies = [verdicts[s["skb"]] for s in skbs[1:]]
+    assert any(v["verdict"] == "delivered" and str(v["process"]).endswith(f":{run.tap_pid}") for v in copies), j

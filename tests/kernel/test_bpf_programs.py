@@ -68,6 +68,23 @@ def test_without_pcap_output_the_scratch_map_may_be_tiny() -> None:
         c.load_program("tp_skb", attach_btf_id=_tp_id("kfree_skb"), constants=constants).close()
 
 
+#: The tracking and netfilter-table programs, with the journey's copy records and the table lookups on.
+STATE_KPROBES = [
+    "kprobe_skb_free", "kprobe_skb_copy_entry", "kretprobe_skb_copy", "kprobe_skb_replace_entry",
+    "kretprobe_skb_replace", "kprobe_xt_table_skb_first", "kprobe_xt_table_priv_first", "kprobe_nft_chain",
+    "kretprobe_nf_verdict",
+]  # fmt: skip
+JOURNEY = {**EVERYTHING, "cfg_track_skb": 1, "cfg_output_journey": 1, "cfg_nf_rules": 1}
+
+
+@pytest.mark.parametrize("constants", [NOTHING, JOURNEY], ids=["defaults", "journey-and-tables"])
+@pytest.mark.parametrize("name", STATE_KPROBES)
+def test_state_kprobes_load(coll: Collection, name: str, constants: dict[str, int]) -> None:
+    prog = coll.load_program(name, constants=constants)
+    assert prog.info().verified_insns > 0
+    prog.close()
+
+
 def test_kprobe_multi_attach_type_loads(coll: Collection) -> None:
     try:
         prog = coll.load_program("kprobe_skb_1", expected_attach_type=AttachType.TRACE_KPROBE_MULTI)
@@ -122,3 +139,21 @@ def test_fentry_loads_where_allowed(coll: Collection) -> None:
     print(f"fentry_skb_1@ip_rcv: verified_insns={info.verified_insns}")
     assert info.verified_insns > 0 and info.type == ProgType.TRACING
     prog.close()
+
+
+def test_the_table_walks_offsets_come_from_btf() -> None:
+    """The members the table-walk programs read, from the kernel's BTF (built in here) or its modules'."""
+    from pwru import nf_rules
+    from pwru.kernel import KernelContext
+
+    kernel = KernelContext(None, (), False)
+    try:
+        found = nf_rules.offsets(kernel)
+    finally:
+        kernel.close()
+    if not found:
+        pytest.skip("neither x_tables nor nf_tables in this kernel's BTF")
+    assert set(found) <= set(nf_rules.OFFSETS)
+    if "cfg_off_nft_chain_name" in found:
+        assert found["cfg_off_nft_pkt_skb"] == 0  # the first member on every kernel since 4.x
+        assert found["cfg_off_nft_chain_name"] > found["cfg_off_nft_chain_table"]

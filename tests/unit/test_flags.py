@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pwru import config as cfg
-from pwru import flags, netfilter, netns, resolve
+from pwru import flags, netfilter, netns, nf_rules, resolve
 from pwru.config import Config, FilterConfig, OutputConfig
 from pwru.errors import UserError
 
@@ -99,6 +99,7 @@ def test_constants_of_the_default_config() -> None:
         "cfg_pcap_snaplen": 256,
         "cfg_summary": 0,
         "cfg_emit": 1,
+        "cfg_output_journey": 0,
     }
 
 
@@ -129,6 +130,7 @@ def test_constants_come_from_the_resolved_config() -> None:
         "cfg_pcap_snaplen": 256,
         "cfg_summary": 0,
         "cfg_emit": 1,
+        "cfg_output_journey": 0,
     }
     pcap = resolve.resolve(flags.parse_config(["--output-pcap=-", "--output-pcap-snaplen=1500"]))
     assert (flags.constants(pcap)["cfg_output_pcap"], flags.constants(pcap)["cfg_pcap_snaplen"]) == (1, 1500)
@@ -147,8 +149,8 @@ def test_constants_exist_in_the_bpf_program() -> None:
 
     spliced = set(build_object(Config())[1])
     assert spliced >= {"cfg_has_pcap", "cfg_has_tunnel_pcap_l2", "cfg_has_skb_expr", "cfg_metadata_size"}
-    nf = set(netfilter.constants([], {}))
-    per_load = {"cfg_probe_id", "cfg_ret_pos", "cfg_nf_point"}
+    nf = set(netfilter.constants([], {})) | set(nf_rules.constants([]))
+    per_load = {"cfg_probe_id", "cfg_ret_pos", "cfg_nf_point", "cfg_nf_skb_pos", "cfg_nf_priv_pos", "cfg_nf_kind"}
     assert {n for n in declared - names if not n.startswith("cfg_tp_")} == spliced | nf | per_load
 
 

@@ -63,6 +63,7 @@ const volatile __u32 cfg_tp_reason_pos = 0;   /* 0: the tracepoint has no drop r
 const volatile __u32 cfg_tp_location_pos = 0; /* 0: no location argument */
 const volatile __u64 cfg_probe_id = 0;        /* tp_btf, netfilter: header.probe; fentry: address without get_func_ip */
 const volatile __u8 cfg_tp_frees = 0;         /* tp_btf: the tracepoint marks its skb's end (kfree_skb, consume_skb) */
+const volatile __u8 cfg_output_journey = 0;  /* --output-journey: send struct skb_copy records */
 const volatile __u32 cfg_ret_pos = 0;         /* fexit: 1-based ctx slot of the return value (argument count + 1) */
 const volatile __u8 cfg_tp_verdict = 0;       /* tp_btf: the tracepoint ends its skb with this enum pwru_verdict */
 const volatile __u8 cfg_emit = 1;             /* 0: the program writes no event (kernel state only, or counts only) */
@@ -71,6 +72,18 @@ const volatile __u8 cfg_emit = 1;             /* 0: the program writes no event 
  * none) looks it up. */
 const volatile __u8 cfg_nf_attrib = 0;        /* the netfilter points are attached: look drops up */
 const volatile __u32 cfg_nf_drop_reason = 0;
+const volatile __u8 cfg_nf_rules = 0;         /* table/chain probes attached: 1 drop events (a reason) look them
+					       * up, 2 the skb's next event (kernels without drop reasons) */
+const volatile __u32 cfg_nf_skb_pos = 0;      /* fexit_nf_verdict, per load: the skb's (nft: the pktinfo's) slot */
+const volatile __u32 cfg_nf_priv_pos = 0;     /* and the table's (nft: the chain's) */
+const volatile __u8 cfg_nf_kind = 0;          /* enum nf_walk_kind */
+/* Member offsets of the table walks' structs, from their modules' BTF (x_tables, nf_tables): the loader
+ * relocates CO-RE reads against vmlinux's BTF only, where these types are not. */
+const volatile __u32 cfg_off_xt_table_name = 0;   /* struct xt_table: name (char[32]) */
+const volatile __u32 cfg_off_nft_pkt_skb = 0;     /* struct nft_pktinfo: skb */
+const volatile __u32 cfg_off_nft_chain_table = 0; /* struct nft_chain: table */
+const volatile __u32 cfg_off_nft_chain_name = 0;  /* struct nft_chain: name (char *) */
+const volatile __u32 cfg_off_nft_table_name = 0;  /* struct nft_table: name (char *) */
 const volatile __u8 cfg_nf_point = 0;         /* netfilter, per load: NF_POINT_FIRST or NF_POINT_LAST */
 #define NF_POINT_FIRST 1
 #define NF_POINT_LAST 2
@@ -180,6 +193,9 @@ struct {
 struct stash_value {
 	__u64 skb;  /* the skb at entry */
 	__u64 pskb; /* where the function leaves its result (struct sk_buff **), 0 when it returns it */
+	__u64 probe; /* the function (struct skb_copy's hdr.probe) */
+	__u8 probe_kind;
+	__u8 pad[7];
 };
 
 struct {
@@ -225,6 +241,41 @@ struct {
 	__type(value, __u64);
 } summary_full SEC(".maps");
 
+/* ---- netfilter table and chain attribution (kprobe, fentry backends) ----
+ * nf_stash: a table walk in progress (key: pid_tgid): the skb and the table (struct xt_table *) or base chain
+ * (struct nft_chain *), kept from the function's entry to its return (kprobe backends; fexit has both at once).
+ * nf_rule:  skb -> the table/chain whose verdict was DROP, taken (and deleted) by the skb's next drop event. */
+enum nf_walk_kind {
+	NF_WALK_XT = 1,  /* ipt_do_table, ip6t_do_table: priv is a struct xt_table * */
+	NF_WALK_NFT = 2, /* nft_do_chain: priv is a struct nft_chain * */
+};
+
+struct nf_walk {
+	__u64 skb;
+	__u64 priv;
+	__u8 kind; /* enum nf_walk_kind */
+	__u8 pad[7];
+};
+
+struct nf_rule {
+	char table[PWRU_NF_NAME_LEN];
+	char chain[PWRU_NF_NAME_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct nf_walk);
+} nf_stash SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct nf_rule);
+} nf_rule SEC(".maps");
+
 /* Keep the record types and layouts in the object's BTF for user space's decoder (null constants in .rodata,
  * never read). */
 const enum pwru_record_type *const pwru_record_types = 0;
@@ -234,6 +285,8 @@ const struct skb_dump *const pwru_skb_dump_layout = 0;
 const enum pwru_dump_kind *const pwru_dump_kinds = 0;
 const struct packet *const pwru_packet_layout = 0;
 const enum pwru_linktype *const pwru_linktypes = 0;
+const struct skb_copy *const pwru_skb_copy_layout = 0;
+const struct skb_free *const pwru_skb_free_layout = 0;
 const enum pwru_verdict *const pwru_verdicts = 0;
 const struct summary_key *const pwru_summary_key_layout = 0;
 
@@ -583,11 +636,65 @@ static __always_inline void untrack(__u64 addr)
 	}
 }
 
-/* A copy of a tracked skb (clone, copy, veth's rebuild for XDP) is tracked too. */
-static __always_inline void track_copy(__u64 old, __u64 new)
+/* --output-journey: tell user space which skb the new one was made from (a lost record is counted in lost). */
+static __always_inline void emit_copy(__u64 old, __u64 new, __u64 probe, __u8 probe_kind)
 {
-	if (old && new && old != new && is_tracked(old))
-		track(new);
+	struct skb_copy *rec;
+	__u32 zero = 0;
+
+	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	if (!rec) {
+		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
+
+		if (count)
+			*count += 1;
+		return;
+	}
+	__builtin_memset(rec, 0, sizeof(*rec));
+	rec->hdr.ts = bpf_ktime_get_ns();
+	rec->hdr.skb = new;
+	rec->hdr.probe = probe;
+	rec->hdr.type = PWRU_RECORD_SKB_COPY;
+	rec->hdr.size = sizeof(*rec);
+	rec->hdr.probe_kind = probe_kind;
+	rec->parent = old;
+	bpf_ringbuf_submit(rec, 0);
+}
+
+/* --output-journey: a tracked skb ended (before it leaves the tracked set). */
+static __always_inline void end_tracked(__u64 skb, __u64 probe, __u8 probe_kind)
+{
+	struct skb_free *rec;
+	__u32 zero = 0;
+
+	if (!cfg_output_journey || !is_tracked(skb))
+		return;
+	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	if (!rec) {
+		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
+
+		if (count)
+			*count += 1;
+		return;
+	}
+	__builtin_memset(rec, 0, sizeof(*rec));
+	rec->hdr.ts = bpf_ktime_get_ns();
+	rec->hdr.skb = skb;
+	rec->hdr.probe = probe;
+	rec->hdr.type = PWRU_RECORD_SKB_FREE;
+	rec->hdr.size = sizeof(*rec);
+	rec->hdr.probe_kind = probe_kind;
+	bpf_ringbuf_submit(rec, 0);
+}
+
+/* A copy of a tracked skb (clone, copy, veth's rebuild for XDP) is tracked too. */
+static __always_inline void track_copy(__u64 old, __u64 new, __u64 probe, __u8 probe_kind)
+{
+	if (!(old && new && old != new && is_tracked(old)))
+		return;
+	track(new);
+	if (cfg_output_journey)
+		emit_copy(old, new, probe, probe_kind);
 }
 
 /* Whether the skb is shown: tracked (by address, or as the skb its call chain works on), else by the filters.
@@ -838,6 +945,51 @@ static __always_inline void count_end(__u64 skb, __u8 verdict, __s64 reason, __u
 		__sync_fetch_and_add(n, 1);
 }
 
+/* *(u64 *)(base + off), 0 when unreadable (base 0 included). */
+static __always_inline __u64 read_ptr(__u64 base, __u32 off)
+{
+	__u64 v = 0;
+
+	if (base)
+		bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+	return v;
+}
+
+/* The names of a walk's table (iptables) or base chain and its table (nftables). */
+static __always_inline void nf_walk_names(__u64 priv, __u8 kind, char *table, char *chain)
+{
+	if (kind == NF_WALK_XT) {
+		bpf_probe_read_kernel_str(table, PWRU_NF_NAME_LEN, (void *)(priv + cfg_off_xt_table_name));
+	} else {
+		__u64 t = read_ptr(priv, cfg_off_nft_chain_table);
+
+		bpf_probe_read_kernel_str(chain, PWRU_NF_NAME_LEN, (void *)read_ptr(priv, cfg_off_nft_chain_name));
+		bpf_probe_read_kernel_str(table, PWRU_NF_NAME_LEN, (void *)read_ptr(t, cfg_off_nft_table_name));
+	}
+}
+
+/* A drop event takes the table/chain whose verdict DROP its skb got last (and no later drop takes it again), or,
+ * when the walk in progress on this task is for this skb, that walk's: nftables frees a dropped skb itself
+ * (NF_DROP_REASON, returning NF_STOLEN) before nft_do_chain returns. */
+static __always_inline void nf_drop_rule(__u64 skb, struct event *ev)
+{
+	struct nf_rule *r = bpf_map_lookup_elem(&nf_rule, &skb);
+	__u64 key = bpf_get_current_pid_tgid();
+	struct nf_walk *w;
+
+	if (r) {
+		__builtin_memcpy(ev->nf_table, r->table, sizeof(ev->nf_table));
+		__builtin_memcpy(ev->nf_chain, r->chain, sizeof(ev->nf_chain));
+		bpf_map_delete_elem(&nf_rule, &skb);
+		return;
+	}
+	w = bpf_map_lookup_elem(&nf_stash, &key);
+	if (w && w->skb == skb && w->priv) {
+		nf_walk_names(w->priv, w->kind, ev->nf_table, ev->nf_chain);
+		w->priv = 0; /* taken: the free path's later events with a reason (skb_release_data) do not repeat it */
+	}
+}
+
 /* ---- the shared handler ---- */
 /* Reserve, fill and submit the event of an skb already selected. */
 static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
@@ -879,6 +1031,8 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 	ev->location = location;
 	ev->reason = reason;
 	nf_drop_hook((__u64)skb, reason, &ev->nf_pf, &ev->nf_hook);
+	if ((cfg_nf_rules == 1 && reason >= 0) || cfg_nf_rules == 2)
+		nf_drop_rule((__u64)skb, ev);
 	ev->cpu = bpf_get_smp_processor_id();
 	if (mode == CALLER_NONE) {
 		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -963,6 +1117,15 @@ static __always_inline __u64 fentry_func_ip(void *ctx)
 	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_func_ip))
 		return bpf_get_func_ip(ctx);
 	return cfg_probe_id;
+}
+
+/* What fentry_func_ip returns: an address, or the load's probe id where the kernel lacks bpf_get_func_ip
+ * (the tracking probes' loads get their probe index; the skb probes' get the address, see backends.py). */
+static __always_inline __u8 fentry_probe_kind(void)
+{
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_func_ip))
+		return PWRU_PROBE_ADDR;
+	return PWRU_PROBE_INDEX;
 }
 
 #define FENTRY_SKB(n)                                                                                        \
@@ -1078,6 +1241,7 @@ int tp_skb_free(__u64 *ctx)
 	__u64 skb = tp_arg(ctx, cfg_tp_skb_pos, 0);
 
 	if (skb) {
+		end_tracked(skb, cfg_probe_id, PWRU_PROBE_INDEX);
 		untrack(skb);
 		nf_forget(skb);
 	}
@@ -1090,16 +1254,20 @@ int kprobe_skb_free(struct pt_regs *ctx)
 {
 	__u64 skb = PT_REGS_PARM1(ctx);
 
-	if (skb)
+	if (skb) {
+		end_tracked(skb, kprobe_func_ip(ctx), PWRU_PROBE_ADDR);
 		untrack(skb);
+	}
 	return 0;
 }
 
 SEC("fentry/placeholder")
 int fentry_skb_free(__u64 *ctx)
 {
-	if (ctx[0])
+	if (ctx[0]) {
+		end_tracked(ctx[0], fentry_func_ip(ctx), fentry_probe_kind());
 		untrack(ctx[0]);
+	}
 	return 0;
 }
 
@@ -1108,7 +1276,7 @@ int fentry_skb_free(__u64 *ctx)
 SEC("fexit/placeholder")
 int fexit_skb_copy(__u64 *ctx)
 {
-	track_copy(ctx[0], tp_arg(ctx, cfg_ret_pos, 0));
+	track_copy(ctx[0], tp_arg(ctx, cfg_ret_pos, 0), fentry_func_ip(ctx), fentry_probe_kind());
 	return 0;
 }
 
@@ -1119,6 +1287,8 @@ int kprobe_skb_copy_entry(struct pt_regs *ctx)
 	__u64 key = bpf_get_current_pid_tgid();
 	struct stash_value v = {.skb = PT_REGS_PARM1(ctx)};
 
+	v.probe = kprobe_func_ip(ctx);
+	v.probe_kind = PWRU_PROBE_ADDR;
 	if (is_tracked(v.skb))
 		bpf_map_update_elem(&stash, &key, &v, BPF_ANY);
 	return 0;
@@ -1132,17 +1302,17 @@ int kretprobe_skb_copy(struct pt_regs *ctx)
 
 	if (!v)
 		return 0;
-	track_copy(v->skb, PT_REGS_RC(ctx));
+	track_copy(v->skb, PT_REGS_RC(ctx), v->probe, v->probe_kind);
 	bpf_map_delete_elem(&stash, &key);
 	return 0;
 }
 
 /* veth_convert_skb_to_xdp_buff(rq, xdp, struct sk_buff **pskb): veth may replace the skb it hands to XDP by a
  * new one (the talk's example); the new one inherits the old one's tracking. */
-static __always_inline void stash_pskb(__u64 pskb)
+static __always_inline void stash_pskb(__u64 pskb, __u64 probe, __u8 probe_kind)
 {
 	__u64 key = bpf_get_current_pid_tgid();
-	struct stash_value v = {.pskb = pskb};
+	struct stash_value v = {.pskb = pskb, .probe = probe, .probe_kind = probe_kind};
 
 	if (bpf_probe_read_kernel(&v.skb, sizeof(v.skb), (void *)pskb) || !is_tracked(v.skb))
 		return;
@@ -1158,14 +1328,14 @@ static __always_inline void track_pskb(void)
 	if (!v)
 		return;
 	if (bpf_probe_read_kernel(&new, sizeof(new), (void *)v->pskb) == 0)
-		track_copy(v->skb, new);
+		track_copy(v->skb, new, v->probe, v->probe_kind);
 	bpf_map_delete_elem(&stash, &key);
 }
 
 SEC("kprobe/skb_replace_entry")
 int kprobe_skb_replace_entry(struct pt_regs *ctx)
 {
-	stash_pskb(PT_REGS_PARM3(ctx));
+	stash_pskb(PT_REGS_PARM3(ctx), kprobe_func_ip(ctx), PWRU_PROBE_ADDR);
 	return 0;
 }
 
@@ -1179,7 +1349,7 @@ int kretprobe_skb_replace(struct pt_regs *ctx)
 SEC("fentry/placeholder")
 int fentry_skb_replace_entry(__u64 *ctx)
 {
-	stash_pskb(ctx[2]);
+	stash_pskb(ctx[2], fentry_func_ip(ctx), fentry_probe_kind());
 	return 0;
 }
 
@@ -1187,6 +1357,105 @@ SEC("fexit/placeholder")
 int fexit_skb_replace(__u64 *ctx)
 {
 	track_pskb();
+	return 0;
+}
+
+/* ---- netfilter table and chain attribution ----
+ * The walk of a table (iptables, ip6tables: ipt_do_table, ip6t_do_table) or of a base chain (nftables:
+ * nft_do_chain) returns the verdict; a DROP (NF_DROP in the low byte: nftables may carry an errno above it) is
+ * remembered for the skb's drop event. Only skbs that are tracked or pass the filters are looked at. */
+#define NF_DROP 0
+#define NF_VERDICT_MASK 0xff
+
+static __always_inline bool nf_wanted(__u64 skb)
+{
+	return skb && (is_tracked(skb) || filter_skb((struct sk_buff *)skb));
+}
+
+static __always_inline void nf_walk_end(__u64 skb, __u64 priv, __u8 kind, __u64 verdict)
+{
+	struct nf_rule r;
+
+	if ((verdict & NF_VERDICT_MASK) != NF_DROP || !priv)
+		return;
+	__builtin_memset(&r, 0, sizeof(r));
+	nf_walk_names(priv, kind, r.table, r.chain);
+	bpf_map_update_elem(&nf_rule, &skb, &r, BPF_ANY);
+}
+
+static __always_inline void nf_walk_begin(__u64 skb, __u64 priv, __u8 kind)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	struct nf_walk w = {.skb = skb, .priv = priv, .kind = kind};
+
+	if (nf_wanted(skb))
+		bpf_map_update_elem(&nf_stash, &key, &w, BPF_ANY);
+}
+
+/* 5.10: ipt_do_table(struct sk_buff *skb, const struct nf_hook_state *state, struct xt_table *table) */
+SEC("kprobe/xt_table_skb_first")
+int kprobe_xt_table_skb_first(struct pt_regs *ctx)
+{
+	nf_walk_begin(PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), NF_WALK_XT);
+	return 0;
+}
+
+/* 5.16+: ipt_do_table(void *priv, struct sk_buff *skb, const struct nf_hook_state *state) */
+SEC("kprobe/xt_table_priv_first")
+int kprobe_xt_table_priv_first(struct pt_regs *ctx)
+{
+	nf_walk_begin(PT_REGS_PARM2(ctx), PT_REGS_PARM1(ctx), NF_WALK_XT);
+	return 0;
+}
+
+/* nft_do_chain(struct nft_pktinfo *pkt, void *priv) */
+SEC("kprobe/nft_chain")
+int kprobe_nft_chain(struct pt_regs *ctx)
+{
+	nf_walk_begin(read_ptr(PT_REGS_PARM1(ctx), cfg_off_nft_pkt_skb), PT_REGS_PARM2(ctx), NF_WALK_NFT);
+	return 0;
+}
+
+SEC("kretprobe/nf_verdict")
+int kretprobe_nf_verdict(struct pt_regs *ctx)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	struct nf_walk *w = bpf_map_lookup_elem(&nf_stash, &key);
+
+	if (!w)
+		return 0;
+	nf_walk_end(w->skb, w->priv, w->kind, PT_REGS_RC(ctx));
+	bpf_map_delete_elem(&nf_stash, &key);
+	return 0;
+}
+
+/* fentry backend (positions per load): the walk in progress at entry (a drop inside it looks it up), the
+ * verdict at exit. */
+static __always_inline __u64 nf_ctx_skb(__u64 *ctx)
+{
+	__u64 skb = tp_arg(ctx, cfg_nf_skb_pos, 0);
+
+	return cfg_nf_kind == NF_WALK_NFT ? read_ptr(skb, cfg_off_nft_pkt_skb) : skb;
+}
+
+SEC("fentry/placeholder")
+int fentry_nf_walk(__u64 *ctx)
+{
+	nf_walk_begin(nf_ctx_skb(ctx), tp_arg(ctx, cfg_nf_priv_pos, 0), cfg_nf_kind);
+	return 0;
+}
+
+SEC("fexit/placeholder")
+int fexit_nf_verdict(__u64 *ctx)
+{
+	__u64 key = bpf_get_current_pid_tgid();
+	__u64 skb = nf_ctx_skb(ctx);
+
+	if (bpf_map_lookup_elem(&nf_stash, &key))
+		bpf_map_delete_elem(&nf_stash, &key);
+	if (!nf_wanted(skb))
+		return 0;
+	nf_walk_end(skb, tp_arg(ctx, cfg_nf_priv_pos, 0), cfg_nf_kind, (__u32)tp_arg(ctx, cfg_ret_pos, 0));
 	return 0;
 }
 

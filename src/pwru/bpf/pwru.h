@@ -14,11 +14,14 @@
 /* The most packet bytes a struct packet carries (--output-pcap-snaplen's upper bound): the per-CPU scratch
  * record it is built in must stay within the kernel's 32 KiB per-CPU allocation unit. */
 #define PWRU_PCAP_SNAPLEN_MAX 16384
+#define PWRU_NF_NAME_LEN 32 /* xt_table names are at most 32 with their NUL; longer nftables names are cut */
 
 enum pwru_record_type {
 	PWRU_RECORD_EVENT = 1,    /* struct event: one skb seen at one probe */
 	PWRU_RECORD_SKB_DUMP = 2, /* struct skb_dump: a struct of the skb printed by the kernel (--output-skb, ...) */
 	PWRU_RECORD_PACKET = 3,   /* struct packet: the bytes of the event's skb (--output-pcap) */
+	PWRU_RECORD_SKB_COPY = 4, /* struct skb_copy: a tracked skb was copied (--output-journey) */
+	PWRU_RECORD_SKB_FREE = 5, /* struct skb_free: a tracked skb was freed (--output-journey) */
 };
 
 /* What a struct skb_dump prints (bpf_snprintf_btf on the running kernel's type). */
@@ -90,6 +93,10 @@ struct event {
 	__u8 nf_pf;   /* NFPROTO_* (2 ipv4, 10 ipv6), 0 when unknown */
 	__s8 nf_hook; /* NF_INET_* hook number (0 PREROUTING .. 4 POSTROUTING), -1 when not a netfilter drop or unknown */
 	__u8 pad_nf[6];
+	/* A drop after a netfilter table's verdict DROP (kprobe/fentry backends: ipt_do_table, ip6t_do_table,
+	 * nft_do_chain): the table's name and, for nftables, the base chain's; empty when unknown. */
+	char nf_table[PWRU_NF_NAME_LEN];
+	char nf_chain[PWRU_NF_NAME_LEN];
 	/* --output-skb-metadata: the values set_skb_metadata wrote (user space knows the layout), 8-byte aligned */
 	__u8 metadata[] __attribute__((aligned(8)));
 };
@@ -135,6 +142,22 @@ struct summary_key {
 	__u8 nf_pf;     /* as struct event's */
 	__s8 nf_hook;
 	__u8 pad;
+};
+
+/* A tracked skb was cloned or copied, or replaced by a new one (veth's rebuild for XDP), and the new skb joins
+ * the tracked set: sent only with --output-journey (cfg_output_journey), so user space can put the new skb's
+ * events in its parent's journey. hdr.skb is the new skb; hdr.probe names the copying function (probe_kind
+ * ADDR: its address; INDEX: a probe id, fexit on kernels without bpf_get_func_ip). */
+struct skb_copy {
+	struct record_header hdr;
+	__u64 parent; /* the tracked skb it was made from */
+};
+
+/* A tracked skb's end, seen by a tracking probe (kfree_skbmem and the other free functions, a free tracepoint not
+ * traced for events): sent only with --output-journey, so a journey ends when its skb does even where no event
+ * shows the free. hdr.skb is the skb; hdr.probe the free function or tracepoint (as struct skb_copy's). */
+struct skb_free {
+	struct record_header hdr;
 };
 
 #endif

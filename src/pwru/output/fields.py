@@ -137,6 +137,24 @@ def nf_text(pf: int, hook: int) -> str:
     return f"{nf_family_name(pf)}/{nf_hook_name(hook)}" if nf_known(pf, hook) else ""
 
 
+#: ``struct event``'s netfilter table and chain (a drop after a table's verdict DROP; kprobe/fentry backends).
+NF_RULE_FIELDS = ("nf_table", "nf_chain")
+
+
+def nf_rule_text(event: Record) -> str:
+    """``table=filter`` (iptables), ``table=pwl chain=out`` (nftables: the base chain); empty when unknown."""
+    table, chain = sanitize(event.nf_table), sanitize(event.nf_chain)
+    if not table:
+        return ""
+    return f"table={table}" + (f" chain={chain}" if chain else "")
+
+
+def rule_key(buf: bytes, span: tuple[int, int], reason: int) -> bytes:
+    """The cache key part of a drop event's table and chain (empty for an event without a drop reason, whose
+    table and chain the kernel leaves empty)."""
+    return bytes(buf[span[0] : span[1]]) if reason >= 0 else b""
+
+
 def explanation_of(event: Record, names: Names) -> Explanation | None:
     """The explanation of a drop event's reason (refined by its location and netfilter hook); None for an event
     without a reason, or a reason the table does not know (``SKB_CONSUMED``, a subsystem's own)."""

@@ -14,7 +14,8 @@ and ``tunnel_tuple`` are there whenever their flag is (``{}`` for an skb without
 
 Ours besides (new keys, never a pwru key with another meaning): ``reason`` (drop reason name) and ``location`` (drop
 location symbol) when known, ``nf_family`` (``ipv4``, ``ipv6``) and ``nf_hook`` (``INPUT``, ...: the iptables chain
-name) for a drop by netfilter whose hook is known, ``explanation`` {``text``, ``check``} for a drop with
+name) for a drop by netfilter whose hook is known, ``nf_table`` and ``nf_chain`` (nftables' base chain) for a
+drop after a table's DROP verdict (kprobe and fentry backends), ``explanation`` {``text``, ``check``} for a drop with
 --output-explain, ``skb_metadata`` (--output-skb-metadata's values), and ``sk_buff``: the struct sk_buff text of
 --output-skb, which pwru puts under ``skb_metadata``, a key --output-skb-metadata uses for its own values. Addresses
 carry no brackets (pwru writes IPv6 ones as ``[fd00::1]``).
@@ -57,6 +58,7 @@ class JsonFormatter:
         self._ts = fields.Timestamps(config.timestamp)
         self._layout: RecordLayout | None = None
         self._stack_id: Any = None
+        self._rule_span = (0, 0)
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
         self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {}, {})
@@ -84,6 +86,11 @@ class JsonFormatter:
         if fields.nf_known(event.nf_pf, event.nf_hook):
             d["nf_family"] = fields.nf_family_name(event.nf_pf)
             d["nf_hook"] = fields.nf_hook_name(event.nf_hook)
+        table, chain = sanitize(event.nf_table), sanitize(event.nf_chain)
+        if table:
+            d["nf_table"] = table
+        if chain:
+            d["nf_chain"] = chain
         if self._config.explain:
             e = fields.explanation_of(event, names)
             if e is not None:
@@ -160,6 +167,7 @@ class JsonFormatter:
         if self._layout is not layout:
             self._layout = layout
             self._spans, self._unpack = fields.record_views(layout)
+            self._rule_span = layout.span(*fields.NF_RULE_FIELDS)
             self._stack_id = layout.unpacker("stack_id")
             for cache in self._caches:
                 cache.clear()
@@ -185,7 +193,7 @@ class JsonFormatter:
             if proc is None:
                 ev = decode(buf)
                 proc = remember(procs, key, _members(self._proc_part(ev)))
-            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook)
+            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook, fields.rule_key(buf, self._rule_span, reason))
             func = funcs.get(fk)
             if func is None:
                 ev = ev or decode(buf)

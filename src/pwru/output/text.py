@@ -78,6 +78,7 @@ class TextFormatter:
         self._caller_width = CALLER_WIDTH if config.tunnel else 0
         self._layout: RecordLayout | None = None
         self._stack_id: Any = None
+        self._rule_span = (0, 0)
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
         self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {}, {})
@@ -142,6 +143,9 @@ class TextFormatter:
         nf = fields.nf_text(event.nf_pf, event.nf_hook)
         if nf:
             text += f" nf={nf}"
+        rule = fields.nf_rule_text(event)
+        if rule:
+            text += f" {rule}"
         return " " + text.ljust(self._func_width)
 
     def _caller(self, event: Record) -> str:
@@ -180,6 +184,7 @@ class TextFormatter:
         if self._layout is not layout:
             self._layout = layout
             self._spans, self._unpack = fields.record_views(layout)
+            self._rule_span = layout.span(*fields.NF_RULE_FIELDS)
             self._stack_id = layout.unpacker("stack_id")
             for cache in (*self._caches, self._explained):
                 cache.clear()
@@ -222,7 +227,7 @@ class TextFormatter:
                     ev = ev or decode(buf)
                     cached = remember(tuples, key, self._tuple(ev))
                 tup = cached
-            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook)
+            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook, fields.rule_key(buf, self._rule_span, reason))
             func = funcs.get(fk)
             if func is None:
                 ev = ev or decode(buf)
