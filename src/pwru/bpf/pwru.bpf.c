@@ -113,6 +113,16 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
+/* One record the ring buffer had no room for (per-CPU slot: no other writer while this program runs here). */
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *count = bpf_map_lookup_elem(&lost, &zero);
+
+	if (count)
+		*count += 1;
+}
+
 /* Where a struct skb_dump is written before it is sent (--output-skb, --output-skb-shared-info); its value size
  * is set by user space to cfg_percpu_buf before the map is made. */
 struct {
@@ -640,14 +650,10 @@ static __always_inline void untrack(__u64 addr)
 static __always_inline void emit_copy(__u64 old, __u64 new, __u64 probe, __u8 probe_kind)
 {
 	struct skb_copy *rec;
-	__u32 zero = 0;
 
 	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
 	if (!rec) {
-		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
-
-		if (count)
-			*count += 1;
+		count_lost();
 		return;
 	}
 	__builtin_memset(rec, 0, sizeof(*rec));
@@ -665,16 +671,12 @@ static __always_inline void emit_copy(__u64 old, __u64 new, __u64 probe, __u8 pr
 static __always_inline void end_tracked(__u64 skb, __u64 probe, __u8 probe_kind)
 {
 	struct skb_free *rec;
-	__u32 zero = 0;
 
 	if (!cfg_output_journey || !is_tracked(skb))
 		return;
 	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
 	if (!rec) {
-		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
-
-		if (count)
-			*count += 1;
+		count_lost();
 		return;
 	}
 	__builtin_memset(rec, 0, sizeof(*rec));
@@ -759,12 +761,8 @@ static __always_inline void dump_struct(struct sk_buff *skb, const struct record
 	d->hdr.size = sizeof(struct skb_dump) + size;
 	d->kind = kind;
 	d->len = n;
-	if (bpf_ringbuf_output(&events, d, sizeof(struct skb_dump) + size, 0)) {
-		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
-
-		if (count)
-			*count += 1;
-	}
+	if (bpf_ringbuf_output(&events, d, sizeof(struct skb_dump) + size, 0))
+		count_lost();
 }
 
 /* ---- --output-pcap ---- */
@@ -1004,7 +1002,6 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 		.probe_kind = probe_kind,
 	};
 	struct event *ev;
-	__u32 zero = 0;
 
 	/* The dumps and the packet first: in the ring they precede their event, which user space pairs them with
 	 * (an event that ends a run, at the line limit, never waits for one still unread). Netfilter programs
@@ -1019,10 +1016,7 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 	/* cfg_metadata_size is read from frozen .rodata: the verifier knows it, as reserve's constant size needs. */
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev) + cfg_metadata_size, 0);
 	if (!ev) {
-		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
-
-		if (count)
-			*count += 1; /* per-CPU slot: no other writer while this program runs on this CPU */
+		count_lost();
 		return 0;
 	}
 	__builtin_memset(ev, 0, sizeof(*ev));
