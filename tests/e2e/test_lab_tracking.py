@@ -163,7 +163,7 @@ def _run(backend: str, a: Netns, b: Netns, tmp: Path, veth_xdp: bool) -> TrackRu
                 p.kill()
                 p.communicate()
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    m = re.search(r"skb tracking probes: (.*)", err)
+    m = re.search(r"probes keeping kernel state only: (.*)", err)
     results = os.environ.get("PWRU_VM_RESULTS")
     if results:  # which free and copy functions this kernel let pwru hook, for the closing notes
         with open(Path(results) / "tracking.jsonl", "a") as f:
@@ -189,7 +189,7 @@ def test_exits_cleanly_and_leaves_nothing(track_run: TrackRun) -> None:
 
 
 def test_the_free_and_copy_functions_are_hooked(track_run: TrackRun) -> None:
-    m = re.search(r"skb tracking probes: (.*)", track_run.stderr)
+    m = re.search(r"probes keeping kernel state only: (.*)", track_run.stderr)
     assert m, track_run.stderr
     hooked = {p.split("(")[0] for p in m.group(1).split()}
     assert {"tp:kfree_skb", "tp:consume_skb", "kfree_skbmem", "skb_clone"} <= hooked, hooked
