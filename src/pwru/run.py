@@ -400,6 +400,10 @@ def run(config: Config) -> int:
     t_start = time.monotonic()
     kernel = kernel_context(config)
     try:
+        # The C expressions need only the kernel's BTF: a mistake in one is said before discovery and loading
+        # (build_object compiles them again, which costs milliseconds).
+        skb_expr_filter(config, kernel.spec)
+        skb_metadata(config, kernel.spec)
         backend = backends.choose(config.kernel.backend, kernel)
         log.debug("backend %s", backend)
         events = config.output.events  # False: a summary alone, only the probes its counts need

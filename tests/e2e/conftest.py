@@ -212,11 +212,21 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 PWRU_PROG_PREFIXES = ("kprobe_", "kretprobe_", "fentry_", "fexit_", "tp_skb", "nf_skb")
 
 
+def _bpftool_list(kind: str) -> list[dict[str, object]]:
+    """``bpftool -j KIND show``. bpftool walks the ids and then opens each: one that goes away in between (a pwru
+    starting or being killed meanwhile) makes it exit 255, so a failed listing is tried again a few times."""
+    for attempt in range(10):
+        r = sh("bpftool", "-j", kind, "show", check=False)
+        if r.returncode == 0:
+            return json.loads(r.stdout or "[]")  # type: ignore[no-any-return]
+        time.sleep(0.05 * (attempt + 1))
+    raise AssertionError(f"bpftool {kind} show failed 10 times: {r.stderr.strip()}")
+
+
 def pwru_bpf_objects() -> set[str]:
     """ids of BPF programs of pwru's kernel side, and of the links that hold them, as bpftool lists them."""
-    progs = json.loads(sh("bpftool", "-j", "prog", "show").stdout or "[]")
-    ids = {p["id"] for p in progs if str(p.get("name", "")).startswith(PWRU_PROG_PREFIXES)}
-    links = json.loads(sh("bpftool", "-j", "link", "show").stdout or "[]")
+    ids = {p["id"] for p in _bpftool_list("prog") if str(p.get("name", "")).startswith(PWRU_PROG_PREFIXES)}
+    links = _bpftool_list("link")
     return {f"prog:{i}" for i in ids} | {f"link:{ln['id']}" for ln in links if ln.get("prog_id") in ids}
 
 
