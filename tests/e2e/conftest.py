@@ -102,6 +102,16 @@ def veth_pair(netns_factory: object) -> tuple[Netns, Netns]:
     return a, b
 
 
+def neighbours_known(a: Netns, b: Netns) -> None:
+    """Permanent IPv4 and IPv6 neighbour entries both ways on a veth pair: a packet leaves at once, never held
+    for address resolution (whose timing decides whether a short run sees it)."""
+    for ns, dev, peer, peer_dev, v4, v6 in ((a, "a0", b, "b0", "10.99.0.2", "fd99::2"),
+                                             (b, "b0", a, "a0", "10.99.0.1", "fd99::1")):  # fmt: skip
+        mac = peer.exec("cat", f"/sys/class/net/{peer_dev}/address").stdout.strip()
+        for ip in (v4, v6):
+            ns.exec("ip", "neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent")
+
+
 def udp_send(ns: Netns, host: str, port: int, count: int = 1, payload: bytes = b"pwru", interval: float = 0.01) -> None:
     family = "AF_INET6" if ":" in host else "AF_INET"
     ns.python(

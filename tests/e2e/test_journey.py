@@ -136,7 +136,12 @@ def test_datagram_read_by_a_process_is_delivered_to_it(pwru: object, veth_pair: 
             reader.kill()
             reader.wait()
     found = journeys(run)
-    assert len(found) == 1, run.stdout
+    # The reader's socket may be freed later by a worker (after the journey's idle timeout): its skb's free then
+    # comes as a journey of its own, of that one hop. Anything else would be a journey split wrongly.
+    assert found, run.stdout
+    for late in found[1:]:
+        assert late["skb"] == found[0]["skb"] and late["end"] == "freed", run.stdout
+        assert [h["func"] for h in late["hops"]] == ["tp:consume_skb"], run.stdout  # type: ignore[union-attr]
     v = found[0]["verdict"]
     assert v["verdict"] == "delivered", found[0]  # type: ignore[index]
     assert str(v["process"]).endswith(f":{reader.pid}") or f":{reader.pid}" in str(v["process"]), v  # type: ignore[index]

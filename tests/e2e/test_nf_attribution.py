@@ -10,7 +10,7 @@ import pytest
 
 from pwru.ebpf import features
 
-from .conftest import Netns, PwruRun, udp_send
+from .conftest import Netns, PwruRun, neighbours_known, udp_send
 
 pytestmark = pytest.mark.root
 
@@ -56,6 +56,7 @@ def test_the_drop_names_its_hook_and_family(
     pwru: object, veth_pair: tuple[Netns, Netns], where: str, rule: list[str], dst: str, family: str, hook: str
 ) -> None:
     a, b = veth_pair
+    neighbours_known(a, b)
     ns = a if where == "a" else b
     ns.exec(*rule)
     run: PwruRun = pwru("--output-json", "--filter-netns", ns.path, f"udp and dst port {PORT}")  # type: ignore[operator]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SLOW, Netns, PwruRun, left_behind, pwru_bpf_objects, udp_send, wait_ready
+from .conftest import SLOW, Netns, PwruRun, left_behind, neighbours_known, pwru_bpf_objects, udp_send, wait_ready
 
 pytestmark = [
     pytest.mark.root,
@@ -180,6 +180,7 @@ def test_interfaces_name_the_devices_and_netns_across_a_veth_pair(
     pwru: object, veth_pair: tuple[Netns, Netns], tmp_path: Path
 ) -> None:
     a, b = veth_pair
+    neighbours_known(a, b)
     pcap = tmp_path / "veth.pcapng"
     data = payload()
     run: PwruRun = pwru("--output-pcap", str(pcap), f"udp and dst port {PORT}")  # type: ignore[operator]
