@@ -203,7 +203,31 @@ class StdoutSink(_Buffered):
             self.flush()
 
 
-class RotatingFileSink(_Buffered):
+class _FileBacked(_Buffered):
+    """A buffered sink writing to the descriptor ``_fd`` of the file ``path``, for the flag ``_flag``: what the
+    rotating and the plain file sink share (write errors name the flag and the file; closing flushes first)."""
+
+    path: str
+    _fd: int
+    _flag: str
+
+    def _emit(self, data: bytearray) -> tuple[int, OSError | None]:
+        return _write_all(self._fd, data)
+
+    def _error(self, e: OSError) -> Exception:
+        return OutputError(f"--{self._flag}: {self.path}: {e.strerror or e}")
+
+    def _close_file(self) -> None:
+        """Flush and close the file; idempotent."""
+        if self._fd >= 0:
+            try:
+                self.flush()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+
+
+class RotatingFileSink(_FileBacked):
     """Lines to a size-rotated file, see the module documentation."""
 
     def __init__(
@@ -222,6 +246,7 @@ class RotatingFileSink(_Buffered):
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         self.path = os.path.abspath(path)
+        self._flag = "output-file"
         self.max_bytes = max_bytes
         self.max_backups = max_backups
         self.max_age_days = max_age_days
@@ -260,20 +285,9 @@ class RotatingFileSink(_Buffered):
         self._size += len(data)
         self._after_write()
 
-    def _emit(self, data: bytearray) -> tuple[int, OSError | None]:
-        return _write_all(self._fd, data)
-
-    def _error(self, e: OSError) -> Exception:
-        return OutputError(f"--output-file: {self.path}: {e.strerror or e}")
-
     def close(self) -> None:
         """Flush, close the file and wait for background compression/cleanup to finish."""
-        if self._fd >= 0:
-            try:
-                self.flush()
-            finally:
-                os.close(self._fd)
-                self._fd = -1
+        self._close_file()
         self.wait_mill()
         for problem in self.mill_errors:
             log.warning("--output-file: cleaning up rotated files: %s", problem)
@@ -420,7 +434,7 @@ class RotatingFileSink(_Buffered):
             thread.join()
 
 
-class FileSink(_Buffered):
+class FileSink(_FileBacked):
     """Units of bytes to a plain file, made anew (truncated) at start: --output-pcap. Not rotated: a pcapng
     file is only readable whole (its section and interface blocks come first), so a rotated piece would need
     them again; the capture is one file, as tcpdump -w writes it."""
@@ -445,20 +459,9 @@ class FileSink(_Buffered):
         self._append(data, None)
         self._after_write()
 
-    def _emit(self, data: bytearray) -> tuple[int, OSError | None]:
-        return _write_all(self._fd, data)
-
-    def _error(self, e: OSError) -> Exception:
-        return OutputError(f"--{self._flag}: {self.path}: {e.strerror or e}")
-
     def close(self) -> None:
         """Flush and close the file; idempotent."""
-        if self._fd >= 0:
-            try:
-                self.flush()
-            finally:
-                os.close(self._fd)
-                self._fd = -1
+        self._close_file()
 
 
 def compress_file(path: str) -> str:
