@@ -399,6 +399,7 @@ def run(config: Config) -> int:
     _raise_fd_limit()
     t_start = time.monotonic()
     kernel = kernel_context(config)
+    kernel.preload_kallsyms()  # names for the events and the kprobe-multi addresses; joined before "ready"
     try:
         # The C expressions need only the kernel's BTF: a mistake in one is said before discovery and loading
         # (build_object compiles them again, which costs milliseconds).
@@ -494,8 +495,6 @@ def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
         for p, why in att.ignored:
             if not p.shows:  # a hole in what tracking (or attribution) sees: say so, it changes what output means
                 log.warning("%s: could not attach %s (%s): %s", _keeps(p), p.display_name, p.attach.value, why)
-        if backend != "tracepoint" or config.output.stack or config.output.caller:
-            kernel.kallsyms.preload()  # function names for the events, read while waiting for the first ones
         pipeline, limit, printed = make_pipeline(
             config, kernel, coll, plan, run.schema, run.reasons, run.sink, pcap_sink=run.pcap_sink
         )
@@ -604,6 +603,7 @@ def _read(
 ) -> None:
     reader = RingBufReader(run.coll.maps["events"])
     try:
+        run.kernel.kallsyms_loaded()  # ready means an event happening now is printed now
         pipeline.start()
         print("Listening for events..", file=sys.stderr)
         log.debug("ready after %.3f s", time.monotonic() - t_start)

@@ -64,12 +64,16 @@ class _CpuRing:
         size = _u64.unpack_from(self.mm, _DATA_SIZE)[0]
         self.data_off = int(off) or mmap.PAGESIZE  # kernels < 4.1 leave these zero
         self.data_size = int(size) or pages * mmap.PAGESIZE
+        # data_head and data_tail as whole 64-bit words (one native load or store, as ringbuf.py explains:
+        # struct's little-endian store is not one write, and the kernel may read the tail halfway)
+        self._words = memoryview(self.mm).cast("Q")
 
     def drain(self, out: list[memoryview]) -> int:
         """Append this ring's samples to ``out``; return how many records the kernel reported lost."""
         mm = self.mm
-        head = int(_u64.unpack_from(mm, _DATA_HEAD)[0])  # read once; records before it are complete
-        tail = int(_u64.unpack_from(mm, _DATA_TAIL)[0])
+        words = self._words
+        head = int(words[_DATA_HEAD // 8])  # read once; records before it are complete
+        tail = int(words[_DATA_TAIL // 8])
         if head == tail:
             return 0
         size = self.data_size
@@ -93,10 +97,11 @@ class _CpuRing:
             elif rtype == PERF_RECORD_LOST:
                 lost += int(_u64.unpack_from(data, off + 16)[0])
             off += rsize
-        _u64.pack_into(mm, _DATA_TAIL, head)
+        words[_DATA_TAIL // 8] = head
         return lost
 
     def close(self) -> None:
+        self._words.release()
         self.mm.close()
         os.close(self.fd)
 
