@@ -401,8 +401,25 @@ class Instruction:
         """A copy of this instruction carrying ``label``."""
         return dataclasses.replace(self, label=label)
 
+    def copy(self) -> Instruction:
+        """A copy, without validating again what was validated when this one was made (``dataclasses.replace``
+        runs ``__init__`` and ``__post_init__``: ~8x slower, and objects are copied by the tens of thousands at
+        every start)."""
+        new = object.__new__(Instruction)
+        new.__dict__.update(self.__dict__)
+        return new
+
     def __str__(self) -> str:
         return _disasm_one(self)
+
+
+def _decoded(op: int, dst: int, src: int, off: int, imm: int) -> Instruction:
+    """An instruction from decoded fields, which are in range by construction (a byte, two nibbles, a signed
+    16-bit offset, a signed 32-bit or unsigned 64-bit immediate): ``__post_init__``'s checks are skipped, as
+    every instruction of the object is decoded at every start."""
+    new = object.__new__(Instruction)
+    new.__dict__.update(op=op, dst=dst, src=src, off=off, imm=imm, label=None, target=None)
+    return new
 
 
 def decode(data: bytes) -> list[Instruction]:
@@ -420,10 +437,10 @@ def decode(data: bytes) -> list[Instruction]:
             op2, regs2, off2, hi = struct.unpack_from("<BBhI", data, i + 8)
             if op2 or regs2 or off2:
                 raise AsmError(f"ld_imm64 at slot {i // 8} has a malformed second slot")
-            out.append(Instruction(op, regs & 0xF, regs >> 4, off, (imm & 0xFFFFFFFF) | (hi << 32)))
+            out.append(_decoded(op, regs & 0xF, regs >> 4, off, (imm & 0xFFFFFFFF) | (hi << 32)))
             i += 16
         else:
-            out.append(Instruction(op, regs & 0xF, regs >> 4, off, imm))
+            out.append(_decoded(op, regs & 0xF, regs >> 4, off, imm))
             i += 8
     return out
 

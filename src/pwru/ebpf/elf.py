@@ -315,7 +315,7 @@ class Function:
 
 
 def _copy_insns(insns: Iterable[Instruction]) -> list[Instruction]:
-    return [dataclasses.replace(i) for i in insns]
+    return [i.copy() for i in insns]
 
 
 class ProgramSpec:
@@ -751,7 +751,7 @@ class _Reader:
                     raise ELFError(f"function {sym.name!r} has a bad size or offset")
                 first = _index_at(slot_index, start // 8, sym.name)
                 end = slot_index.get((start + size) // 8, len(code))
-                fn = Function(sym.name, sec.name, _copy_insns(code[first:end]), fi.get(start, 0))
+                fn = Function(sym.name, sec.name, code[first:end], fi.get(start, 0))  # fresh from decode: not shared
 
                 def local(
                     byte_off: int,
