@@ -50,6 +50,16 @@ def test_parse_and_lookup() -> None:
     }
 
 
+def test_addresses_in_one_pass_agree_with_address() -> None:
+    k = Kallsyms.parse(TEXT)
+    wanted = [("ip_rcv", None), ("dup", None), ("dup", "othermod"), ("mod_fn", "nope"), ("missing", None),
+              ("mod_fn", None)]  # fmt: skip
+    found = k.addresses(wanted)
+    assert found == {w: k.address(*w) for w in wanted if k.address(*w) is not None}
+    assert found[("dup", None)] == 0xFFFFFFFF81000400 and ("missing", None) not in found
+    assert Kallsyms.parse("0000000000000000 T a\n").addresses([("a", None)]) == {}
+
+
 def test_restricted() -> None:
     k = Kallsyms.parse("0000000000000000 T a\n0000000000000000 t b\n")
     assert k.restricted

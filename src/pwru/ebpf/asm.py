@@ -290,7 +290,7 @@ def _s16(v: int) -> int:
     return v - (1 << 16) if v & 0x8000 else v
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Instruction:
     """One logical eBPF instruction.
 
@@ -404,9 +404,11 @@ class Instruction:
     def copy(self) -> Instruction:
         """A copy, without validating again what was validated when this one was made (``dataclasses.replace``
         runs ``__init__`` and ``__post_init__``: ~8x slower, and objects are copied by the tens of thousands at
-        every start)."""
+        every start). Slots, not a dict: the object's ~41,000 instructions took 13 MB with a dict each, 4 MB with
+        slots."""
         new = object.__new__(Instruction)
-        new.__dict__.update(self.__dict__)
+        new.op, new.dst, new.src, new.off, new.imm = self.op, self.dst, self.src, self.off, self.imm
+        new.label, new.target = self.label, self.target
         return new
 
     def __str__(self) -> str:
@@ -418,7 +420,7 @@ def _decoded(op: int, dst: int, src: int, off: int, imm: int) -> Instruction:
     16-bit offset, a signed 32-bit or unsigned 64-bit immediate): ``__post_init__``'s checks are skipped, as
     every instruction of the object is decoded at every start."""
     new = object.__new__(Instruction)
-    new.__dict__.update(op=op, dst=dst, src=src, off=off, imm=imm, label=None, target=None)
+    new.op, new.dst, new.src, new.off, new.imm, new.label, new.target = op, dst, src, off, imm, None, None
     return new
 
 
