@@ -9,6 +9,7 @@ It also makes sure descriptors 0-2 are open before anything else is (see :func:`
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -106,12 +107,42 @@ def ebpf_message(e: EBPFError) -> str:
     return f"{msg}\n{tail}" if tail else msg
 
 
+def _print_recording(args: list[str], closed: frozenset[int]) -> int:
+    """``pwru print FILE [output flags]``: a recording of --output-raw, formatted (see :mod:`pwru.rawfile`). The
+    words after the flags are the file (where a pcap filter would be)."""
+    values = flags.parse_argv(args)
+    if values["help"]:
+        resolve.check_stdout(1 in closed)
+        sys.stdout.write("usage: pwru print FILE [output flags]: format a recording of --output-raw FILE\n")
+        return 0
+    config = flags.build_config(values)
+    path = config.filter.pcap
+    if not path or " " in path:
+        raise UserError("print: give one recording file (written by --output-raw FILE)")
+    recording = [f.name for f in flags.TABLE.flags
+                 if values[f.name] != f.initial() and f.section not in ("output", None) and f.kind != flags.WORDS
+                 and f.name != "debug"]  # fmt: skip
+    if recording:
+        raise UserError(f"print: --{recording[0]} applies when recording (only output flags apply to printing)")
+    config = dataclasses.replace(config, filter=dataclasses.replace(config.filter, pcap=""))
+    if config.output.file is not None:
+        resolve.check_output_path("output-file", config.output.file)
+    else:
+        resolve.check_stdout(1 in closed)
+    _setup_logging(config.debug)
+    from pwru import rawfile
+
+    return rawfile.replay(path, config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the process exit status (0 ok, 1 error, 2 usage, 130 interrupted, 141 EPIPE)."""
     args = sys.argv[1:] if argv is None else list(argv)
     closed = guard_standard_fds()
     debug = False
     try:
+        if args[:1] == ["print"]:
+            return _print_recording(args[1:], closed)
         values = flags.parse_argv(args)
         debug = bool(values["debug"])
         if values["help"] or values["version"]:

@@ -124,6 +124,7 @@ class OutputConfig:
     skb_metadata: builtins.tuple[str, ...] = ()  # --output-skb-metadata: C expressions over skb shown with each event
     pcap: str | None = None  # --output-pcap: a path, or "-" for standard output
     pcap_snaplen: int = PCAP_SNAPLEN_DEFAULT
+    raw: str | None = None  # --output-raw: the records as they come, for `pwru print` (rawfile.py)
 
     journey: bool = False  # --output-journey: one block per packet (implies tracking.skb, see Config)
     journey_timeout: int = JOURNEY_TIMEOUT_DEFAULT  # ms without an event before a journey is printed anyway
@@ -210,6 +211,13 @@ class Config:
             # A journey is only whole if every later event of its skb is shown (after NAT, ...): journeys imply
             # --filter-track-skb. Set here, once, so every reader of tracking.skb sees it.
             object.__setattr__(self, "tracking", replace(self.tracking, skb=True))
+        if o.raw is not None:
+            other = [flag for flag, on in (("--output-pcap", o.pcap is not None), ("--output-journey", o.journey),
+                     ("--summary", o.summarises), ("--output-skb-metadata", bool(o.skb_metadata)),
+                     ("--output-file", o.file is not None)) if on]  # fmt: skip
+            if other:
+                raise UserError(f"--output-raw writes the records for `pwru print`, which makes the other outputs: "
+                                f"leave {other[0]} out when recording (give it to `pwru print`)")  # fmt: skip
         if self.list_backends and self.list_funcs:
             raise UserError("--list-backends and --list-funcs: give one of them (each is a command of its own)")
 

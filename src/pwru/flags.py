@@ -741,6 +741,18 @@ FLAGS: tuple[Flag, ...] = (
         metavar="string",
     ),
     Flag(
+        "output-raw",
+        STR,
+        "",
+        "write the kernel's records as they come to this file, at ring-buffer speed, for `pwru print FILE "
+        "[output flags]` to format later (text, JSON, any --timestamp, limit, explanations)",
+        OUTPUT,
+        "output",
+        "raw",
+        parse=_optional,
+        metavar="string",
+    ),
+    Flag(
         "output-pcap-snaplen",
         UINT,
         cfg.PCAP_SNAPLEN_DEFAULT,

@@ -205,6 +205,8 @@ def resolve(config: Config) -> Config:
         check_output_path("output-pcap", pcap)
         if config.output.file is not None and os.path.realpath(pcap) == os.path.realpath(config.output.file):
             raise FlagError("output-pcap", f"{pcap}: is --output-file too (give each its own file)")
+    if config.output.raw is not None:
+        check_output_path("output-raw", config.output.raw)
     if config.kernel.kernel_btf is not None:
         from pwru.ebpf.btf import MAX_BTF_SIZE  # only when asked: see check_existing_file
 

@@ -12,13 +12,13 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import backends, discovery, dumps, flags, netfilter, nf_rules, resolve, summary, tracking
+from pwru import backends, discovery, dumps, flags, netfilter, nf_rules, rawfile, resolve, summary, tracking
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
@@ -29,8 +29,9 @@ from pwru.kernel import KernelContext
 from pwru.netns_names import NetnsNames
 from pwru.output import Sink, make_formatter, open_sink
 from pwru.output.journey import JourneyOutput
+from pwru.output.names import Names
 from pwru.output.pcap import PcapOutput
-from pwru.output.sink import open_pcap_sink
+from pwru.output.sink import FileSink, open_pcap_sink
 from pwru.pipeline import LineOutput, Output, Pipeline
 from pwru.probes import Attach, Attachment, Plan, Probe, Progress, execute
 from pwru.records import RecordLayout, Schema
@@ -550,6 +551,32 @@ def make_pipeline(
     """The stages and outputs the flags ask for, and how many events have been written out so far (what the
     sink took in full, less the header: events still buffered when the output broke were not printed; with
     the pcapng stream alone on standard output, the frames its sink took in full)."""
+    stacks = StackStage(coll.maps["stacks"].stack_trace, kernel.kallsyms) if config.output.stack else None
+    if config.output.raw is not None:  # the records as they come, nothing decoded (rawfile.py)
+        limit = LimitStage(config.output.limit_lines) if config.output.limit_lines else None
+        stages: list[Stage] = [s for s in (limit, stacks) if s is not None]
+        assert coll.spec.btf is not None
+        meta = rawfile.recording_meta(config.output, plan.names(), reasons)
+        raw = rawfile.RawOutput(FileSink(config.output.raw, "output-raw"), meta, coll.spec.btf.encode(),
+                                config.output.stack)  # fmt: skip
+        pipeline = Pipeline(schema, stages, [raw])
+        return pipeline, limit, lambda: pipeline.events
+    names = Symbols(kernel.kallsyms, plan.names(), reasons, schema.probe_kind("index"))
+    metadata = skb_metadata(config, kernel.spec)
+    return build_pipeline(config, names, schema, sink, stacks, metadata[1] if metadata else (), pcap_sink)
+
+
+def build_pipeline(
+    config: Config,
+    names: Names,
+    schema: Schema,
+    sink: Sink,
+    stacks: Stage | None,
+    metadata: Sequence[MetadataField] = (),
+    pcap_sink: Sink | None = None,
+) -> tuple[Pipeline, LimitStage | None, Callable[[], int]]:
+    """:func:`make_pipeline` once the numbers have their names (a live run's kernel, or a raw file's record of
+    it: ``pwru print``); ``stacks`` fills ``batch.stacks``."""
     stages: list[Stage] = []
     dump_stage = dumps.stage(config)
     if dump_stage is not None:
@@ -557,18 +584,14 @@ def make_pipeline(
     limit = LimitStage(config.output.limit_lines) if config.output.limit_lines else None
     if limit is not None:
         stages.append(limit)
-    if config.output.stack:
-        stages.append(StackStage(coll.maps["stacks"].stack_trace, kernel.kallsyms))
-    names = Symbols(kernel.kallsyms, plan.names(), reasons, schema.probe_kind("index"))
+    if stacks is not None:
+        stages.append(stacks)
     if config.output.journey:  # one unit per journey, no header
         journeys: list[Output] = [JourneyOutput(config.output, names, sink)]
         if pcap_sink is not None:
             journeys.append(PcapOutput(pcap_sink, names, config.output.pcap_snaplen))
         return Pipeline(schema, stages, journeys), limit, lambda: sink.delivered
-    metadata = skb_metadata(config, kernel.spec)
-    formatter = make_formatter(
-        config, names, NetnsNames() if config.output.netns_names else None, metadata[1] if metadata else ()
-    )
+    formatter = make_formatter(config, names, NetnsNames() if config.output.netns_names else None, metadata)
     header_units = 1 if formatter.header() else 0
     if not config.output.events:  # a summary alone: no event output (the summary writes to the sink itself)
         return Pipeline(schema, stages, []), limit, lambda: 0
@@ -641,7 +664,7 @@ def _finish(
                 " (the tracked set was full: raise --filter-track-skb-max)" if full else ""
             )
             tracking.report_unfreed(coll.maps["tracked"], att)
-        shown = f"{printed()} events printed"
+        shown = f"{printed()} events " + ("recorded" if config.output.raw is not None else "printed")
         if config.output.journey:
             shown = f"{printed()} journeys printed ({pipeline.events if pipeline is not None else 0} events)"
         print(

@@ -21,12 +21,13 @@ class Symbols:
         probe_names: Sequence[str],
         reasons: Mapping[int, str],
         index_kind: int,
+        procs: ProcessNames | None = None,
     ) -> None:
         self._ksyms = ksyms
         self._probes = probe_names
         self._reasons = reasons
         self._index_kind = index_kind  # the record header's probe_kind for "index into the probe table"
-        self._procs = ProcessNames()
+        self._procs = procs if procs is not None else ProcessNames()
         self._func_cache: dict[int, str] = {}
 
     def probe_name(self, probe_kind: int, probe: int) -> str:

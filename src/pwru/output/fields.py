@@ -176,10 +176,22 @@ def location_text(event: Record, names: Names) -> str:
     return sanitize(names.symbol(event.location)) if event.location else ""
 
 
+_RECORDED_OFFSET: list[int] = []  # `pwru print`: the offset of the recording's moment
+
+
 def monotonic_offset_ns() -> int:
     """What to add to a ``bpf_ktime_get_ns()`` value (CLOCK_MONOTONIC) to get ns since the epoch (wall time),
-    read now: ``--timestamp absolute`` and the pcapng output convert with it."""
+    read now (or as recorded, see :func:`use_clock_offset`): ``--timestamp absolute`` and the pcapng output
+    convert with it."""
+    if _RECORDED_OFFSET:
+        return _RECORDED_OFFSET[0]
     return time.time_ns() - time.monotonic_ns()
+
+
+def use_clock_offset(offset_ns: int) -> None:
+    """From now on, :func:`monotonic_offset_ns` is ``offset_ns`` (printing a recording: its timestamps are of
+    the recording machine's clock, at that time)."""
+    _RECORDED_OFFSET[:] = [offset_ns]
 
 
 class Timestamps:
