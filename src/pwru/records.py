@@ -288,11 +288,18 @@ class Batch:
     stacks: dict[int, tuple[int, ...]] = field(default_factory=dict)
     #: (ts, skb, probe) of an event -> its struct dumps by name (``"sk_buff"``: text), from the dump stage
     dumps: dict[tuple[int, int, int], dict[str, str]] = field(default_factory=dict)
+    #: of_type's answers for the current ``records`` list (stages, the pipeline and outputs all ask)
+    _typed: dict[str, tuple[list[bytes], list[bytes]]] = field(default_factory=dict, repr=False, compare=False)
 
     def of_type(self, name: str) -> list[bytes]:
         """The records of type ``name``, in order (all of them, without looking, when it is the only type)."""
         rtype = self.schema.type_id(name)
         if self.schema.only_type == rtype:
             return self.records
+        cached = self._typed.get(name)
+        if cached is not None and cached[0] is self.records:
+            return cached[1]
         type_of = self.schema.type_of
-        return [r for r in self.records if type_of(r)[0] == rtype]
+        found = [r for r in self.records if type_of(r)[0] == rtype]
+        self._typed[name] = (self.records, found)
+        return found

@@ -283,6 +283,12 @@ CASES: tuple[Case, ...] = (
     c("pcap-same-as-output-file", "--output-pcap", "{d}/same.out", "--output-file", "{d}/same.out"),
     c("pcap-stdout-closed", "--output-pcap", "-", closed=(1,), needle="standard output is closed"),
     c("empty-pcap", "--output-pcap", "", *NO_MATCH, needle="--output-pcap"),
+    # --- --output-raw ---
+    c("raw-missing-dir", "--output-raw", "/nonexistent/dir/r.raw"),
+    c("raw-directory", "--output-raw", "{d}/adir"),
+    c("raw-with-journey", "--output-raw", "{d}/r.raw", "--output-journey", needle="leave --output-journey out"),
+    c("raw-with-pcap", "--output-raw", "{d}/r.raw", "--output-pcap", "{d}/p.pcapng", needle="--output-pcap"),
+    c("raw-with-summary", "--output-raw", "{d}/r.raw", "--summary", needle="leave --summary out"),
     # --- --kernel-btf ---
     c("btf-missing", "--kernel-btf", "/nonexistent"),
     c("btf-directory", "--kernel-btf", "{d}/adir"),
