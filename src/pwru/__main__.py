@@ -1,3 +1,3 @@
-from pwru.cli import main
+from pwru.cli import entry
 
-raise SystemExit(main())
+entry()

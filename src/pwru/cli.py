@@ -175,3 +175,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else ""
         print(f"pwru: internal error: {type(e).__name__}: {msg}", file=sys.stderr)
         return 1
+
+
+def entry() -> None:
+    """The ``pwru`` command: :func:`main`, then the process ends without the interpreter's teardown. Everything
+    of ours is closed by then (links, maps, sinks: `main` returns after that); what remains is freeing every
+    object one by one (the object's instructions, kernel BTF, kallsyms), 0.1 s here and about a second under
+    emulation, which a user waits for after Ctrl-C."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        code = code or 141
+    except (OSError, ValueError):
+        pass
+    os._exit(code)

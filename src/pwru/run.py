@@ -176,11 +176,14 @@ class ReadyFile:
 
 
 class Stopper:
-    """SIGINT/SIGTERM set a flag the loops check; nothing is torn down inside a signal handler."""
+    """SIGINT/SIGTERM set a flag the loops check; nothing is torn down inside a signal handler. While installed,
+    a signal also makes :attr:`wakeup_fd` readable (``signal.set_wakeup_fd``), so a reader waiting on it with the
+    ring buffer wakes at once instead of at its next timeout (up to 0.2 s of every detach otherwise)."""
 
     def __init__(self) -> None:
         self.stopped = False
         self.signal: int | None = None
+        self.wakeup_fd = -1
 
     def __call__(self, signum: int, _frame: FrameType | None) -> None:
         self.stopped = True
@@ -189,11 +192,18 @@ class Stopper:
     @contextmanager
     def installed(self) -> Iterator[Stopper]:
         old = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self.wakeup_fd = r
         try:
             yield self
         finally:
+            signal.set_wakeup_fd(old_fd)
             for s, h in old.items():
                 signal.signal(s, h)
+            self.wakeup_fd = -1
+            os.close(r)
+            os.close(w)
 
 
 def _kinds(plan: Plan) -> list[str]:
@@ -626,6 +636,8 @@ def _read(
 ) -> None:
     reader = RingBufReader(run.coll.maps["events"])
     try:
+        if stopper.wakeup_fd >= 0:
+            reader.watch(stopper.wakeup_fd)  # a stop signal ends the wait at once
         run.kernel.kallsyms_loaded()  # ready means an event happening now is printed now
         pipeline.start()
         print("Listening for events..", file=sys.stderr)

@@ -122,6 +122,11 @@ class RingBufReader:
         self._cons_pos[0] = cons + (pos - base)
         return records
 
+    def watch(self, fd: int) -> None:
+        """Also end :meth:`wait` when ``fd`` becomes readable (a signal's wake-up pipe); the caller owns ``fd``
+        and reads nothing from it here: once readable it keeps ending waits, as a stopping reader wants."""
+        self._epoll.register(fd, select.EPOLLIN)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the kernel signals new data or ``timeout`` seconds pass. True when data is ready."""
         if self.pending() > 0:
