@@ -303,8 +303,9 @@ def host(args: argparse.Namespace) -> int:
             line += f"{d['events_per_s']:,.0f} events/s, detach {d['detach']:.2f} s {d['error']}"
             print(line, file=sys.stderr)
 
-    pythonpath = f"{REPO / 'src'}:{REPO}"
-    r = run_in_vm(args.kernel, cmd, timeout=args.timeout, cwd=REPO, env={"PYTHONPATH": pythonpath}, on_line=on_line)
+    # No PYTHONPATH: the package comes from the virtual environment, as installed (each sys.path entry costs file
+    # system round trips per import, slow in the guest)
+    r = run_in_vm(args.kernel, cmd, timeout=args.timeout, cwd=REPO, on_line=on_line)
     print(f"kernel {args.kernel} (QEMU TCG, {os.environ.get('PWRU_VM_SMP', '2')} vCPUs), "
           f"{args.datagrams:,} datagrams per flood, {args.runs} flood runs per tool, alternating")  # fmt: skip
     print(table(results, baseline))

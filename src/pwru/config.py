@@ -13,8 +13,6 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import re2
-
 from pwru.errors import UserError
 
 BACKENDS = ("auto", "kprobe-multi", "kprobe", "fentry", "tracepoint")
@@ -300,6 +298,8 @@ def parse_mark(value: str) -> tuple[int, int]:
 
 
 def _re2_options() -> Any:
+    import re2  # only for --filter-func: its import is a second of start-up in the emulated lab
+
     options = re2.Options()
     options.log_errors = False  # RE2 would also log the parse error to stderr, lines more than the one message
     return options
@@ -309,6 +309,8 @@ def parse_func_regex(value: str) -> FuncPattern | None:
     """--filter-func: an RE2 regular expression that must match the whole function name."""
     if not value:
         return None
+    import re2
+
     try:
         compiled = re2.compile(value, options=_re2_options())
     except re2.error as e:

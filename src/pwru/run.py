@@ -10,7 +10,6 @@ import os
 import resource
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -158,7 +157,7 @@ class ReadyFile:
             return
         tmp = ""
         try:
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(self.path)), prefix=".pwru-ready-")
+            fd, tmp = resolve.make_temp(os.path.dirname(os.path.abspath(self.path)), ".pwru-ready-")
             with os.fdopen(fd, "w") as f:
                 f.write(str(os.getpid()))
             os.chmod(tmp, 0o644)

@@ -24,7 +24,6 @@ import gzip
 import logging
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -472,6 +471,8 @@ def compress_file(path: str) -> str:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         with open(path, "rb") as src, open(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as gz:
+            import shutil  # only when rotating with compression
+
             shutil.copyfileobj(src, gz, 1024 * 1024)
         os.replace(tmp, dst)
     except BaseException:
