@@ -4,7 +4,8 @@
 The protocol of ``../shared/notes/anchors.md``, per backend, for each tool in turn (ours, pwru, ours, pwru...):
 
 * **start to ready**: from exec to the ready signal (our ``--ready-file``; pwru's "Listening for events" line);
-  **attach**: from the "Attaching" line to the "Attached" line of standard error;
+  **attach**: from the "Attaching" line to the "Attached" line of standard error (ours loads its programs in
+  between, pwru before);
 * **ready to first event**: one datagram sent right after ready, until its first line is in the output file;
 * **flood**: ``--datagrams`` UDP datagrams to a closed port on 127.0.0.1 as fast as one sender can, with the
   filter ``udp and dst port 9999`` and the output in a file: events written per second (from the first datagram
@@ -163,7 +164,7 @@ def measure(tool: Tool, backend: str, kind: str, datagrams: int, workdir: Path) 
             time.sleep(0.005)
         t_ready = time.monotonic()
         r.ready = t_ready - t0
-        a, b = lines.at(r"^Attaching"), lines.at(r"^Attached")
+        a, b = lines.at(r"Attaching"), lines.at(r"Attached")  # pwru prefixes its log lines with the time
         r.attach = (b - a) if a is not None and b is not None else 0.0
         if kind == "flood":
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.1", PORT))
