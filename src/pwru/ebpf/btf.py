@@ -1111,14 +1111,23 @@ def read_regular_file(path: str | os.PathLike[str], limit: int, error: type[EBPF
             raise error(f"{os.fsdecode(path)}: not a regular file ({file_kind(st.st_mode)})")
         if st.st_size > limit:
             raise error(f"{os.fsdecode(path)}: {st.st_size} bytes, more than the {limit >> 20} MiB limit")
-        chunks = []
+        # Into one buffer of the reported size (grown when the file says less): sysfs hands out a page per
+        # read, so vmlinux BTF is ~1,350 reads, and a fresh 1 MiB bytes object per read cost more than the read.
+        buf = bytearray(min(st.st_size, limit) + 1 if st.st_size > 0 else 1 << 16)
         total = 0
-        while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise error(f"{os.fsdecode(path)}: more than the {limit >> 20} MiB limit")
-        return b"".join(chunks)
+        while True:
+            if total == len(buf):
+                if total > limit:
+                    raise error(f"{os.fsdecode(path)}: more than the {limit >> 20} MiB limit")
+                buf.extend(bytes(min(len(buf), limit + 1 - total)))
+            with memoryview(buf) as view:
+                n = os.readv(fd, [view[total:]])
+            if n == 0:
+                break
+            total += n
+        if total > limit:
+            raise error(f"{os.fsdecode(path)}: more than the {limit >> 20} MiB limit")
+        return bytes(buf[:total])
     finally:
         os.close(fd)
 
