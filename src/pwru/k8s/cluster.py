@@ -127,8 +127,8 @@ class KubeCluster:
             return fn(*args, **kw)
         except self._api_exception as e:
             raise K8sError(f"{what}: {getattr(e, 'status', '')} {getattr(e, 'reason', '')}".rstrip()) from None
-        except OSError as e:  # urllib3's connection errors are OSErrors too
-            raise K8sError(f"{what}: {_first_line(e)}") from None
+        except Exception as e:  # urllib3's connection errors, a reply the client's models refuse
+            raise K8sError(f"{what}: {type(e).__name__}: {_first_line(e)}") from None
 
     def create(self, namespace: str, manifest: Manifest) -> None:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
