@@ -74,7 +74,7 @@ def image(podman_env: dict[str, str]) -> str:
     assert r.returncode == 0, r.stderr
     tag, size = r.stdout.split()
     print(f"\nimage {tag}: {int(size) / 1e6:.1f} MB, built in {time.monotonic() - t0:.1f} s\n{r.stderr}")
-    assert tag == TAG and int(size) < 250e6
+    assert tag == TAG and int(size) < 150e6  # 128 MB on Debian 12
     return TAG
 
 

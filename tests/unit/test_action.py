@@ -58,3 +58,10 @@ def test_action_inputs_are_used() -> None:
     text = ACTION.read_text()
     for name in yaml.safe_load(text)["inputs"]:
         assert re.search(rf"inputs\.{re.escape(name)}\b", text), name
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (.ci/run installs it)")
+def test_build_image_script_passes_shellcheck() -> None:
+    script = ROOT / "deploy" / "build-image"
+    r = subprocess.run(["shellcheck", "--severity=warning", str(script)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout
