@@ -174,6 +174,11 @@ def test_pod_states() -> None:
     term = k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=2, reason="Error"))
     s = pod_state(_pod("Failed", term))
     assert (s.failure, s.exit_code) == ("pwru exited 2 (Error)", 2)
+    said = k8s.V1ContainerStateTerminated(exit_code=2, reason="Error",
+                                          message="Attaching...\npwru: invalid pcap filter 'tcp port': syntax error\n")
+    assert pod_state(_pod("Failed", k8s.V1ContainerState(terminated=said))).failure == (
+        "pwru exited 2 (Error): pwru: invalid pcap filter 'tcp port': syntax error"
+    )
     done = k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=0, reason="Completed"))
     assert pod_state(_pod("Succeeded", done)).failure == ""
     crash = k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason="CrashLoopBackOff"))

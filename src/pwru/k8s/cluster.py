@@ -88,7 +88,8 @@ def pod_state(pod: Any) -> PodState:
             t = cs.state.terminated
             exit_code = int(t.exit_code)
             if exit_code != 0:
-                failure = f"pwru exited {exit_code} ({t.reason or 'Error'})" + (f": {t.message}" if t.message else "")
+                last = [ln for ln in str(t.message or "").splitlines() if ln.strip()][-1:]  # pwru's error line
+                failure = f"pwru exited {exit_code} ({t.reason or 'Error'})" + (f": {last[0]}" if last else "")
         if cs.restart_count and not failure:
             last = cs.last_state.terminated if cs.last_state is not None else None
             code = f" {last.exit_code}" if last is not None else ""

@@ -73,6 +73,8 @@ def pod_spec(image: str, pwru_args: Sequence[str], ready_timeout: int, restart: 
                 "imagePullPolicy": "IfNotPresent",
                 "args": args,
                 "securityContext": {"privileged": True},
+                # pwru's last lines become the terminated state's message when it fails (its error line)
+                "terminationMessagePolicy": "FallbackToLogsOnError",
                 "startupProbe": {
                     "exec": {"command": ["test", "-e", READY_FILE]},
                     "periodSeconds": PROBE_PERIOD,
