@@ -88,8 +88,8 @@ def pod_state(pod: Any) -> PodState:
             t = cs.state.terminated
             exit_code = int(t.exit_code)
             if exit_code != 0:
-                last = [ln for ln in str(t.message or "").splitlines() if ln.strip()][-1:]  # pwru's error line
-                failure = f"pwru exited {exit_code} ({t.reason or 'Error'})" + (f": {last[0]}" if last else "")
+                said = [ln for ln in str(t.message or "").splitlines() if ln.strip()][-1:]  # pwru's error line
+                failure = f"pwru exited {exit_code} ({t.reason or 'Error'})" + (f": {said[0]}" if said else "")
         if cs.restart_count and not failure:
             last = cs.last_state.terminated if cs.last_state is not None else None
             code = f" {last.exit_code}" if last is not None else ""
