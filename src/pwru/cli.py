@@ -141,8 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     closed = guard_standard_fds()
     debug = False
     try:
-        if args[:1] == ["print"]:
+        if args[:1] == ["print"]:  # pwru print FILE: a recording of --output-raw (pwru.rawfile)
             return _print_recording(args[1:], closed)
+        if args[:1] == ["k8s"]:  # pwru k8s: pwru on Kubernetes nodes (pwru.k8s; its flags pass pwru's through)
+            return int(importlib.import_module("pwru.k8s.runner").main(args[1:]))
         values = flags.parse_argv(args)
         debug = bool(values["debug"])
         if values["help"] or values["version"]:

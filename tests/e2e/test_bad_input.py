@@ -101,6 +101,21 @@ def _without_libpcap(libs: list[str]) -> tuple[str, ...]:
     return ("unshare", "-m", "sh", "-c", f'{binds}; exec "$@"', "sh")
 
 
+#: Stands for the command that runs pwru where the kubernetes client's package directory is an empty tmpfs (a
+#: private mount namespace): ``pwru k8s`` then finds no client, as without the ``k8s`` extra.
+WITHOUT_KUBERNETES = ("<without kubernetes>",)
+
+
+def _without_kubernetes() -> tuple[str, ...] | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("kubernetes")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    where = shlex.quote(next(iter(spec.submodule_search_locations)))
+    return ("unshare", "-m", "sh", "-c", f'mount -t tmpfs none {where} || exit 99; exec "$@"', "sh")
+
+
 def _names_tried_once(line: str) -> str:
     """The libraries a "(tried a, b, ...)" list names, each once."""
     m = re.search(r"tried ([^)]*)\)", line)
@@ -333,6 +348,15 @@ CASES: tuple[Case, ...] = (
     c("stdout-closed", "udp", closed=(1,), may_attach=True, needle="standard output"),
     c("stderr-closed-bad-flag", "--backend", "nope", closed=(2,)),  # issue 15: the message went to stdout
     c("stderr-closed-no-match", *NO_MATCH, code=1, closed=(2,)),  # an error found after reading BTF
+    # --- pwru k8s: refused before the cluster is asked anything ---
+    c("k8s-no-node", "k8s", "udp", needle="--node NAME or --all-nodes"),
+    c("k8s-node-and-all-nodes", "k8s", "--node", "n1", "--all-nodes", needle="not both"),
+    c("k8s-bad-node-name", "k8s", "--node", "N_1"),
+    c("k8s-unknown-pwru-flag", "k8s", "--node", "n1", "--nosuchflag", needle="--nosuchflag: unknown flag"),
+    c("k8s-bad-pwru-value", "k8s", "--all-nodes", "--filter-mark", "abc", needle="--filter-mark"),
+    c("k8s-output-file", "k8s", "--all-nodes", "--output-file", "x", needle="--output-file"),
+    c("k8s-cleanup-with-node", "k8s", "--cleanup", "--node", "n1", needle="--cleanup"),
+    c("k8s-no-client", "k8s", "--node", "n1", "udp", prefix=WITHOUT_KUBERNETES, needle="pip install 'pwru[k8s]'"),
 )
 
 
@@ -374,6 +398,11 @@ def _run(case: Case, d: Path, unavailable: set[str]) -> Outcome:
         if not libs:
             return Outcome(None, "no libpcap on this machine")
         prefix = _without_libpcap(libs)
+    elif prefix == WITHOUT_KUBERNETES:
+        without = _without_kubernetes()
+        if without is None:
+            return Outcome(None, "the kubernetes client is not installed")
+        prefix = without
     args = [a.replace("{d}", str(d)) for a in case.args]
     return Outcome(run_measured(*args, timeout=case.limit(), prefix=prefix, closed=case.closed, rlimits=case.rlimits))
 
