@@ -294,10 +294,10 @@ def _btf_or_kernel(kernel_btf: Spec | None) -> Spec:
 
 def skb_expr_filter(config: Config, kernel_btf: Spec | None) -> list[Instruction] | None:
     """--filter-skb-expr compiled against the kernel's BTF (the body of ``filter_skb_expr``), or None."""
-    from pwru.cexpr import ExprError, compile_filter
-
     if not config.filter.skb_expr.strip():
         return None
+    from pwru.cexpr import ExprError, compile_filter  # only when asked: its import is seconds under emulation
+
     try:
         return compile_filter(config.filter.skb_expr, _btf_or_kernel(kernel_btf))
     except ExprError as e:
@@ -309,10 +309,10 @@ def skb_metadata(
 ) -> tuple[list[Instruction], list[MetadataField], int] | None:
     """--output-skb-metadata compiled against the kernel's BTF: the body of ``set_skb_metadata``, the fields
     the outputs show and the bytes they take in each event; None without expressions."""
-    from pwru.cexpr import ExprError, compile_metadata
-
     if not config.output.skb_metadata:
         return None
+    from pwru.cexpr import ExprError, compile_metadata
+
     try:
         return compile_metadata(config.output.skb_metadata, _btf_or_kernel(kernel_btf))
     except ExprError as e:

@@ -891,9 +891,10 @@ class _Reader:
     def _mark_local_calls(self, fn: Function, section: str, start_slot: int, funcs: Sequence[object]) -> None:
         """Calls already resolved by the compiler (same section, no relocation): turn them into targets."""
         starts = {s["st_value"] // 8: s.name for s in funcs}  # type: ignore[index,attr-defined]
-        slots = asm.slot_offsets(fn.insns)
+        slots: list[int] = []
         for i, insn in enumerate(fn.insns):
             if insn.is_pseudo_call and insn.target is None:
+                slots = slots or asm.slot_offsets(fn.insns)  # only for a function with such a call
                 dest = start_slot + slots[i] + insn.imm + 1
                 if dest not in starts:
                     raise ELFError(f"{fn.name}: call at {i} into the middle of a function in {section!r}")
