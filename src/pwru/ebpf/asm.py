@@ -510,11 +510,15 @@ def resolve(insns: Sequence[Instruction]) -> list[Instruction]:
                 raise AsmError(
                     f"jump at instruction {i} to {insn.target!r} is {rel} slots away, beyond a 16-bit offset"
                 )
-            out.append(dataclasses.replace(insn, off=rel))
+            new = insn.copy()  # in range, checked above: no need to validate again
+            new.off = rel
+            out.append(new)
         elif insn.is_long_jump or insn.is_pseudo_call or (insn.is_ld_imm64 and insn.src == LdImm64Src.FUNC):
             if not -(1 << 31) <= rel < (1 << 31):
                 raise AsmError(f"instruction {i} to {insn.target!r} is {rel} slots away, beyond 32 bits")
-            out.append(dataclasses.replace(insn, imm=rel))
+            new = insn.copy()
+            new.imm = rel
+            out.append(new)
         else:
             raise AsmError(f"instruction {i} ({insn}) cannot have a target")
     return out

@@ -381,10 +381,10 @@ class ProgramSpec:
         for name in self.function_names:
             fn = self._functions[name]
             base = len(insns)
-            body = _copy_insns(fn.insns)
+            body = list(fn.insns)  # shared until the copy of the linked whole below; the first one labelled
             if not body:
                 raise ELFError(f"function {name!r} is empty")
-            body[0].label = name
+            body[0] = body[0].with_label(name)
             insns.extend(body)
             if fn.type_id:
                 fi.append(FuncInfo(base, fn.type_id))
