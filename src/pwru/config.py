@@ -67,6 +67,8 @@ class FilterConfig:
     tunnel_pcap_l3: str = ""  # the same from its inner network header
     trace_netfilter: str = "auto"  # one of NETFILTER_MODES
     skb_expr: str = ""  # --filter-skb-expr: a C expression over skb (pwru.cexpr), compiled against kernel BTF
+    trace_tc: bool = False  # --filter-trace-tc: fentry/fexit on every loaded tc program
+    trace_xdp: bool = False  # --filter-trace-xdp: on every loaded XDP program
 
     def func_allowed(self, name: str) -> bool:
         """Whether --filter-func lets the function (or tracepoint) ``name`` be traced."""

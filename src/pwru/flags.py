@@ -458,6 +458,10 @@ FLAGS: tuple[Flag, ...] = (
         parse=cfg.parse_trace_netfilter,
         metavar="string",
     ),
+    Flag("filter-trace-tc", BOOL, False, "trace TC bpf progs (their entry and, with the verdict, exit)", FILTERS,
+         "filter", "trace_tc"),
+    Flag("filter-trace-xdp", BOOL, False, "trace XDP bpf progs (their entry and, with the verdict, exit)", FILTERS,
+         "filter", "trace_xdp"),
     Flag(
         "filter-ifname",
         STR,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import backends, discovery, dumps, flags, netfilter, nf_rules, resolve, summary, tracking
+from pwru import backends, bpf_progs, discovery, dumps, flags, netfilter, nf_rules, resolve, summary, tracking
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
@@ -399,6 +399,7 @@ def run(config: Config) -> int:
     _raise_fd_limit()
     t_start = time.monotonic()
     kernel = kernel_context(config)
+    progs = bpf_progs.Targets()  # --filter-trace-tc/xdp: the traced programs, held open until the end
     try:
         # The C expressions need only the kernel's BTF: a mistake in one is said before discovery and loading
         # (build_object compiles them again, which costs milliseconds).
@@ -409,7 +410,12 @@ def run(config: Config) -> int:
         events = config.output.events  # False: a summary alone, only the probes its counts need
         targets = backends.skb_targets(backend, kernel, config.filter.func_allowed) if events else []
         nf_probes = netfilter.run_probes(config, backend, kernel, show=events)
-        if events and not targets and not any(p.shows for p in nf_probes):
+        bpf_progs.check(config, kernel)
+        wanted_progs = bpf_progs.kinds(config)
+        progs = bpf_progs.find(wanted_progs) if wanted_progs else progs
+        for prog_id, why in progs.skipped:
+            log.warning("BPF program %d not traced: %s", prog_id, why)
+        if events and not targets and not any(p.shows for p in nf_probes) and not progs.found:
             raise UserError("no function or tracepoint to trace: check --filter-func", exit_code=1)
         tracking.check_non_skb_funcs(config, backend, kernel)
         obj, spliced = build_object(config, kernel.spec)
@@ -427,6 +433,7 @@ def run(config: Config) -> int:
         plan.add(nf_probes)
         plan.add(track_probes)
         plan.add(nf_rules.probes(config, backend, kernel))
+        plan.add(bpf_progs.probes(progs))
         ensure_fd_limit(plan)
         reasons = discovery.drop_reasons(kernel.spec, kernel.modules())
         sink = open_sink(config)  # an --output-file that cannot be opened is said before anything is loaded
@@ -448,6 +455,7 @@ def run(config: Config) -> int:
             if pcap_sink is not None:
                 pcap_sink.close()
     finally:
+        progs.close()
         kernel.close()
 
 

@@ -110,7 +110,8 @@ def test_event_struct_in_btf(spec: ObjectSpec) -> None:
     assert [m.name for m in spec.btf.members(spec.btf.find_one("record_header", btf.Kind.STRUCT))][:5] == [
         "ts", "skb", "probe", "type", "size"]  # fmt: skip
     assert {"meta", "tuple", "comm", "reason", "location", "stack_id"} <= set(names)
-    assert names[-7:] == ["tunnel", "nf_pf", "nf_hook", "pad_nf", "nf_table", "nf_chain", "metadata"]  # pwru.h
+    assert names[-10:] == ["tunnel", "nf_pf", "nf_hook", "pad_nf", "nf_table", "nf_chain", "prog_ret", "prog_ret_kind",
+                           "pad_prog", "metadata"]  # pwru.h
     nf_hook = next(m for m in spec.btf.members(sid) if m.name == "nf_hook")
     assert spec.btf.size_of(nf_hook.type) == 1
     assert spec.btf.member_offset("event", "meta.ifindex") > spec.btf.member_offset("event", "comm")

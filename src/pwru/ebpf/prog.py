@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -27,6 +29,8 @@ LOG_LEVEL_STATS = 4
 _LOG_START = 1 << 20
 _LOG_MAX = 64 << 20
 _INSN_SIZE = 8
+_U32 = struct.Struct("<I")
+_FUNC_INFO_SIZE = 8  # struct bpf_func_info: insn_off, type_id
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,24 @@ class Program(FDObject):
             recursion_misses=info.recursion_misses,
         )
 
+    def func_info(self) -> list[tuple[int, int]]:
+        """The program's BTF function records, ``(insn_off, type_id)`` each, in instruction order: the first is
+        its entry function (the BTF id that fentry/fexit on this program name as ``attach_btf_id``); empty for a
+        program loaded without BTF."""
+        info = syscall.prog_info(self.fd)
+        if not info.nr_func_info or not info.btf_id:
+            return []
+        rec = info.func_info_rec_size or _FUNC_INFO_SIZE
+        buf = ctypes.create_string_buffer(info.nr_func_info * rec)
+        again = syscall.ProgInfo(
+            nr_func_info=info.nr_func_info, func_info_rec_size=rec, func_info=ctypes.addressof(buf)
+        )
+        syscall.obj_get_info_by_fd(self.fd, again)
+        raw = buf.raw
+        n = min(again.nr_func_info, info.nr_func_info)
+        word = _U32.unpack_from
+        return [(word(raw, i * rec)[0], word(raw, i * rec + 4)[0]) for i in range(n)]
+
     # --- running -----------------------------------------------------------------------------------
 
     def test_run(
@@ -244,6 +266,15 @@ class Program(FDObject):
         syscall.bpf(Cmd.PROG_TEST_RUN, attr)
         data_out = out.raw[: attr.data_size_out] if out is not None else b""
         return TestRunResult(int(attr.retval), data_out, int(attr.duration))
+
+
+def loaded_ids() -> Iterator[int]:
+    """The id of every program loaded in the kernel, ascending (``BPF_PROG_GET_NEXT_ID``); a program unloaded
+    during the walk is simply not seen again."""
+    prog_id = 0
+    while (next_id := syscall.get_next_id(Cmd.PROG_GET_NEXT_ID, prog_id)) is not None:
+        prog_id = next_id
+        yield prog_id
 
 
 def _refusal(e: BPFError, program: str) -> BPFError:

@@ -79,6 +79,7 @@ class TextFormatter:
         self._layout: RecordLayout | None = None
         self._stack_id: Any = None
         self._rule_span = (0, 0)
+        self._verdict_span = (0, 0)
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
         self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {}, {})
@@ -146,6 +147,9 @@ class TextFormatter:
         rule = fields.nf_rule_text(event)
         if rule:
             text += f" {rule}"
+        verdict = fields.verdict_text(event)
+        if verdict:
+            text += f" verdict={verdict}"
         return " " + text.ljust(self._func_width)
 
     def _caller(self, event: Record) -> str:
@@ -185,6 +189,7 @@ class TextFormatter:
             self._layout = layout
             self._spans, self._unpack = fields.record_views(layout)
             self._rule_span = layout.span(*fields.NF_RULE_FIELDS)
+            self._verdict_span = layout.span(*fields.VERDICT_FIELDS)
             self._stack_id = layout.unpacker("stack_id")
             for cache in (*self._caches, self._explained):
                 cache.clear()
@@ -227,7 +232,9 @@ class TextFormatter:
                     ev = ev or decode(buf)
                     cached = remember(tuples, key, self._tuple(ev))
                 tup = cached
-            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook, fields.rule_key(buf, self._rule_span, reason))
+            rule = fields.rule_key(buf, self._rule_span, reason)
+            verdict = fields.verdict_key(buf, self._verdict_span)
+            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook, rule, verdict)
             func = funcs.get(fk)
             if func is None:
                 ev = ev or decode(buf)

@@ -1,0 +1,129 @@
+"""--filter-trace-tc, --filter-trace-xdp: fentry and fexit on the kernel's loaded tc and XDP programs.
+
+The programs are found by walking every loaded program (``BPF_PROG_GET_NEXT_ID``): those of type ``sched_cls``
+(tc, tcx included) or ``xdp`` that carry BTF (fentry on a program names its entry function by its BTF id, the
+first of its function records). Each one gets two probes of kind ``bpf_prog`` named as pwru prints them,
+``prog_name(tc)`` / ``prog_name(xdp)``: ``fentry_tc``/``fentry_xdp`` (the filters on the program's own packet,
+then the event) and ``fexit_tc``/``fexit_xdp`` (the same packet again, with the program's return value:
+``struct event``'s ``prog_ret``, ``prog_ret_kind``, named by
+:func:`pwru.output.fields.verdict_text`). :class:`Watcher` looks for programs loaded after the start
+and attaches to them as well (a datapath that reloads, as Cilium's does, stays traced).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pwru.config import Config
+from pwru.ebpf import btf, btf_kernel, features, prog
+from pwru.ebpf.errors import EBPFError
+from pwru.ebpf.syscall import ProgType
+from pwru.errors import UserError
+from pwru.kernel import KernelContext
+from pwru.probes import Attach, Probe
+
+log = logging.getLogger(__name__)
+
+#: What --filter-trace-tc / --filter-trace-xdp trace: program type -> pwru's suffix.
+KINDS = {ProgType.SCHED_CLS: "tc", ProgType.XDP: "xdp"}
+#: The object's programs for each kind: entry, exit.
+PROGRAMS = {"tc": ("fentry_tc", "fexit_tc"), "xdp": ("fentry_xdp", "fexit_xdp")}
+def kinds(config: Config) -> list[str]:
+    """The program kinds this run traces."""
+    return [k for k, on in (("tc", config.filter.trace_tc), ("xdp", config.filter.trace_xdp)) if on]
+
+
+def check(config: Config, kernel: KernelContext) -> None:
+    """Before anything is loaded: fentry/fexit is what tracing a BPF program takes; a kernel that refuses it
+    is one line naming the flag and the reason (exit 1), with what to use instead."""
+    wanted = kinds(config)
+    if not wanted:
+        return
+    feature = kernel.feature("fentry", lambda: features.fentry("ip_rcv"))
+    if not feature.available:
+        flag = " and ".join(f"--filter-trace-{k}" for k in wanted)
+        raise UserError(
+            f"{flag} needs fentry/fexit programs attached to BPF programs, which this kernel does not allow "
+            f"({feature.reason}); --filter-trace-tc-chain shows the skb before and after each device's tc "
+            "chain with tcx links instead",
+            exit_code=1,
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """A loaded tc or XDP program to trace: its id, kind (``tc``/``xdp``), display name and entry BTF id."""
+
+    id: int
+    kind: str
+    name: str
+    entry_btf_id: int
+
+
+@dataclass
+class Targets:
+    """The programs found, each held open by a descriptor until the run ends (a probe names its target by fd)."""
+
+    found: list[tuple[Target, prog.Program]] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (id, why)
+
+    def close(self) -> None:
+        found, self.found = self.found, []
+        for _, p in found:
+            p.close()
+
+
+def _entry_name(info: prog.ProgramInfo, type_id: int) -> str:
+    """The entry function's name from the program's BTF (not cut at 15 characters as ``info.name`` is)."""
+    try:
+        spec = btf.Spec.from_bytes(btf_kernel.raw_btf(info.btf_id))
+        return spec.name_of(type_id) or info.name
+    except (EBPFError, OSError):
+        return info.name
+
+
+def find(wanted: Iterable[str], seen: set[int] | None = None) -> Targets:
+    """Every loaded program of the ``wanted`` kinds whose id is not in ``seen`` (which gets every id looked
+    at). A program without BTF cannot be traced: it is skipped with the reason."""
+    want = {t for t, k in KINDS.items() if k in set(wanted)}
+    seen = set() if seen is None else seen
+    targets = Targets()
+    for prog_id in prog.loaded_ids():
+        if prog_id in seen:
+            continue
+        seen.add(prog_id)
+        try:
+            p = prog.Program.from_id(prog_id)
+        except OSError:
+            continue  # unloaded meanwhile
+        if p.type not in want:
+            p.close()
+            continue
+        try:
+            info = p.info()
+            funcs = p.func_info()
+        except OSError:
+            p.close()
+            continue
+        if not funcs:
+            targets.skipped.append((prog_id, f"{info.name}: no BTF (fentry needs its entry function's BTF id)"))
+            p.close()
+            continue
+        kind = KINDS[ProgType(p.type)]
+        name = f"{_entry_name(info, funcs[0][1])}({kind})"
+        targets.found.append((Target(prog_id, kind, name, funcs[0][1]), p))
+    return targets
+
+
+def probes(targets: Targets) -> list[Probe]:
+    """fentry and fexit on each target: both named ``prog_name(tc)`` (or ``(xdp)``)."""
+    out: list[Probe] = []
+    for t, p in targets.found:
+        entry, exit_ = PROGRAMS[t.kind]
+        for program, attach in ((entry, Attach.FENTRY), (exit_, Attach.FEXIT)):
+            out.append(
+                Probe("bpf_prog", t.name, program, attach, btf_id=t.entry_btf_id, attach_prog_fd=p.fd)
+            )
+    return out
