@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import backends, bpf_progs, discovery, dumps, flags, netfilter, nf_rules, resolve, summary, tracking
+from pwru import backends, bpf_progs, discovery, dumps, flags, netfilter, nf_rules, resolve, summary, tc_chain, tracking
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
@@ -51,13 +51,13 @@ READ_BATCH = 2048
 #: How the progress and summary lines name each kind of probe (``Probe.kind``): singular, plural.
 KIND_NOUNS = {"func": ("function", "functions"), "tracepoint": ("tracepoint", "tracepoints"),
               "nf_hook": ("netfilter hook", "netfilter hooks"), "bpf_prog": ("BPF program", "BPF programs"),
-              "helper": ("helper", "helpers")}  # fmt: skip
+              "helper": ("helper", "helpers"), "tc_hook": ("tc hook", "tc hooks")}  # fmt: skip
 #: File descriptors a run holds per probe, by attach method (program + link where each probe loads its own
 #: program; a perf event where the program is shared; nothing per probe for kprobe-multi's one link), and per
 #: distinct program (loaded once, shared by the probes of the method, linked once for kprobe-multi).
 FDS_PER_PROBE = {Attach.KPROBE_MULTI: 0, Attach.KPROBE: 1, Attach.KRETPROBE: 1, Attach.FENTRY: 2, Attach.FEXIT: 2,
-                 Attach.TP_BTF: 2, Attach.NETFILTER: 1}  # fmt: skip
-FDS_PER_PROGRAM = {Attach.KPROBE_MULTI: 2, Attach.KPROBE: 1, Attach.KRETPROBE: 1, Attach.NETFILTER: 1}
+                 Attach.TP_BTF: 2, Attach.NETFILTER: 1, Attach.TCX: 1}  # fmt: skip
+FDS_PER_PROGRAM = {Attach.KPROBE_MULTI: 2, Attach.KPROBE: 1, Attach.KRETPROBE: 1, Attach.NETFILTER: 1, Attach.TCX: 1}
 #: Descriptors beyond those counted: the ring buffer's epoll, sinks, netns files, what Python opens meanwhile.
 FDS_SPARE = 64
 
@@ -411,11 +411,13 @@ def run(config: Config) -> int:
         targets = backends.skb_targets(backend, kernel, config.filter.func_allowed) if events else []
         nf_probes = netfilter.run_probes(config, backend, kernel, show=events)
         bpf_progs.check(config, kernel)
+        tc_chain.check(config, kernel)
+        chain_probes = tc_chain.probes(config)
         wanted_progs = bpf_progs.kinds(config)
         progs = bpf_progs.find(wanted_progs) if wanted_progs else progs
         for prog_id, why in progs.skipped:
             log.warning("BPF program %d not traced: %s", prog_id, why)
-        if events and not targets and not any(p.shows for p in nf_probes) and not progs.found:
+        if events and not targets and not any(p.shows for p in nf_probes) and not progs.found and not chain_probes:
             raise UserError("no function or tracepoint to trace: check --filter-func", exit_code=1)
         tracking.check_non_skb_funcs(config, backend, kernel)
         obj, spliced = build_object(config, kernel.spec)
@@ -434,6 +436,7 @@ def run(config: Config) -> int:
         plan.add(track_probes)
         plan.add(nf_rules.probes(config, backend, kernel))
         plan.add(bpf_progs.probes(progs))
+        plan.add(chain_probes)
         ensure_fd_limit(plan)
         reasons = discovery.drop_reasons(kernel.spec, kernel.modules())
         sink = open_sink(config)  # an --output-file that cannot be opened is said before anything is loaded

@@ -1326,6 +1326,24 @@ int fexit_xdp(__u64 *ctx)
 	return emit_xdp(ctx, xdp, (__s32)ctx[1], PWRU_PROG_RET_XDP);
 }
 
+/* ---- the tc chain view (--filter-trace-tc-chain): tcx links first and last on each device ---- */
+#define TCX_NEXT -1
+
+/* Attached with tcx links before and after every other tcx program on a device's ingress or egress (kernels
+ * that refuse fentry still allow them): the skb as the chain gets it and as it leaves it, so a rewrite by a tc
+ * program in between shows as the tuple changing. cfg_probe_id names the point. A tc program's context is the
+ * kernel's sk_buff (the verifier rewrites __sk_buff accesses onto it): read through probe reads as everywhere
+ * else. tc programs have no stack helpers: as netfilter's, CALLER_NONE. It observes only: always TCX_NEXT. */
+SEC("tc")
+int tc_chain(struct __sk_buff *ctx)
+{
+	struct sk_buff *skb = (struct sk_buff *)ctx;
+
+	if (skb_selected(skb, false) && cfg_emit)
+		emit_skb(ctx, skb, cfg_probe_id, PWRU_PROBE_INDEX, -1, 0, CALLER_NONE);
+	return TCX_NEXT;
+}
+
 /* ---- netfilter ---- */
 #define NF_ACCEPT 1
 
