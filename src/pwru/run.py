@@ -571,6 +571,9 @@ def make_pipeline(
         stages.append(limit)
     if config.output.stack:
         stages.append(StackStage(coll.maps["stacks"].stack_trace, kernel.kallsyms))
+    rewrites = tc_chain.stage(plan.probes, schema.probe_kind("index"))
+    if rewrites is not None:
+        stages.append(rewrites)
     names = Symbols(kernel.kallsyms, plan.names(), reasons, schema.probe_kind("index"))
     if config.output.journey:  # one unit per journey, no header
         journeys: list[Output] = [JourneyOutput(config.output, names, sink)]

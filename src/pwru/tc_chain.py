@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pwru import netfilter, netns
@@ -25,7 +26,9 @@ from pwru.config import Config
 from pwru.ebpf import features
 from pwru.errors import UserError
 from pwru.kernel import KernelContext
+from pwru.output import fields
 from pwru.probes import Attach, Probe
+from pwru.records import Batch
 
 log = logging.getLogger("pwru")
 
@@ -89,3 +92,49 @@ def probes(config: Config) -> list[Probe]:
     if not found:
         raise UserError("--filter-trace-tc-chain: no device to attach to in the namespaces watched", exit_code=1)
     return [Probe("tc_hook", p.name, PROGRAM, Attach.TCX, tcx=p) for p in found]
+
+
+#: skbs remembered between their ``@first`` event and the next one (the oldest forgotten beyond).
+MAX_PENDING = 4096
+
+
+class RewriteStage:
+    """Tuple before -> after: for an skb seen at a ``tcx:*@first`` point, its next event (``@last``, or where
+    it goes when a program ended the chain with a verdict, the next hook) carries the note ``tc_rewrite``
+    (``batch.dumps``, ``fields.REWRITE_KEY``) when its tuple differs: what the tc programs in between rewrote."""
+
+    def __init__(self, first_ids: set[int], index_kind: int) -> None:
+        self._firsts = first_ids
+        self._index_kind = index_kind
+        self._pending: dict[int, tuple[bytes, bytes]] = {}  # skb -> (tuple bytes, the whole record)
+        self._schema: object = None
+
+    def process(self, batch: Batch) -> Batch:
+        layout = batch.schema.layout("event")
+        if batch.schema is not self._schema:
+            self._schema = batch.schema
+            self._head = layout.unpacker("ts", "skb", "probe", "probe_kind")
+            self._span = layout.span(*fields.TUPLE_FIELDS)
+        t0, t1 = self._span
+        pending, head = self._pending, self._head
+        for buf in batch.of_type("event"):
+            ts, skb, probe, kind = head(buf)
+            seen = pending.pop(skb, None)
+            if seen is not None and seen[0] != bytes(buf[t0:t1]):
+                before = fields.tuple_text(fields.tuple_of(layout.decode(seen[1])), False)
+                after = fields.tuple_text(fields.tuple_of(layout.decode(buf)), False)
+                batch.dumps.setdefault((ts, skb, probe), {})[fields.REWRITE_KEY] = f"{before} -> {after}"
+            if kind == self._index_kind and probe in self._firsts:
+                if len(pending) >= MAX_PENDING:
+                    pending.pop(next(iter(pending)))
+                pending[skb] = (bytes(buf[t0:t1]), bytes(buf))
+        return batch
+
+    def finish(self) -> Batch | None:
+        return None
+
+
+def stage(plan: Sequence[Probe], index_kind: int) -> RewriteStage | None:
+    """The before -> after stage when the plan has the view's points (``index_kind``: probe_kind INDEX)."""
+    firsts = {i for i, p in enumerate(plan) if p.tcx is not None and p.tcx.first}
+    return RewriteStage(firsts, index_kind) if firsts else None

@@ -278,6 +278,12 @@ def remember(cache: dict[Any, str], key: Any, value: str) -> str:
     return value
 
 
+#: ``Batch.dumps`` entries that are notes of ours rather than struct dumps: text shows them as ``name: text``
+#: (--filter-trace-tc-chain's ``tc_rewrite``, pwru.tc_chain), JSON as a key like every dump.
+REWRITE_KEY = "tc_rewrite"
+NOTE_KEYS = frozenset({REWRITE_KEY})
+
+
 def add_dumps(
     lines: list[str],
     events: list[bytes],

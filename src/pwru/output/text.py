@@ -279,5 +279,6 @@ class TextFormatter:
 
 
 def _with_dumps(line: str, dumps: dict[str, str]) -> str:
-    """An event's line followed by its struct dumps, each from a new line (pwru's layout)."""
-    return line + "".join("\n" + text for text in dumps.values())
+    """An event's line followed by its struct dumps, each from a new line (pwru's layout); a note
+    (:data:`fields.NOTE_KEYS`) as ``name: text``."""
+    return line + "".join("\n" + (f"{k}: {text}" if k in fields.NOTE_KEYS else text) for k, text in dumps.items())
