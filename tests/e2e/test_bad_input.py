@@ -191,6 +191,10 @@ CASES: tuple[Case, ...] = (
     c("netfilter-unknown", "--filter-trace-netfilter", "maybe"),
     c("kprobe-unavailable", "--backend", "kprobe", unavailable="kprobe"),
     c("fentry-unavailable", "--backend", "fentry", unavailable="fentry"),
+    c("trace-tc-without-fentry", "--filter-trace-tc", code=1, needle="needs fentry/fexit", unavailable="fentry"),
+    c("trace-xdp-without-fentry", "--filter-trace-xdp", code=1, needle="--filter-trace-xdp needs fentry",
+      unavailable="fentry"),
+    c("trace-tc-bool-value", "--filter-trace-tc=maybe"),
     c("kprobe-multi-unavailable", "--backend", "kprobe-multi", unavailable="kprobe-multi"),
     # --- --filter-func (RE2, whole name) ---
     c("func-unbalanced", "--filter-func", "("),
