@@ -12,10 +12,12 @@ and attaches to them as well (a datapath that reloads, as Cilium's does, stays t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pwru import backends, discovery
 from pwru.config import Config
 from pwru.ebpf import btf, btf_kernel, features, prog
 from pwru.ebpf.errors import EBPFError
@@ -50,6 +52,24 @@ def check(config: Config, kernel: KernelContext) -> None:
             "chain with tcx links instead",
             exit_code=1,
         )
+
+
+def helper_probes(config: Config, backend: str, kernel: KernelContext, programs: set[str]) -> list[Probe]:
+    """--filter-track-bpf-helpers: the skb helpers' kernel functions (:func:`pwru.discovery.skb_helpers`), as
+    probes of kind ``helper`` with the backend's skb program (the skb is the helper's first argument, so they
+    are filtered and tracked as any skb function). Only the function backends can reach them."""
+    if not config.filter.track_bpf_helpers:
+        return []
+    if backend not in ("kprobe-multi", "kprobe", "fentry"):
+        raise UserError(
+            f"--filter-track-bpf-helpers needs kprobes or fentry (the {backend} backend cannot reach the helpers' "
+            "kernel functions)",
+            exit_code=1,
+        )
+    found = discovery.skb_helpers(kernel.spec)
+    ok = discovery.probeable({t.name for t in found})
+    targets = [t for t in found if t.name in ok]
+    return [dataclasses.replace(p, kind="helper") for p in backends.skb_probes(backend, targets, programs, kernel)]
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ class FilterConfig:
     skb_expr: str = ""  # --filter-skb-expr: a C expression over skb (pwru.cexpr), compiled against kernel BTF
     trace_tc: bool = False  # --filter-trace-tc: fentry/fexit on every loaded tc program
     trace_xdp: bool = False  # --filter-trace-xdp: on every loaded XDP program
+    track_bpf_helpers: bool = False  # --filter-track-bpf-helpers: the kernel functions of skb helpers (kprobes)
     trace_tc_chain: bool = False  # --filter-trace-tc-chain: tcx links first and last on each device (pwru.tc_chain)
 
     def func_allowed(self, name: str) -> bool:

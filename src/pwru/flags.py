@@ -462,6 +462,9 @@ FLAGS: tuple[Flag, ...] = (
          "filter", "trace_tc"),
     Flag("filter-trace-xdp", BOOL, False, "trace XDP bpf progs (their entry and, with the verdict, exit)", FILTERS,
          "filter", "trace_xdp"),
+    Flag("filter-track-bpf-helpers", BOOL, False, "trace BPF helper functions (those taking an skb, found in kernel "
+         "BTF; the caller column names the BPF program, tail-called ones too)", FILTERS, "filter",
+         "track_bpf_helpers"),
     Flag("filter-trace-tc-chain", BOOL, False, "show each skb before and after each device's tc chain (tcx links "
          "first and last on ingress and egress; no fentry needed, unlike --filter-trace-tc)", FILTERS, "filter",
          "trace_tc_chain"),

@@ -429,6 +429,7 @@ def run(config: Config) -> int:
         obj.maps["events"].max_entries = config.output.ring_size * 1024
         plan = Plan()
         skb_side = backends.skb_probes(backend, targets, set(obj.programs), kernel)
+        skb_side += bpf_progs.helper_probes(config, backend, kernel, set(obj.programs))
         skb_side += summary.probes(config, kernel.spec, skb_side)
         skb_probes, track_probes = tracking.probes(config, backend, kernel, skb_side)
         plan.add(summary.mark_ends(skb_probes, schema.verdicts))

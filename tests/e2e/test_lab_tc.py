@@ -88,6 +88,7 @@ def _run(a: Netns, tmp: Path) -> TcRun:
     before = pwru_bpf_objects()
     cmd = [sys.executable, "-m", "pwru", "--ready-file", str(ready), "--output-json", "--output-meta",
            "--output-tuple", "--output-caller", "--filter-trace-tc", "--filter-trace-xdp", "--filter-func", "ip_rcv",
+           "--filter-track-bpf-helpers",
            "--filter-trace-netfilter", "false", FILTER]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp)
     try:
@@ -150,3 +151,21 @@ def test_xdp_drop_and_pass(tc_run: TcRun) -> None:
     rcv = [_tuple(e) for e in tc_run.of("ip_rcv")]
     assert all(t["dport"] != DROP_PORT for t in rcv), rcv
     assert any(t["dport"] == 7000 and t["daddr"] == NAT_TO for t in rcv), rcv
+
+
+REWRITE_HELPERS = ("bpf_skb_store_bytes", "bpf_l3_csum_replace", "bpf_l4_csum_replace")
+
+
+def test_helpers_called_by_the_tail_called_program(tc_run: TcRun) -> None:
+    entry = next(e for e in tc_run.of("tc_entry(tc)") if _tuple(e)["dport"] == 7000)
+    for helper in REWRITE_HELPERS:
+        calls = tc_run.of(helper)
+        assert calls, (helper, [e.get("func") for e in tc_run.events])
+        caller = str(calls[0].get("caller_func", ""))
+        assert caller.startswith("bpf_prog_") and "_nat_rewrite" in caller, calls[0]
+        assert calls[0]["skb"] == entry["skb"], calls[0]
+        # The caller's source line, from the program's jited line info (clang -g): the call of this helper.
+        assert "(datapath.c:" in caller and f": {helper}(skb" in caller, caller
+    # The store comes after both checksum fixes (the program's order) and before tc_entry's exit event.
+    order = [e.get("func") for e in tc_run.events if e["skb"] == entry["skb"]]
+    assert order.index("bpf_skb_store_bytes") > order.index("bpf_l3_csum_replace") > order.index("bpf_l4_csum_replace")

@@ -91,3 +91,23 @@ def _run(a: Netns, tmp: Path) -> tuple[str, str, set[str]]:
     assert proc.returncode == 0, err
     assert "tc hooks" in err, err
     return out, err, left_behind(before)
+
+
+def test_source_line_of_an_address_in_a_jit_compiled_program(veth_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
+    """The caller column's source line (pwru.bpf_lines): an address inside nat_rewrite's JIT code, on its
+    bpf_skb_store_bytes call, maps to that line of datapath.c, named through the kallsyms symbol."""
+    from pwru.bpf_lines import BpfLines
+    from pwru.ebpf.kallsyms import Kallsyms
+
+    a, b = veth_pair
+    with datapath(a, b, tmp_path, tc=False, xdp=False) as dp:
+        with prog.Program.from_id(dp.prog_ids()["nat_rewrite"]) as p:
+            lines = p.jited_lines()
+        assert lines, "no jited line info"
+        store = next(ln for ln in lines if "bpf_skb_store_bytes(" in ln.text)
+        src = Path(__file__).resolve().parent.parent / "data" / "bpf" / "datapath.c"
+        assert src.read_text().splitlines()[store.line - 1].strip() == store.text.strip()
+        sym = Kallsyms.load().lookup(store.address + 2)
+        assert sym is not None and sym.module == "bpf" and sym.name.endswith("_nat_rewrite"), sym
+        line = BpfLines().line(sym.name, store.address + 2)
+        assert line.startswith(f"datapath.c:{store.line}: bpf_skb_store_bytes(skb, IP_DST_OFF"), line
