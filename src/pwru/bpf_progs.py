@@ -14,22 +14,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pwru import backends, discovery
 from pwru.config import Config
 from pwru.ebpf import btf, btf_kernel, features, prog
+from pwru.ebpf.collection import Collection
 from pwru.ebpf.errors import EBPFError
 from pwru.ebpf.syscall import ProgType
 from pwru.errors import UserError
 from pwru.kernel import KernelContext
-from pwru.probes import Attach, Probe
+from pwru.probes import Attach, Attachment, Plan, Probe, execute
 
 log = logging.getLogger(__name__)
 
 #: What --filter-trace-tc / --filter-trace-xdp trace: program type -> pwru's suffix.
 KINDS = {ProgType.SCHED_CLS: "tc", ProgType.XDP: "xdp"}
+#: pwru's own programs of those types, never traced.
+OWN_PROGRAMS = frozenset({"tc_chain"})
 #: The object's programs for each kind: entry, exit.
 PROGRAMS = {"tc": ("fentry_tc", "fexit_tc"), "xdp": ("fentry_xdp", "fexit_xdp")}
 def kinds(config: Config) -> list[str]:
@@ -88,6 +93,7 @@ class Targets:
 
     found: list[tuple[Target, prog.Program]] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (id, why)
+    seen: set[int] = field(default_factory=set)  # every program id looked at (the watcher looks past them)
 
     def close(self) -> None:
         found, self.found = self.found, []
@@ -109,7 +115,7 @@ def find(wanted: Iterable[str], seen: set[int] | None = None) -> Targets:
     at). A program without BTF cannot be traced: it is skipped with the reason."""
     want = {t for t, k in KINDS.items() if k in set(wanted)}
     seen = set() if seen is None else seen
-    targets = Targets()
+    targets = Targets(seen=seen)
     for prog_id in prog.loaded_ids():
         if prog_id in seen:
             continue
@@ -125,6 +131,9 @@ def find(wanted: Iterable[str], seen: set[int] | None = None) -> Targets:
             info = p.info()
             funcs = p.func_info()
         except OSError:
+            p.close()
+            continue
+        if info.name in OWN_PROGRAMS:  # pwru's own (--filter-trace-tc-chain), seen by the watcher
             p.close()
             continue
         if not funcs:
@@ -147,3 +156,70 @@ def probes(targets: Targets) -> list[Probe]:
                 Probe("bpf_prog", t.name, program, attach, btf_id=t.entry_btf_id, attach_prog_fd=p.fd)
             )
     return out
+
+
+#: How often the watcher looks for programs loaded since the start (seconds).
+POLL_SECONDS = 1.0
+
+
+class Watcher:
+    """Programs loaded after the start (a datapath that reloads, as Cilium's does): every :data:`POLL_SECONDS`
+    the ids not seen yet are looked at and the new tc/XDP programs get their probes, appended to the plan (so
+    their probe ids name them) and attached from this thread; each one is said on stderr. ``close()`` stops
+    the thread, then detaches and closes everything it made."""
+
+    def __init__(self, wanted: list[str], targets: Targets, plan: Plan, coll: Collection, kernel: KernelContext):
+        self._kinds, self._targets, self._plan, self._coll, self._kernel = wanted, targets, plan, coll, kernel
+        self._stop = threading.Event()
+        self._attachments: list[Attachment] = []
+        self._found: list[Targets] = []
+        self._thread = threading.Thread(target=self._loop, name="pwru-bpf-progs", daemon=True)
+
+    @classmethod
+    def start(
+        cls, config: Config, targets: Targets | None, plan: Plan, coll: Collection, kernel: KernelContext
+    ) -> Watcher | None:
+        wanted = kinds(config)
+        if not wanted or targets is None:
+            return None
+        w = cls(wanted, targets, plan, coll, kernel)
+        w._thread.start()
+        return w
+
+    def _loop(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            try:
+                self.poll()
+            except (EBPFError, OSError) as e:
+                log.warning("no longer watching for new BPF programs: %s", e)
+                return
+
+    def poll(self) -> None:
+        """One look for new programs (the thread's step; callable directly)."""
+        new = find(self._kinds, self._targets.seen)
+        self._found.append(new)
+        for prog_id, why in new.skipped:
+            log.warning("BPF program %d not traced: %s", prog_id, why)
+        added = []
+        for p in probes(new):
+            p = dataclasses.replace(p, constants={**p.constants, "cfg_probe_id": len(self._plan)})
+            self._plan.add([p])
+            added.append(p)
+        if not added:
+            return
+        att = execute(Plan(added), self._coll, self._kernel, lambda _d, _t: None, self._stop.is_set)
+        self._attachments.append(att)
+        names = sorted({p.display_name for p in att.attached})
+        if names:
+            print(f"Attached {len(names)} BPF programs loaded since the start: {' '.join(names)}", file=sys.stderr)
+        for p, why in att.ignored:
+            log.warning("could not attach %s (%s): %s", p.display_name, p.attach.value, why)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for att in self._attachments:
+            att.close()
+        for t in self._found:
+            t.close()

@@ -106,8 +106,23 @@ class Plan:
         """Display names by probe id."""
         return [p.display_name for p in self.probes]
 
+    def live_names(self) -> Sequence[str]:
+        """Display names by probe id, as a view that sees probes added later (programs attached while running)."""
+        return _LiveNames(self.probes)
+
     def __len__(self) -> int:
         return len(self.probes)
+
+
+class _LiveNames(Sequence[str]):
+    def __init__(self, probes: list[Probe]) -> None:
+        self._probes = probes
+
+    def __len__(self) -> int:
+        return len(self._probes)
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        return self._probes[i].display_name
 
 
 @dataclass

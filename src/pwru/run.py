@@ -450,7 +450,7 @@ def run(config: Config) -> int:
                 constants |= nf_rules.constants(plan.probes, bool(reasons), kernel)
                 coll = Collection(obj, kernel_btf=kernel.spec, constants=constants)
                 try:
-                    loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready, pcap_sink)
+                    loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready, pcap_sink, progs)
                     return _run_loaded(loaded, stopper, t_start)
                 finally:
                     coll.close()
@@ -477,6 +477,7 @@ class Loaded:
     sink: Sink
     ready: ReadyFile
     pcap_sink: Sink | None = None  # --output-pcap's
+    progs: bpf_progs.Targets | None = None  # --filter-trace-tc/xdp's programs found at the start
 
 
 def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
@@ -513,7 +514,12 @@ def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
         )
         if config.output.summarises:
             reporter = summary.Reporter(summary_reader(run), config, run.sink)
-        _read(run, pipeline, limit, stopper, t_start, reporter.tick if reporter else None)
+        watcher = bpf_progs.Watcher.start(config, run.progs, plan, coll, kernel)
+        try:
+            _read(run, pipeline, limit, stopper, t_start, reporter.tick if reporter else None)
+        finally:
+            if watcher is not None:
+                watcher.close()
     finally:
         _finish(run, att, pipeline, printed, attach_time, reporter)
     return 0
@@ -575,7 +581,7 @@ def make_pipeline(
     rewrites = tc_chain.stage(plan.probes, schema.probe_kind("index"))
     if rewrites is not None:
         stages.append(rewrites)
-    names = Symbols(kernel.kallsyms, plan.names(), reasons, schema.probe_kind("index"))
+    names = Symbols(kernel.kallsyms, plan.live_names(), reasons, schema.probe_kind("index"))
     if config.output.journey:  # one unit per journey, no header
         journeys: list[Output] = [JourneyOutput(config.output, names, sink)]
         if pcap_sink is not None:

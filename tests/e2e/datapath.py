@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .conftest import Netns, sh
@@ -48,6 +48,17 @@ class Datapath:
     a: Netns
     b: Netns
     pins: Path
+    obj: Path
+    extra_pins: list[Path] = field(default_factory=list)
+
+    def reload_xdp(self) -> None:
+        """Load the object again (new program ids, as a datapath reload makes) and put its XDP program on b0 in
+        place of the running one."""
+        tag = uuid.uuid4().hex[:8]
+        pins, maps = BPFFS / f"pwt-dp-{tag}", BPFFS / f"pwt-dp-{tag}-maps"
+        self.extra_pins += [pins, maps]
+        sh("bpftool", "prog", "loadall", str(self.obj), str(pins), "pinmaps", str(maps), timeout=120)
+        nsenter(self.b, "ip", "-force", "link", "set", "dev", "b0", "xdpgeneric", "pinned", str(pins / "xdp_drop"))
 
     def prog_ids(self) -> dict[str, int]:
         """Program name -> id of the loaded datapath."""
@@ -69,6 +80,7 @@ def datapath(a: Netns, b: Netns, workdir: Path, tc: bool = True, xdp: bool = Tru
     obj = compile_datapath(workdir)
     tag = uuid.uuid4().hex[:8]
     pins, maps = BPFFS / f"pwt-dp-{tag}", BPFFS / f"pwt-dp-{tag}-maps"
+    dp: Datapath | None = None
     sh("ip", "-n", b.name, "addr", "add", f"{NAT_TO}/24", "dev", "b0")
     mac = b.exec("cat", "/sys/class/net/b0/address").stdout.strip()
     a.exec("ip", "neigh", "replace", NAT_FROM, "lladdr", mac, "dev", "a0", "nud", "permanent")
@@ -84,11 +96,12 @@ def datapath(a: Netns, b: Netns, workdir: Path, tc: bool = True, xdp: bool = Tru
             nsenter(a, "tc", "filter", "add", "dev", "a0", "egress", "bpf", "da", "pinned", str(pins / "tc_entry"))
         if xdp:
             nsenter(b, "ip", "link", "set", "dev", "b0", "xdpgeneric", "pinned", str(pins / "xdp_drop"))
-        yield Datapath(a, b, pins)
+        dp = Datapath(a, b, pins, obj)
+        yield dp
     finally:
         if xdp:
             nsenter(b, "ip", "link", "set", "dev", "b0", "xdpgeneric", "off", check=False)
         if tc:
             nsenter(a, "tc", "qdisc", "del", "dev", "a0", "clsact", check=False)
-        shutil.rmtree(pins, ignore_errors=True)
-        shutil.rmtree(maps, ignore_errors=True)
+        for pinned in (pins, maps, *(dp.extra_pins if dp is not None else ())):
+            shutil.rmtree(pinned, ignore_errors=True)

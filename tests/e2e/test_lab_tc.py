@@ -6,7 +6,9 @@ datagrams go from ns A to ns B:
 
 * UDP to 10.99.0.9:7000: ``tc_entry`` (a0 egress) finds 10.99.0.9 in its hash map and tail-calls
   ``nat_rewrite``, which rewrites the destination to 10.99.0.3; B's XDP program passes it;
-* UDP to 10.99.0.2:7001: ``xdp_drop`` on b0 drops it (XDP_DROP).
+* UDP to 10.99.0.2:7001: ``xdp_drop`` on b0 drops it (XDP_DROP);
+* the datapath is loaded again (new program ids) and its ``xdp_drop`` replaces the running one; a second
+  datagram to 7001 is dropped by the new program, which pwru found while running.
 
 The tests check the events of that run: the entry program's ``(tc)`` events, before (the original destination)
 and at exit (the rewritten one, verdict TC_ACT_OK); ``(xdp)`` events with XDP_DROP and XDP_PASS.
@@ -28,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import SLOW, Netns, left_behind, pwru_bpf_objects, sh, udp_send, wait_ready
-from .datapath import DROP_PORT, NAT_FROM, NAT_TO, datapath
+from .datapath import DROP_PORT, NAT_FROM, NAT_TO, Datapath, datapath
 
 pytestmark = pytest.mark.root
 
@@ -76,14 +78,15 @@ def tc_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TcRun]:
             ns.exec("ip", "link", "set", dev, "up")
         mac = b.exec("cat", "/sys/class/net/b0/address").stdout.strip()
         a.exec("ip", "neigh", "replace", "10.99.0.2", "lladdr", mac, "dev", "a0", "nud", "permanent")
-        with datapath(a, b, tmp):
-            yield _run(a, tmp)
+        with datapath(a, b, tmp) as dp:
+            yield _run(dp, tmp)
     finally:
         for ns in (a, b):
             sh("ip", "netns", "del", ns.name, check=False)
 
 
-def _run(a: Netns, tmp: Path) -> TcRun:
+def _run(dp: Datapath, tmp: Path) -> TcRun:
+    a = dp.a
     ready = tmp / "ready"
     before = pwru_bpf_objects()
     cmd = [sys.executable, "-m", "pwru", "--ready-file", str(ready), "--output-json", "--output-meta",
@@ -94,6 +97,10 @@ def _run(a: Netns, tmp: Path) -> TcRun:
     try:
         wait_ready(proc, ready)
         udp_send(a, NAT_FROM, 7000)
+        udp_send(a, "10.99.0.2", DROP_PORT)
+        # A reload: new programs, found by the watcher within a second or so, the XDP one put in place.
+        dp.reload_xdp()
+        time.sleep(4 * SLOW)
         udp_send(a, "10.99.0.2", DROP_PORT)
         time.sleep(1 * SLOW)
         proc.send_signal(signal.SIGTERM)
@@ -169,3 +176,11 @@ def test_helpers_called_by_the_tail_called_program(tc_run: TcRun) -> None:
     # The store comes after both checksum fixes (the program's order) and before tc_entry's exit event.
     order = [e.get("func") for e in tc_run.events if e["skb"] == entry["skb"]]
     assert order.index("bpf_skb_store_bytes") > order.index("bpf_l3_csum_replace") > order.index("bpf_l4_csum_replace")
+
+
+def test_programs_loaded_after_the_start_are_traced(tc_run: TcRun) -> None:
+    assert "BPF programs loaded since the start:" in tc_run.stderr, tc_run.stderr
+    assert "xdp_drop(xdp)" in tc_run.stderr.split("loaded since the start:")[1].splitlines()[0]
+    drops = [e for e in tc_run.of("xdp_drop(xdp)") if e.get("prog_verdict") == "XDP_DROP"]
+    # One by the first program, one by its replacement (the first no longer runs): two source ports.
+    assert len({_tuple(e)["sport"] for e in drops}) == 2, drops
