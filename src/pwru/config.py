@@ -67,6 +67,7 @@ class FilterConfig:
     tunnel_pcap_l3: str = ""  # the same from its inner network header
     trace_netfilter: str = "auto"  # one of NETFILTER_MODES
     skb_expr: str = ""  # --filter-skb-expr: a C expression over skb (pwru.cexpr), compiled against kernel BTF
+    xdp_expr: str = ""  # --filter-xdp-expr: the same over xdp (struct xdp_buff), for --filter-trace-xdp's events
     trace_tc: bool = False  # --filter-trace-tc: fentry/fexit on every loaded tc program
     trace_xdp: bool = False  # --filter-trace-xdp: on every loaded XDP program
     track_bpf_helpers: bool = False  # --filter-track-bpf-helpers: the kernel functions of skb helpers (kprobes)

@@ -512,6 +512,18 @@ FLAGS: tuple[Flag, ...] = (
         "skb_expr",
         metavar="string",
     ),
+    # cfg_has_xdp_expr comes with the spliced code, from run.build_object.
+    Flag(
+        "filter-xdp-expr",
+        STR,
+        "",
+        "filter xdp (--filter-trace-xdp) with a C expression over struct xdp_buff, like "
+        "'xdp->rxq->dev->ifindex == 9'",
+        FILTERS,
+        "filter",
+        "xdp_expr",
+        metavar="string",
+    ),
     # Output
     Flag("output-meta", BOOL, True, "print skb metadata", OUTPUT, "output", "meta", consts=_shown("meta", True)),
     Flag("output-tuple", BOOL, True, "print L4 tuple", OUTPUT, "output", "tuple", consts=_shown("tuple", True)),

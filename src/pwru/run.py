@@ -265,6 +265,9 @@ def build_object(config: Config, kernel_btf: Spec | None = None) -> tuple[Object
     expr = skb_expr_filter(config, kernel_btf)
     if expr is not None:
         spec.replace_function("filter_skb_expr", expr)
+    xdp_expr = skb_expr_filter(config, kernel_btf, root="xdp")
+    if xdp_expr is not None:
+        spec.replace_function("filter_xdp_expr", xdp_expr)
     metadata = skb_metadata(config, kernel_btf)
     if metadata is not None:
         spec.replace_function("set_skb_metadata", metadata[0])
@@ -272,6 +275,7 @@ def build_object(config: Config, kernel_btf: Spec | None = None) -> tuple[Object
         "cfg_has_pcap": int(compiled is not None),
         **spliced,
         "cfg_has_skb_expr": int(expr is not None),
+        "cfg_has_xdp_expr": int(xdp_expr is not None),
         "cfg_metadata_size": metadata[2] if metadata is not None else 0,
     }
 
@@ -282,16 +286,18 @@ def _btf_or_kernel(kernel_btf: Spec | None) -> Spec:
     return kernel_btf if kernel_btf is not None else running()
 
 
-def skb_expr_filter(config: Config, kernel_btf: Spec | None) -> list[Instruction] | None:
-    """--filter-skb-expr compiled against the kernel's BTF (the body of ``filter_skb_expr``), or None."""
+def skb_expr_filter(config: Config, kernel_btf: Spec | None, root: str = "skb") -> list[Instruction] | None:
+    """--filter-skb-expr (``root`` xdp: --filter-xdp-expr) compiled against the kernel's BTF (the body of
+    ``filter_skb_expr`` / ``filter_xdp_expr``), or None."""
     from pwru.cexpr import ExprError, compile_filter
 
-    if not config.filter.skb_expr.strip():
+    expr = config.filter.skb_expr if root == "skb" else config.filter.xdp_expr
+    if not expr.strip():
         return None
     try:
-        return compile_filter(config.filter.skb_expr, _btf_or_kernel(kernel_btf))
+        return compile_filter(expr, _btf_or_kernel(kernel_btf), root=root)
     except ExprError as e:
-        raise FlagError("filter-skb-expr", str(e)) from None
+        raise FlagError(f"filter-{root}-expr", str(e)) from None
 
 
 def skb_metadata(
@@ -404,6 +410,7 @@ def run(config: Config) -> int:
         # The C expressions need only the kernel's BTF: a mistake in one is said before discovery and loading
         # (build_object compiles them again, which costs milliseconds).
         skb_expr_filter(config, kernel.spec)
+        skb_expr_filter(config, kernel.spec, root="xdp")
         skb_metadata(config, kernel.spec)
         backend = backends.choose(config.kernel.backend, kernel)
         log.debug("backend %s", backend)

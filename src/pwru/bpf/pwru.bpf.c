@@ -56,6 +56,7 @@ const volatile __u32 cfg_pcap_snaplen = 256;      /* --output-pcap-snaplen, at m
 const volatile __u8 cfg_track_skb = 0;         /* --filter-track-skb: the tracked set decides before the filters */
 const volatile __u8 cfg_track_stackid = 0;     /* --filter-track-skb-by-stackid: the call chain's skb too */
 const volatile __u8 cfg_has_skb_expr = 0;      /* call filter_skb_expr (--filter-skb-expr) */
+const volatile __u8 cfg_has_xdp_expr = 0;      /* call filter_xdp_expr (--filter-xdp-expr) */
 const volatile __u32 cfg_metadata_size = 0;    /* bytes set_skb_metadata writes after the event (multiple of 8) */
 /* tp_btf (and fentry fallback) per-load constants; positions are 1-based, without the tracepoint's void * */
 const volatile __u32 cfg_tp_skb_pos = 1;
@@ -348,6 +349,15 @@ static __noinline __u64 filter_skb_expr(struct sk_buff *skb)
 	__u64 ret = 1;
 
 	asm volatile("" : "+r"(ret) : "r"(skb));
+	return ret;
+}
+
+/* --filter-xdp-expr: the same over an XDP program's struct xdp_buff (--filter-trace-xdp). */
+static __noinline __u64 filter_xdp_expr(struct xdp_buff *xdp)
+{
+	__u64 ret = 1;
+
+	asm volatile("" : "+r"(ret) : "r"(xdp));
 	return ret;
 }
 
@@ -1238,6 +1248,8 @@ static __always_inline bool xdp_selected(struct xdp_buff *xdp)
 		if (!filter_pcap_l2(data, data_end, (struct sk_buff *)0))
 			return false;
 	}
+	if (cfg_has_xdp_expr && !filter_xdp_expr(xdp))
+		return false;
 	return true;
 }
 
