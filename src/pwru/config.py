@@ -126,6 +126,7 @@ class OutputConfig:
     percpu_buf: int = PERCPU_BUF_DEFAULT  # --set-percpu-buf: bytes of the kernel's dump buffer
     netns_names: bool = False  # --output-netns-names
     netns_names_max_length: int = NETNS_NAMES_MAX_LENGTH_DEFAULT  # text column width (at least 10)
+    xdp_metadata: builtins.tuple[str, ...] = ()  # --output-xdp-metadata: the same over xdp, in XDP events
     skb_metadata: builtins.tuple[str, ...] = ()  # --output-skb-metadata: C expressions over skb shown with each event
     pcap: str | None = None  # --output-pcap: a path, or "-" for standard output
     pcap_snaplen: int = PCAP_SNAPLEN_DEFAULT

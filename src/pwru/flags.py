@@ -295,11 +295,12 @@ def _journey_bound(flag: str, maximum: int) -> Parse:
     return parse
 
 
-def _metadata_exprs(values: list[str]) -> list[str]:
-    """--output-skb-metadata's expressions (comma-separated as well, as pwru's string slice)."""
+def _metadata_exprs(values: list[str], flag: str = "output-skb-metadata") -> list[str]:
+    """--output-skb-metadata's (--output-xdp-metadata's) expressions (comma-separated as well, as pwru's string
+    slice)."""
     exprs = [e.strip() for v in values for e in v.split(",")]
     if any(not e for e in exprs):
-        raise FlagError("output-skb-metadata", "empty expression")
+        raise FlagError(flag, "empty expression")
     return exprs
 
 
@@ -596,6 +597,17 @@ FLAGS: tuple[Flag, ...] = (
         "output",
         "skb_metadata",
         parse=lambda v: tuple(_metadata_exprs(v)),
+        metavar="strings",
+    ),
+    Flag(
+        "output-xdp-metadata",
+        LIST,
+        [],
+        'print xdp metadata (--filter-trace-xdp): C expressions over xdp (e.g., "xdp->rxq->queue_index"), 16 at most',
+        OUTPUT,
+        "output",
+        "xdp_metadata",
+        parse=lambda v: tuple(_metadata_exprs(v, "output-xdp-metadata")),
         metavar="strings",
     ),
     Flag(

@@ -271,12 +271,17 @@ def build_object(config: Config, kernel_btf: Spec | None = None) -> tuple[Object
     metadata = skb_metadata(config, kernel_btf)
     if metadata is not None:
         spec.replace_function("set_skb_metadata", metadata[0])
+    xdp_metadata = skb_metadata(config, kernel_btf, root="xdp")
+    if xdp_metadata is not None:
+        spec.replace_function("set_xdp_metadata", xdp_metadata[0])
+    sizes = [m[2] for m in (metadata, xdp_metadata) if m is not None]
     return spec, {
         "cfg_has_pcap": int(compiled is not None),
         **spliced,
         "cfg_has_skb_expr": int(expr is not None),
         "cfg_has_xdp_expr": int(xdp_expr is not None),
-        "cfg_metadata_size": metadata[2] if metadata is not None else 0,
+        "cfg_metadata_size": max(sizes, default=0),  # one tail for both: the larger
+        "cfg_xdp_metadata": int(xdp_metadata is not None),
     }
 
 
@@ -301,18 +306,19 @@ def skb_expr_filter(config: Config, kernel_btf: Spec | None, root: str = "skb") 
 
 
 def skb_metadata(
-    config: Config, kernel_btf: Spec | None
+    config: Config, kernel_btf: Spec | None, root: str = "skb"
 ) -> tuple[list[Instruction], list[MetadataField], int] | None:
     """--output-skb-metadata compiled against the kernel's BTF: the body of ``set_skb_metadata``, the fields
     the outputs show and the bytes they take in each event; None without expressions."""
     from pwru.cexpr import ExprError, compile_metadata
 
-    if not config.output.skb_metadata:
+    exprs = config.output.skb_metadata if root == "skb" else config.output.xdp_metadata
+    if not exprs:
         return None
     try:
-        return compile_metadata(config.output.skb_metadata, _btf_or_kernel(kernel_btf))
+        return compile_metadata(exprs, _btf_or_kernel(kernel_btf), root=root)
     except ExprError as e:
-        raise FlagError("output-skb-metadata", str(e)) from None
+        raise FlagError(f"output-{root}-metadata", str(e)) from None
 
 
 def _say(line: str) -> None:
@@ -412,6 +418,7 @@ def run(config: Config) -> int:
         skb_expr_filter(config, kernel.spec)
         skb_expr_filter(config, kernel.spec, root="xdp")
         skb_metadata(config, kernel.spec)
+        skb_metadata(config, kernel.spec, root="xdp")
         backend = backends.choose(config.kernel.backend, kernel)
         log.debug("backend %s", backend)
         events = config.output.events  # False: a summary alone, only the probes its counts need
@@ -594,10 +601,9 @@ def make_pipeline(
         if pcap_sink is not None:
             journeys.append(PcapOutput(pcap_sink, names, config.output.pcap_snaplen))
         return Pipeline(schema, stages, journeys), limit, lambda: sink.delivered
-    metadata = skb_metadata(config, kernel.spec)
-    formatter = make_formatter(
-        config, names, NetnsNames() if config.output.netns_names else None, metadata[1] if metadata else ()
-    )
+    compiled = (skb_metadata(config, kernel.spec), skb_metadata(config, kernel.spec, "xdp"))
+    fields = [f for m in compiled if m is not None for f in m[1]]
+    formatter = make_formatter(config, names, NetnsNames() if config.output.netns_names else None, fields)
     header_units = 1 if formatter.header() else 0
     if not config.output.events:  # a summary alone: no event output (the summary writes to the sink itself)
         return Pipeline(schema, stages, []), limit, lambda: 0

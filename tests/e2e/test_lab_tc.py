@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +36,9 @@ from .datapath import DROP_PORT, NAT_FROM, NAT_TO, Datapath, datapath
 pytestmark = pytest.mark.root
 
 FILTER = f"udp and (dst port 7000 or dst port {DROP_PORT})"
+#: True for every XDP event of the scenario (b0's queue 0), through a string compare and a pointer chain.
+XDP_EXPR = 'xdp->rxq->dev->name == "b0" && xdp->rxq->queue_index == 0'
+XDP_METADATA = "xdp->rxq->dev->name,xdp->rxq->queue_index"
 
 
 def fentry_allowed() -> bool:
@@ -91,20 +95,37 @@ def _run(dp: Datapath, tmp: Path) -> TcRun:
     before = pwru_bpf_objects()
     cmd = [sys.executable, "-m", "pwru", "--ready-file", str(ready), "--output-json", "--output-meta",
            "--output-tuple", "--output-caller", "--filter-trace-tc", "--filter-trace-xdp", "--filter-func", "ip_rcv",
-           "--filter-track-bpf-helpers",
+           "--filter-track-bpf-helpers", "--filter-xdp-expr", XDP_EXPR, "--output-xdp-metadata", XDP_METADATA,
+           "--output-skb-metadata", "skb->mark",
            "--filter-trace-netfilter", "false", FILTER]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp)
+    err_lines: list[str] = []
+    watched = threading.Event()
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            err_lines.append(line)
+            if "loaded since the start" in line:
+                watched.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
         wait_ready(proc, ready)
         udp_send(a, NAT_FROM, 7000)
         udp_send(a, "10.99.0.2", DROP_PORT)
         # A reload: new programs, found by the watcher within a second or so, the XDP one put in place.
         dp.reload_xdp()
-        time.sleep(4 * SLOW)
+        watched.wait(30 * SLOW)
         udp_send(a, "10.99.0.2", DROP_PORT)
-        time.sleep(1 * SLOW)
+        time.sleep(0.3 * SLOW)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=300 * SLOW)
+        assert proc.stdout is not None
+        out = proc.stdout.read()  # stderr is the reader thread's
+        proc.wait(timeout=300 * SLOW)
+        reader.join(10)
+        err = "".join(err_lines)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -184,3 +205,14 @@ def test_programs_loaded_after_the_start_are_traced(tc_run: TcRun) -> None:
     drops = [e for e in tc_run.of("xdp_drop(xdp)") if e.get("prog_verdict") == "XDP_DROP"]
     # One by the first program, one by its replacement (the first no longer runs): two source ports.
     assert len({_tuple(e)["sport"] for e in drops}) == 2, drops
+
+
+def test_xdp_expression_and_metadata(tc_run: TcRun) -> None:
+    """--filter-xdp-expr let every XDP event of b0 through; --output-xdp-metadata's values are in the XDP
+    events, --output-skb-metadata's in the others (one tail, the fields by the event's kind)."""
+    xdp = tc_run.of("xdp_drop(xdp)")
+    assert xdp
+    for e in xdp:
+        assert e.get("skb_metadata") == {"xdp->rxq->dev->name": "b0", "xdp->rxq->queue_index": 0}, e
+    for e in tc_run.of("tc_entry(tc)"):
+        assert e.get("skb_metadata") == {"skb->mark": 0}, e

@@ -57,6 +57,7 @@ const volatile __u8 cfg_track_skb = 0;         /* --filter-track-skb: the tracke
 const volatile __u8 cfg_track_stackid = 0;     /* --filter-track-skb-by-stackid: the call chain's skb too */
 const volatile __u8 cfg_has_skb_expr = 0;      /* call filter_skb_expr (--filter-skb-expr) */
 const volatile __u8 cfg_has_xdp_expr = 0;      /* call filter_xdp_expr (--filter-xdp-expr) */
+const volatile __u8 cfg_xdp_metadata = 0;     /* call set_xdp_metadata in XDP events (--output-xdp-metadata) */
 const volatile __u32 cfg_metadata_size = 0;    /* bytes set_skb_metadata writes after the event (multiple of 8) */
 /* tp_btf (and fentry fallback) per-load constants; positions are 1-based, without the tracepoint's void * */
 const volatile __u32 cfg_tp_skb_pos = 1;
@@ -367,6 +368,15 @@ static __noinline int set_skb_metadata(struct sk_buff *skb, __u8 *out)
 	int ret = 0;
 
 	asm volatile("" : "+r"(ret) : "r"(skb), "r"(out));
+	return ret;
+}
+
+/* --output-xdp-metadata: the same over an XDP program's struct xdp_buff. */
+static __noinline int set_xdp_metadata(struct xdp_buff *xdp, __u8 *out)
+{
+	int ret = 0;
+
+	asm volatile("" : "+r"(ret) : "r"(xdp), "r"(out));
 	return ret;
 }
 
@@ -1271,7 +1281,10 @@ static __always_inline int emit_xdp(void *ctx, struct xdp_buff *xdp, __s32 prog_
 		return 0;
 	}
 	__builtin_memset(ev, 0, sizeof(*ev));
-	if (cfg_metadata_size) /* --output-skb-metadata: there is no skb; its reads from NULL give zeros */
+	ev->xdp_ctx = 1;
+	if (cfg_xdp_metadata)
+		set_xdp_metadata(xdp, ev->metadata);
+	else if (cfg_metadata_size) /* --output-skb-metadata alone: there is no skb; its reads from NULL give 0 */
 		set_skb_metadata((struct sk_buff *)0, ev->metadata);
 	ev->hdr.ts = bpf_ktime_get_ns();
 	ev->hdr.skb = (__u64)xdp;

@@ -101,7 +101,8 @@ struct event {
 	 * prog_ret_kind says how to read (enum pwru_prog_ret_kind; NONE: not a program's exit, prog_ret 0) */
 	__s32 prog_ret;
 	__u8 prog_ret_kind;
-	__u8 pad_prog[3];
+	__u8 xdp_ctx;   /* 1: an XDP program's event (hdr.skb is its struct xdp_buff; metadata from --output-xdp-metadata) */
+	__u8 pad_prog[2];
 	/* --output-skb-metadata: the values set_skb_metadata wrote (user space knows the layout), 8-byte aligned */
 	__u8 metadata[] __attribute__((aligned(8)));
 };

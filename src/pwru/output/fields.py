@@ -149,6 +149,8 @@ def nf_rule_text(event: Record) -> str:
     return f"table={table}" + (f" chain={chain}" if chain else "")
 
 
+#: struct event's byte set in an XDP program's event (--output-xdp-metadata's fields apply to it).
+XDP_MARK = "xdp_ctx"
 #: struct event's prog_ret and prog_ret_kind: a traced tc or XDP program's return value at its exit.
 VERDICT_FIELDS = ("prog_ret", "prog_ret_kind")
 #: TC_ACT_* and XDP_* by value (uapi/linux/pkt_cls.h, uapi/linux/bpf.h).

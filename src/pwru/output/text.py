@@ -195,7 +195,9 @@ class TextFormatter:
                 cache.clear()
             if self._metadata_fields:
                 assert layout.tail is not None, "struct event has no metadata tail"
-                self._metadata = MetadataFormat(self._metadata_fields, layout.tail.offset)
+                self._metadata = MetadataFormat(
+                    self._metadata_fields, layout.tail.offset, layout.offset(fields.XDP_MARK)
+                )
         (p0, p1), (m0, m1), (t0, t1), (u0, u1) = self._spans
         procs, metas, tuples, funcs, callers, tunnels = self._caches
         unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
