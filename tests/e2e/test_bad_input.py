@@ -254,6 +254,7 @@ CASES: tuple[Case, ...] = (
     # --- C expressions over skb ---
     c("skb-expr-member", "--filter-skb-expr", "skb->nope == 1", needle="column 6: struct sk_buff has no member 'nope'"),
     c("skb-expr-syntax", "--filter-skb-expr", "skb->len ==", needle="column 12: expected an operand"),
+    c("xdp-metadata-member", "--output-xdp-metadata", "xdp->nope", needle="struct xdp_buff has no member 'nope'"),
     c("xdp-expr-member", "--filter-xdp-expr", "xdp->nope == 1", needle="struct xdp_buff has no member 'nope'"),
     c("skb-expr-type", "--filter-skb-expr", 'skb->len == "x"', needle="a string compares with a char array"),
     c("skb-expr-root", "--filter-skb-expr", "sk->len", needle="unknown name 'sk'"),

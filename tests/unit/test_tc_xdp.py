@@ -79,3 +79,25 @@ def test_skb_helpers_are_found_in_kernel_btf() -> None:
         assert name in found and found[name].skb_pos == 1, sorted(found)
     # Helpers without an skb (maps, time, the xdp ones) are not among them.
     assert not {"bpf_map_lookup_elem", "bpf_ktime_get_ns", "bpf_xdp_adjust_head", "bpf_redirect"} & set(found)
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/btf/vmlinux"), reason="no kernel BTF")
+def test_metadata_fields_follow_the_events_kind() -> None:
+    """--output-skb-metadata and --output-xdp-metadata share the tail: an XDP event (xdp_ctx) shows the xdp
+    fields, every other event the skb ones."""
+    from pwru.cexpr import compile_metadata
+    from pwru.output.metadata import MetadataFormat
+
+    spec = btf.kernel_btf()
+    _, skb_fields, _ = compile_metadata(["skb->mark"], spec)
+    _, xdp_fields, _ = compile_metadata(["xdp->rxq->queue_index"], spec, root="xdp")
+    assert [f.root for f in skb_fields + xdp_fields] == ["skb", "xdp"]
+    layout = schema().layout("event")
+    assert layout.tail is not None
+    fmt = MetadataFormat([*skb_fields, *xdp_fields], layout.tail.offset, layout.offset("xdp_ctx"))
+    tail = (7).to_bytes(8, "little")
+    skb_event = layout.encode(make_event()) + tail
+    xdp_event = layout.encode(make_event(xdp_ctx=1)) + tail
+    assert fmt.text(skb_event) == " mark=7"
+    assert fmt.text(xdp_event) == " queue_index=7"
+    assert json.loads("{" + fmt.json(xdp_event) + "}") == {"skb_metadata": {"xdp->rxq->queue_index": 7}}
