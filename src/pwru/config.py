@@ -65,6 +65,11 @@ class FilterConfig:
     tunnel_pcap_l3: str = ""  # the same from its inner network header
     trace_netfilter: str = "auto"  # one of NETFILTER_MODES
     skb_expr: str = ""  # --filter-skb-expr: a C expression over skb (pwru.cexpr), compiled against kernel BTF
+    xdp_expr: str = ""  # --filter-xdp-expr: the same over xdp (struct xdp_buff), for --filter-trace-xdp's events
+    trace_tc: bool = False  # --filter-trace-tc: fentry/fexit on every loaded tc program
+    trace_xdp: bool = False  # --filter-trace-xdp: on every loaded XDP program
+    track_bpf_helpers: bool = False  # --filter-track-bpf-helpers: the kernel functions of skb helpers (kprobes)
+    trace_tc_chain: bool = False  # --filter-trace-tc-chain: tcx links first and last on each device (pwru.tc_chain)
 
     def func_allowed(self, name: str) -> bool:
         """Whether --filter-func lets the function (or tracepoint) ``name`` be traced."""
@@ -119,6 +124,7 @@ class OutputConfig:
     percpu_buf: int = PERCPU_BUF_DEFAULT  # --set-percpu-buf: bytes of the kernel's dump buffer
     netns_names: bool = False  # --output-netns-names
     netns_names_max_length: int = NETNS_NAMES_MAX_LENGTH_DEFAULT  # text column width (at least 10)
+    xdp_metadata: builtins.tuple[str, ...] = ()  # --output-xdp-metadata: the same over xdp, in XDP events
     skb_metadata: builtins.tuple[str, ...] = ()  # --output-skb-metadata: C expressions over skb shown with each event
     pcap: str | None = None  # --output-pcap: a path, or "-" for standard output
     pcap_snaplen: int = PCAP_SNAPLEN_DEFAULT

@@ -278,6 +278,32 @@ def probeable(names: Iterable[str], ksyms: Kallsyms | None = None) -> set[str]:
 # Drop reasons
 
 
+#: The kernel's helper ids (``BPF_FUNC_<name>``): the helper's kernel function is ``bpf_<name>``.
+HELPER_ENUM, HELPER_PREFIX = "bpf_func_id", "BPF_FUNC_"
+#: The name of an skb parameter as the kernel's ``BPF_CALL_n(bpf_x, struct sk_buff *, skb, ...)`` keeps it: the
+#: function the macro makes takes ``u64`` arguments (so no ``struct sk_buff *`` in its BTF) under those names.
+HELPER_SKB_PARAM = "skb"
+
+
+def skb_helpers(spec: Spec) -> list[Target]:
+    """The kernel functions behind the BPF helpers that take an skb: for each ``BPF_FUNC_<name>`` of ``enum
+    bpf_func_id``, the FUNC ``bpf_<name>`` whose first parameter is named ``skb`` (``bpf_skb_store_bytes``,
+    ``bpf_l3_csum_replace``, ``bpf_skb_vlan_push``, ...). The skb is that first argument (``skb_pos`` 1)."""
+    helpers: set[str] = set()
+    for tid in spec.find(HELPER_ENUM):
+        if isinstance(spec.type(tid), btf.Enum | btf.Enum64):
+            helpers |= {v.name.removeprefix(HELPER_PREFIX) for v in _enum_values(spec, tid)}
+    targets = []
+    for fid, proto in spec.refs_of_kind(Kind.FUNC):
+        name = spec.name_of(fid)
+        if not name.startswith("bpf_") or name[4:] not in helpers:
+            continue
+        t = spec.type(proto)
+        if isinstance(t, btf.FuncProto) and t.params and t.params[0].name == HELPER_SKB_PARAM:
+            targets.append(Target(name, None, fid, 1))
+    return targets
+
+
 def _enum_values(spec: Spec, tid: int) -> tuple[btf.EnumValue, ...]:
     t = spec.type(tid)
     assert isinstance(t, btf.Enum | btf.Enum64)

@@ -295,11 +295,12 @@ def _journey_bound(flag: str, maximum: int) -> Parse:
     return parse
 
 
-def _metadata_exprs(values: list[str]) -> list[str]:
-    """--output-skb-metadata's expressions (comma-separated as well, as pwru's string slice)."""
+def _metadata_exprs(values: list[str], flag: str = "output-skb-metadata") -> list[str]:
+    """--output-skb-metadata's (--output-xdp-metadata's) expressions (comma-separated as well, as pwru's string
+    slice)."""
     exprs = [e.strip() for v in values for e in v.split(",")]
     if any(not e for e in exprs):
-        raise FlagError("output-skb-metadata", "empty expression")
+        raise FlagError(flag, "empty expression")
     return exprs
 
 
@@ -458,6 +459,16 @@ FLAGS: tuple[Flag, ...] = (
         parse=cfg.parse_trace_netfilter,
         metavar="string",
     ),
+    Flag("filter-trace-tc", BOOL, False, "trace TC bpf progs (their entry and, with the verdict, exit)", FILTERS,
+         "filter", "trace_tc"),
+    Flag("filter-trace-xdp", BOOL, False, "trace XDP bpf progs (their entry and, with the verdict, exit)", FILTERS,
+         "filter", "trace_xdp"),
+    Flag("filter-track-bpf-helpers", BOOL, False, "trace BPF helper functions (those taking an skb, found in kernel "
+         "BTF; the caller column names the BPF program, tail-called ones too)", FILTERS, "filter",
+         "track_bpf_helpers"),
+    Flag("filter-trace-tc-chain", BOOL, False, "show each skb before and after each device's tc chain (tcx links "
+         "first and last on ingress and egress; no fentry needed, unlike --filter-trace-tc)", FILTERS, "filter",
+         "trace_tc_chain"),
     Flag(
         "filter-ifname",
         STR,
@@ -500,6 +511,18 @@ FLAGS: tuple[Flag, ...] = (
         FILTERS,
         "filter",
         "skb_expr",
+        metavar="string",
+    ),
+    # cfg_has_xdp_expr comes with the spliced code, from run.build_object.
+    Flag(
+        "filter-xdp-expr",
+        STR,
+        "",
+        "filter xdp (--filter-trace-xdp) with a C expression over struct xdp_buff, like "
+        "'xdp->rxq->dev->ifindex == 9'",
+        FILTERS,
+        "filter",
+        "xdp_expr",
         metavar="string",
     ),
     # Output
@@ -574,6 +597,17 @@ FLAGS: tuple[Flag, ...] = (
         "output",
         "skb_metadata",
         parse=lambda v: tuple(_metadata_exprs(v)),
+        metavar="strings",
+    ),
+    Flag(
+        "output-xdp-metadata",
+        LIST,
+        [],
+        'print xdp metadata (--filter-trace-xdp): C expressions over xdp (e.g., "xdp->rxq->queue_index"), 16 at most',
+        OUTPUT,
+        "output",
+        "xdp_metadata",
+        parse=lambda v: tuple(_metadata_exprs(v, "output-xdp-metadata")),
         metavar="strings",
     ),
     Flag(

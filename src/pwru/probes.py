@@ -30,6 +30,7 @@ from pwru.kernel import KernelContext
 
 if TYPE_CHECKING:
     from pwru.netfilter import Point
+    from pwru.tc_chain import TcPoint
 
 #: Threads attaching kprobes or tracing programs: the kernel serialises much of the work, but each attach also
 #: waits (text patching, trampoline updates) and spends time in Python around its syscalls.
@@ -42,7 +43,7 @@ DETACH_WORKERS = 64
 Progress = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
 #: What a probe is attached to.
-TargetKind = Literal["func", "tracepoint", "bpf_prog", "helper", "nf_hook"]
+TargetKind = Literal["func", "tracepoint", "bpf_prog", "helper", "nf_hook", "tc_hook"]
 
 
 class Attach(enum.Enum):
@@ -55,6 +56,7 @@ class Attach(enum.Enum):
     FEXIT = "fexit"
     TP_BTF = "tp_btf"  # a BTF-typed raw tracepoint program loaded per tracepoint
     NETFILTER = "netfilter"  # a netfilter program loaded per hook point, linked from inside its netns
+    TCX = "tcx"  # a tc program loaded per point name, a tcx link per device, made from inside its netns
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Probe:
     (fentry/fexit on tc or XDP programs). Positions are 1-based argument numbers. ``constants`` are per-load
     ``volatile const`` overrides (only for methods that load once per probe). ``shows`` is False for probes that
     only keep kernel state (skb tracking) and never produce an event. ``netfilter`` is the hook point (family,
-    hook, priority, netns) of an ``nf_hook`` probe.
+    hook, priority, netns) of an ``nf_hook`` probe, ``tcx`` the device, direction and place of a ``tc_hook`` one.
     """
 
     kind: TargetKind
@@ -81,12 +83,13 @@ class Probe:
     attach_prog_fd: int | None = None
     constants: Mapping[str, int] = field(default_factory=dict)
     netfilter: Point | None = None
+    tcx: TcPoint | None = None
     shows: bool = True
 
     @property
     def display_name(self) -> str:
         """How users see it: ``ip_rcv``, ``veth_xmit[veth]``, ``tp:kfree_skb``, ``nf:OUTPUT@first``."""
-        base = {"tracepoint": "tp:", "nf_hook": "nf:"}.get(self.kind, "") + self.name
+        base = {"tracepoint": "tp:", "nf_hook": "nf:", "tc_hook": "tcx:"}.get(self.kind, "") + self.name
         return f"{base}[{self.module}]" if self.module else base
 
 
@@ -103,8 +106,23 @@ class Plan:
         """Display names by probe id."""
         return [p.display_name for p in self.probes]
 
+    def live_names(self) -> Sequence[str]:
+        """Display names by probe id, as a view that sees probes added later (programs attached while running)."""
+        return _LiveNames(self.probes)
+
     def __len__(self) -> int:
         return len(self.probes)
+
+
+class _LiveNames(Sequence[str]):
+    def __init__(self, probes: list[Probe]) -> None:
+        self._probes = probes
+
+    def __len__(self) -> int:
+        return len(self._probes)
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        return self._probes[i].display_name
 
 
 @dataclass
@@ -333,50 +351,83 @@ def _kprobe_multi(ctx: AttachContext, probes: list[Probe]) -> None:
         attach_batch(programs[name], sorted(batch, key=lambda p: (address[id(p)], p.name)))
 
 
-def _netfilter(ctx: AttachContext, probes: list[Probe]) -> None:
-    """Netfilter links: one program load per point name (``nf:OUTPUT@first`` in every netns is one program: its
-    events name the point, their netns column says where; 20 loads in all instead of 20 per namespace, each
-    load being tens of milliseconds), in parallel; then each namespace's links made from one thread inside it (a
-    netfilter link hooks the netns of the thread that creates it). A namespace that cannot be entered any more
-    (its last process exited, its pid was reused) has its probes ignored with the reason."""
-    firsts: dict[tuple[str, str], Probe] = {}
-    for p in probes:
-        firsts.setdefault((p.program, p.display_name), p)
+def _in_netns(
+    prog_type: ProgType,
+    expected: AttachType | None,
+    where: Callable[[Probe], tuple[int, str]],
+    make_link: Callable[[Probe, Program], tuple[link.Link | None, str]],
+) -> Executor:
+    """Hooks whose links are made from inside a netns (netfilter: the link hooks the creating thread's netns;
+    tcx: the device index is the creating thread's netns's). One program load per point name (``nf:OUTPUT@first``
+    in every netns is one program: its events name the point, their netns column says where; tens of loads in
+    all instead of tens per namespace, each load being tens of milliseconds), in parallel; then each namespace's
+    links made from one thread inside it. A namespace that cannot be entered any more (its last process exited,
+    its pid was reused) has its probes ignored with the reason."""
 
-    def load(p: Probe) -> tuple[Program | None, str]:
-        if ctx.stop():
-            return None, ""
-        try:
-            prog = ctx.coll.load_program(
-                p.program,
-                prog_type=ProgType.NETFILTER,
-                expected_attach_type=AttachType.NETFILTER,
-                constants=_constants(ctx, p),
-            )
-        except BPFError as e:
-            return None, f"load: {e.strerror}"
-        return prog, ""
-
-    with ThreadPoolExecutor(ATTACH_WORKERS) as pool:
-        loaded = dict(zip(firsts, pool.map(load, firsts.values()), strict=True))
-    try:
-        groups: dict[tuple[int, str], list[tuple[Probe, Program]]] = defaultdict(list)
+    def run(ctx: AttachContext, probes: list[Probe]) -> None:
+        firsts: dict[tuple[str, str], Probe] = {}
         for p in probes:
-            assert p.netfilter is not None, p
-            prog, why = loaded[p.program, p.display_name]
-            if prog is not None:
-                groups[p.netfilter.netns_inode, p.netfilter.netns_path].append((p, prog))
-                continue
-            if why:
-                ctx.att.ignored.append((p, why))
-            ctx.report(1)
-        for (inode, path), group in groups.items():
-            if not ctx.stop():
-                _netfilter_links(ctx, inode, path, group)
-    finally:
-        for prog, _ in loaded.values():
-            if prog is not None:
-                prog.close()  # the links hold the programs
+            firsts.setdefault((p.program, p.display_name), p)
+
+        def load(p: Probe) -> tuple[Program | None, str]:
+            if ctx.stop():
+                return None, ""
+            try:
+                prog = ctx.coll.load_program(
+                    p.program, prog_type=prog_type, expected_attach_type=expected, constants=_constants(ctx, p)
+                )
+            except BPFError as e:
+                return None, f"load: {e.strerror}"
+            return prog, ""
+
+        with ThreadPoolExecutor(ATTACH_WORKERS) as pool:
+            loaded = dict(zip(firsts, pool.map(load, firsts.values()), strict=True))
+        try:
+            groups: dict[tuple[int, str], list[tuple[Probe, Program]]] = defaultdict(list)
+            for p in probes:
+                prog, why = loaded[p.program, p.display_name]
+                if prog is not None:
+                    groups[where(p)].append((p, prog))
+                    continue
+                if why:
+                    ctx.att.ignored.append((p, why))
+                ctx.report(1)
+            for (inode, path), group in groups.items():
+                if not ctx.stop():
+                    _links_in_netns(ctx, inode, path, group, make_link)
+        finally:
+            for prog, _ in loaded.values():
+                if prog is not None:
+                    prog.close()  # the links hold the programs
+
+    return run
+
+
+def _nf_where(p: Probe) -> tuple[int, str]:
+    assert p.netfilter is not None, p
+    return p.netfilter.netns_inode, p.netfilter.netns_path
+
+
+def _nf_link(p: Probe, prog: Program) -> tuple[link.Link | None, str]:
+    nf = p.netfilter
+    assert nf is not None
+    return _netfilter_link(prog, nf.pf, nf.hooknum, nf.priority)
+
+
+def _tcx_where(p: Probe) -> tuple[int, str]:
+    assert p.tcx is not None, p
+    return p.tcx.netns_inode, p.tcx.netns_path
+
+
+def _tcx_link(p: Probe, prog: Program) -> tuple[link.Link | None, str]:
+    """A tcx link before (``first``) or after (``last``) every program on the device's hook."""
+    t = p.tcx
+    assert t is not None
+    try:
+        flags = link.BPF_F_BEFORE if t.first else link.BPF_F_AFTER
+        return link.attach_tcx(prog, t.ifindex, ingress=t.ingress, flags=flags), ""
+    except OSError as e:
+        return None, f"attach {t.ifname}: {e.strerror}"
 
 
 #: How far a netfilter point moves inward from its priority when the kernel says it is taken (EBUSY: one BPF
@@ -397,7 +448,13 @@ def _netfilter_link(prog: Program, pf: int, hooknum: int, priority: int) -> tupl
     raise AssertionError("unreachable")
 
 
-def _netfilter_links(ctx: AttachContext, inode: int, path: str, group: list[tuple[Probe, Program]]) -> None:
+def _links_in_netns(
+    ctx: AttachContext,
+    inode: int,
+    path: str,
+    group: list[tuple[Probe, Program]],
+    make_link: Callable[[Probe, Program], tuple[link.Link | None, str]],
+) -> None:
     """Link each loaded program at its point, from a thread inside netns ``inode``; every link made is kept in
     the attachment, also when something fails half way."""
     made: list[tuple[Probe, link.Link | None, str]] = []
@@ -406,9 +463,7 @@ def _netfilter_links(ctx: AttachContext, inode: int, path: str, group: list[tupl
         for p, prog in group:
             if ctx.stop():
                 return
-            nf = p.netfilter
-            assert nf is not None
-            lk, why = _netfilter_link(prog, nf.pf, nf.hooknum, nf.priority)
+            lk, why = make_link(p, prog)
             made.append((p, lk, why))
 
     failure = ""
@@ -438,5 +493,6 @@ EXECUTORS: dict[Attach, Executor] = {
     Attach.FENTRY: _tracing(AttachType.TRACE_FENTRY),
     Attach.FEXIT: _tracing(AttachType.TRACE_FEXIT),
     Attach.TP_BTF: _tracing(AttachType.TRACE_RAW_TP),
-    Attach.NETFILTER: _netfilter,
+    Attach.NETFILTER: _in_netns(ProgType.NETFILTER, AttachType.NETFILTER, _nf_where, _nf_link),
+    Attach.TCX: _in_netns(ProgType.SCHED_CLS, None, _tcx_where, _tcx_link),
 }

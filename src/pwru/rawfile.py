@@ -14,6 +14,8 @@ with any output flag:
   ``--output-stack``, ``STACKS`` (JSON: stack id -> frames, those not written before or changed since: each
   holds from its batch on): the stack map does not outlive the run; and
   ``PROCS`` (JSON: pid -> executable) for the pids first seen in the batch: processes do not outlive it either;
+* ``PROBES`` (JSON) at the end: the probe names again, with the probes added while recording (programs loaded
+  after the start, --filter-trace-tc/xdp);
 * ``KALLSYMS`` last (zlib): ``/proc/kallsyms`` as it was when recording ended, modules loaded meanwhile included.
 
 :func:`replay` is ``pwru print``: it reads the chunks back and feeds the batches through the same pipeline a
@@ -28,7 +30,7 @@ import platform
 import struct
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 
 MAGIC = b"PWRU-RAW 1\n"
 VERSION = 1
-META, BTF, RECORDS, STACKS, KALLSYMS, PROCS = 1, 2, 3, 4, 5, 6
+META, BTF, RECORDS, STACKS, KALLSYMS, PROCS, PROBES = 1, 2, 3, 4, 5, 6, 7
 _CHUNK = struct.Struct("<II")
 _LEN = struct.Struct("<I")
 KALLSYMS_PATH = Path("/proc/kallsyms")
@@ -62,8 +64,10 @@ def _chunk(kind: int, payload: bytes) -> bytes:
 class RawOutput:
     """The pipeline output of --output-raw: each batch's records, as they are, into the file."""
 
-    def __init__(self, sink: FileSink, meta: dict[str, object], object_btf: bytes, stacks: bool) -> None:
+    def __init__(self, sink: FileSink, meta: dict[str, object], object_btf: bytes, stacks: bool,
+                 probe_names: Callable[[], Sequence[str]]) -> None:  # fmt: skip
         self.sink = sink
+        self._probe_names = probe_names
         self._head = MAGIC + _chunk(META, json.dumps(meta).encode()) + _chunk(BTF, object_btf)
         self._stacks = stacks
         self._written_stacks: dict[int, tuple[int, ...]] = {}  # as last written (a stack id can be reused)
@@ -99,19 +103,20 @@ class RawOutput:
                     text = KALLSYMS_PATH.read_bytes()
                 except OSError:
                     text = b""
+                self.sink.write(_chunk(PROBES, json.dumps(list(self._probe_names())).encode()))
                 self.sink.write(_chunk(KALLSYMS, zlib.compress(text, 1)))
         finally:
             self.sink.close()
 
 
-def recording_meta(config_output: object, probe_names: list[str], reasons: dict[int, str]) -> dict[str, object]:
+def recording_meta(config_output: object, probe_names: Sequence[str], reasons: dict[int, str]) -> dict[str, object]:
     """The META chunk of a run."""
     from pwru.output.fields import monotonic_offset_ns
 
     return {
         "version": VERSION,
         "flags": {name: getattr(config_output, name) for name in RECORDED_FLAGS},
-        "probes": probe_names,
+        "probes": list(probe_names),
         "reasons": {str(k): v for k, v in reasons.items()},
         "clock_offset_ns": monotonic_offset_ns(),
         "kernel": platform.release(),
@@ -189,6 +194,8 @@ def read(path: str) -> Recording:
                 # a new dict from here on: the earlier batches keep the stacks of their time
                 known = known | {int(k): tuple(v) for k, v in json.loads(bytes(payload)).items()}
                 batches[-1] = (batches[-1][0], known)
+            elif kind == PROBES and isinstance(meta, dict):
+                meta["probes"] = json.loads(bytes(payload))
             elif kind == PROCS:
                 exes.update({int(k): v for k, v in json.loads(bytes(payload)).items()})
             elif kind == KALLSYMS:

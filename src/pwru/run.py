@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import backends, discovery, dumps, flags, netfilter, nf_rules, rawfile, resolve, summary, tracking
+from pwru import (backends, bpf_progs, discovery, dumps, flags, netfilter, nf_rules, rawfile, resolve, summary,
+                  tc_chain, tracking)  # fmt: skip
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
@@ -51,13 +52,13 @@ READ_BATCH = 2048
 #: How the progress and summary lines name each kind of probe (``Probe.kind``): singular, plural.
 KIND_NOUNS = {"func": ("function", "functions"), "tracepoint": ("tracepoint", "tracepoints"),
               "nf_hook": ("netfilter hook", "netfilter hooks"), "bpf_prog": ("BPF program", "BPF programs"),
-              "helper": ("helper", "helpers")}  # fmt: skip
+              "helper": ("helper", "helpers"), "tc_hook": ("tc hook", "tc hooks")}  # fmt: skip
 #: File descriptors a run holds per probe, by attach method (program + link where each probe loads its own
 #: program; a perf event where the program is shared; nothing per probe for kprobe-multi's one link), and per
 #: distinct program (loaded once, shared by the probes of the method, linked once for kprobe-multi).
 FDS_PER_PROBE = {Attach.KPROBE_MULTI: 0, Attach.KPROBE: 1, Attach.KRETPROBE: 1, Attach.FENTRY: 2, Attach.FEXIT: 2,
-                 Attach.TP_BTF: 2, Attach.NETFILTER: 1}  # fmt: skip
-FDS_PER_PROGRAM = {Attach.KPROBE_MULTI: 2, Attach.KPROBE: 1, Attach.KRETPROBE: 1, Attach.NETFILTER: 1}
+                 Attach.TP_BTF: 2, Attach.NETFILTER: 1, Attach.TCX: 1}  # fmt: skip
+FDS_PER_PROGRAM = {Attach.KPROBE_MULTI: 2, Attach.KPROBE: 1, Attach.KRETPROBE: 1, Attach.NETFILTER: 1, Attach.TCX: 1}
 #: Descriptors beyond those counted: the ring buffer's epoll, sinks, netns files, what Python opens meanwhile.
 FDS_SPARE = 64
 
@@ -275,14 +276,23 @@ def build_object(config: Config, kernel_btf: Spec | None = None) -> tuple[Object
     expr = skb_expr_filter(config, kernel_btf)
     if expr is not None:
         spec.replace_function("filter_skb_expr", expr)
+    xdp_expr = skb_expr_filter(config, kernel_btf, root="xdp")
+    if xdp_expr is not None:
+        spec.replace_function("filter_xdp_expr", xdp_expr)
     metadata = skb_metadata(config, kernel_btf)
     if metadata is not None:
         spec.replace_function("set_skb_metadata", metadata[0])
+    xdp_metadata = skb_metadata(config, kernel_btf, root="xdp")
+    if xdp_metadata is not None:
+        spec.replace_function("set_xdp_metadata", xdp_metadata[0])
+    sizes = [m[2] for m in (metadata, xdp_metadata) if m is not None]
     return spec, {
         "cfg_has_pcap": int(compiled is not None),
         **spliced,
         "cfg_has_skb_expr": int(expr is not None),
-        "cfg_metadata_size": metadata[2] if metadata is not None else 0,
+        "cfg_has_xdp_expr": int(xdp_expr is not None),
+        "cfg_metadata_size": max(sizes, default=0),  # one tail for both: the larger
+        "cfg_xdp_metadata": int(xdp_metadata is not None),
     }
 
 
@@ -292,31 +302,34 @@ def _btf_or_kernel(kernel_btf: Spec | None) -> Spec:
     return kernel_btf if kernel_btf is not None else running()
 
 
-def skb_expr_filter(config: Config, kernel_btf: Spec | None) -> list[Instruction] | None:
-    """--filter-skb-expr compiled against the kernel's BTF (the body of ``filter_skb_expr``), or None."""
-    if not config.filter.skb_expr.strip():
+def skb_expr_filter(config: Config, kernel_btf: Spec | None, root: str = "skb") -> list[Instruction] | None:
+    """--filter-skb-expr (``root`` xdp: --filter-xdp-expr) compiled against the kernel's BTF (the body of
+    ``filter_skb_expr`` / ``filter_xdp_expr``), or None."""
+    expr = config.filter.skb_expr if root == "skb" else config.filter.xdp_expr
+    if not expr.strip():
         return None
     from pwru.cexpr import ExprError, compile_filter  # only when asked: its import is seconds under emulation
 
     try:
-        return compile_filter(config.filter.skb_expr, _btf_or_kernel(kernel_btf))
+        return compile_filter(expr, _btf_or_kernel(kernel_btf), root=root)
     except ExprError as e:
-        raise FlagError("filter-skb-expr", str(e)) from None
+        raise FlagError(f"filter-{root}-expr", str(e)) from None
 
 
 def skb_metadata(
-    config: Config, kernel_btf: Spec | None
+    config: Config, kernel_btf: Spec | None, root: str = "skb"
 ) -> tuple[list[Instruction], list[MetadataField], int] | None:
     """--output-skb-metadata compiled against the kernel's BTF: the body of ``set_skb_metadata``, the fields
     the outputs show and the bytes they take in each event; None without expressions."""
-    if not config.output.skb_metadata:
+    exprs = config.output.skb_metadata if root == "skb" else config.output.xdp_metadata
+    if not exprs:
         return None
     from pwru.cexpr import ExprError, compile_metadata
 
     try:
-        return compile_metadata(config.output.skb_metadata, _btf_or_kernel(kernel_btf))
+        return compile_metadata(exprs, _btf_or_kernel(kernel_btf), root=root)
     except ExprError as e:
-        raise FlagError("output-skb-metadata", str(e)) from None
+        raise FlagError(f"output-{root}-metadata", str(e)) from None
 
 
 def _say(line: str) -> None:
@@ -410,17 +423,27 @@ def run(config: Config) -> int:
     t_start = time.monotonic()
     kernel = kernel_context(config)
     kernel.preload_kallsyms()  # names for the events and the kprobe-multi addresses; joined before "ready"
+    progs = bpf_progs.Targets()  # --filter-trace-tc/xdp: the traced programs, held open until the end
     try:
         # The C expressions need only the kernel's BTF: a mistake in one is said before discovery and loading
         # (build_object compiles them again, which costs milliseconds).
         skb_expr_filter(config, kernel.spec)
+        skb_expr_filter(config, kernel.spec, root="xdp")
         skb_metadata(config, kernel.spec)
+        skb_metadata(config, kernel.spec, root="xdp")
         backend = backends.choose(config.kernel.backend, kernel)
         log.debug("backend %s", backend)
         events = config.output.events  # False: a summary alone, only the probes its counts need
         targets = backends.skb_targets(backend, kernel, config.filter.func_allowed) if events else []
         nf_probes = netfilter.run_probes(config, backend, kernel, show=events)
-        if events and not targets and not any(p.shows for p in nf_probes):
+        bpf_progs.check(config, kernel)
+        tc_chain.check(config, kernel)
+        chain_probes = tc_chain.probes(config)
+        wanted_progs = bpf_progs.kinds(config)
+        progs = bpf_progs.find(wanted_progs) if wanted_progs else progs
+        for prog_id, why in progs.skipped:
+            log.warning("BPF program %d not traced: %s", prog_id, why)
+        if events and not targets and not any(p.shows for p in nf_probes) and not progs.found and not chain_probes:
             raise UserError("no function or tracepoint to trace: check --filter-func", exit_code=1)
         tracking.check_non_skb_funcs(config, backend, kernel)
         obj, spliced = build_object(config, kernel.spec)
@@ -432,12 +455,15 @@ def run(config: Config) -> int:
         obj.maps["events"].max_entries = config.output.ring_size * 1024
         plan = Plan()
         skb_side = backends.skb_probes(backend, targets, set(obj.programs), kernel)
+        skb_side += bpf_progs.helper_probes(config, backend, kernel, set(obj.programs))
         skb_side += summary.probes(config, kernel.spec, skb_side)
         skb_probes, track_probes = tracking.probes(config, backend, kernel, skb_side)
         plan.add(summary.mark_ends(skb_probes, schema.verdicts))
         plan.add(nf_probes)
         plan.add(track_probes)
         plan.add(nf_rules.probes(config, backend, kernel))
+        plan.add(bpf_progs.probes(progs))
+        plan.add(chain_probes)
         ensure_fd_limit(plan)
         reasons = discovery.drop_reasons(kernel.spec, kernel.modules())
         sink = open_sink(config)  # an --output-file that cannot be opened is said before anything is loaded
@@ -450,7 +476,7 @@ def run(config: Config) -> int:
                 constants |= nf_rules.constants(plan.probes, bool(reasons), kernel)
                 coll = Collection(obj, kernel_btf=kernel.spec, constants=constants)
                 try:
-                    loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready, pcap_sink)
+                    loaded = Loaded(config, backend, kernel, coll, plan, schema, reasons, sink, ready, pcap_sink, progs)
                     return _run_loaded(loaded, stopper, t_start)
                 finally:
                     coll.close()
@@ -459,6 +485,7 @@ def run(config: Config) -> int:
             if pcap_sink is not None:
                 pcap_sink.close()
     finally:
+        progs.close()
         kernel.close()
 
 
@@ -476,6 +503,7 @@ class Loaded:
     sink: Sink
     ready: ReadyFile
     pcap_sink: Sink | None = None  # --output-pcap's
+    progs: bpf_progs.Targets | None = None  # --filter-trace-tc/xdp's programs found at the start
 
 
 def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
@@ -510,7 +538,12 @@ def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
         )
         if config.output.summarises:
             reporter = summary.Reporter(summary_reader(run), config, run.sink)
-        _read(run, pipeline, limit, stopper, t_start, reporter.tick if reporter else None)
+        watcher = bpf_progs.Watcher.start(config, run.progs, plan, coll, kernel)
+        try:
+            _read(run, pipeline, limit, stopper, t_start, reporter.tick if reporter else None)
+        finally:
+            if watcher is not None:
+                watcher.close()
     finally:
         _finish(run, att, pipeline, printed, attach_time, reporter)
     return 0
@@ -565,14 +598,17 @@ def make_pipeline(
         limit = LimitStage(config.output.limit_lines) if config.output.limit_lines else None
         stages: list[Stage] = [s for s in (limit, stacks) if s is not None]
         assert coll.spec.btf is not None
-        meta = rawfile.recording_meta(config.output, plan.names(), reasons)
+        meta = rawfile.recording_meta(config.output, plan.live_names(), reasons)
         raw = rawfile.RawOutput(FileSink(config.output.raw, "output-raw"), meta, coll.spec.btf.encode(),
-                                config.output.stack)  # fmt: skip
+                                config.output.stack, plan.live_names)  # fmt: skip
         pipeline = Pipeline(schema, stages, [raw])
         return pipeline, limit, lambda: pipeline.events
-    names = Symbols(kernel.kallsyms, plan.names(), reasons, schema.probe_kind("index"))
-    metadata = skb_metadata(config, kernel.spec)
-    return build_pipeline(config, names, schema, sink, stacks, metadata[1] if metadata else (), pcap_sink)
+    names = Symbols(kernel.kallsyms, plan.live_names(), reasons, schema.probe_kind("index"))
+    compiled = (skb_metadata(config, kernel.spec), skb_metadata(config, kernel.spec, "xdp"))
+    fields = [f for m in compiled if m is not None for f in m[1]]
+    rewrites = tc_chain.stage(plan.probes, schema.probe_kind("index"))
+    extra = [rewrites] if rewrites is not None else []
+    return build_pipeline(config, names, schema, sink, stacks, fields, pcap_sink, extra)
 
 
 def build_pipeline(
@@ -583,9 +619,11 @@ def build_pipeline(
     stacks: Stage | None,
     metadata: Sequence[MetadataField] = (),
     pcap_sink: Sink | None = None,
+    extra: Sequence[Stage] = (),
 ) -> tuple[Pipeline, LimitStage | None, Callable[[], int]]:
     """:func:`make_pipeline` once the numbers have their names (a live run's kernel, or a raw file's record of
-    it: ``pwru print``); ``stacks`` fills ``batch.stacks``."""
+    it: ``pwru print``); ``stacks`` fills ``batch.stacks``; ``extra`` stages come after it (the tc chain's
+    rewrites)."""
     stages: list[Stage] = []
     dump_stage = dumps.stage(config)
     if dump_stage is not None:
@@ -595,6 +633,7 @@ def build_pipeline(
         stages.append(limit)
     if stacks is not None:
         stages.append(stacks)
+    stages.extend(extra)
     if config.output.journey:  # one unit per journey, no header
         journeys: list[Output] = [JourneyOutput(config.output, names, sink)]
         if pcap_sink is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from pwru.bpf_lines import BpfLines
 from pwru.ebpf.kallsyms import Kallsyms
 from pwru.output.names import ProcessNames
 
@@ -29,6 +30,7 @@ class Symbols:
         self._index_kind = index_kind  # the record header's probe_kind for "index into the probe table"
         self._procs = procs if procs is not None else ProcessNames()
         self._func_cache: dict[int, str] = {}
+        self._bpf_lines = BpfLines()
 
     def probe_name(self, probe_kind: int, probe: int) -> str:
         if probe_kind == self._index_kind:
@@ -48,7 +50,12 @@ class Symbols:
         if sym is None:
             return f"{addr:#x}"
         mod = f" [{sym.module}]" if sym.module else ""
-        return f"{sym.name}+{sym.offset:#x}{mod}"
+        text = f"{sym.name}+{sym.offset:#x}{mod}"
+        if sym.module == "bpf":  # a JIT-compiled BPF program: its source line, when it has line info
+            line = self._bpf_lines.line(sym.name, addr)
+            if line:
+                text += f" ({line})"
+        return text
 
     def process(self, pid: int, comm: bytes) -> str:
         return self._procs(pid, comm)

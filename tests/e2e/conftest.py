@@ -219,7 +219,7 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 
 
 #: Program names of pwru's kernel side (``bpf_prog_info.name`` is the C function name, cut to 15 characters).
-PWRU_PROG_PREFIXES = ("kprobe_", "kretprobe_", "fentry_", "fexit_", "tp_skb", "nf_skb")
+PWRU_PROG_PREFIXES = ("kprobe_", "kretprobe_", "fentry_", "fexit_", "tp_skb", "nf_skb", "tc_chain")
 
 
 def _bpftool_list(kind: str) -> list[dict[str, object]]:

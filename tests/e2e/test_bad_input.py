@@ -206,6 +206,10 @@ CASES: tuple[Case, ...] = (
     c("netfilter-unknown", "--filter-trace-netfilter", "maybe"),
     c("kprobe-unavailable", "--backend", "kprobe", unavailable="kprobe"),
     c("fentry-unavailable", "--backend", "fentry", unavailable="fentry"),
+    c("trace-tc-without-fentry", "--filter-trace-tc", code=1, needle="needs fentry/fexit", unavailable="fentry"),
+    c("trace-xdp-without-fentry", "--filter-trace-xdp", code=1, needle="--filter-trace-xdp needs fentry",
+      unavailable="fentry"),
+    c("trace-tc-bool-value", "--filter-trace-tc=maybe"),
     c("kprobe-multi-unavailable", "--backend", "kprobe-multi", unavailable="kprobe-multi"),
     # --- --filter-func (RE2, whole name) ---
     c("func-unbalanced", "--filter-func", "("),
@@ -265,6 +269,8 @@ CASES: tuple[Case, ...] = (
     # --- C expressions over skb ---
     c("skb-expr-member", "--filter-skb-expr", "skb->nope == 1", needle="column 6: struct sk_buff has no member 'nope'"),
     c("skb-expr-syntax", "--filter-skb-expr", "skb->len ==", needle="column 12: expected an operand"),
+    c("xdp-metadata-member", "--output-xdp-metadata", "xdp->nope", needle="struct xdp_buff has no member 'nope'"),
+    c("xdp-expr-member", "--filter-xdp-expr", "xdp->nope == 1", needle="struct xdp_buff has no member 'nope'"),
     c("skb-expr-type", "--filter-skb-expr", 'skb->len == "x"', needle="a string compares with a char array"),
     c("skb-expr-root", "--filter-skb-expr", "sk->len", needle="unknown name 'sk'"),
     c("skb-expr-division", "--filter-skb-expr", "skb->len / 2", needle="division is not supported"),

@@ -110,7 +110,8 @@ def test_event_struct_in_btf(spec: ObjectSpec) -> None:
     assert [m.name for m in spec.btf.members(spec.btf.find_one("record_header", btf.Kind.STRUCT))][:5] == [
         "ts", "skb", "probe", "type", "size"]  # fmt: skip
     assert {"meta", "tuple", "comm", "reason", "location", "stack_id"} <= set(names)
-    assert names[-7:] == ["tunnel", "nf_pf", "nf_hook", "pad_nf", "nf_table", "nf_chain", "metadata"]  # pwru.h
+    assert names[-11:] == ["tunnel", "nf_pf", "nf_hook", "pad_nf", "nf_table", "nf_chain", "prog_ret", "prog_ret_kind",
+                           "xdp_ctx", "pad_prog", "metadata"]  # pwru.h
     nf_hook = next(m for m in spec.btf.members(sid) if m.name == "nf_hook")
     assert spec.btf.size_of(nf_hook.type) == 1
     assert spec.btf.member_offset("event", "meta.ifindex") > spec.btf.member_offset("event", "comm")
@@ -138,12 +139,14 @@ def test_build_object_splices_the_tunnel_filters_it_is_given() -> None:
     stub = ObjectSpec.load(object_path()).functions["filter_pcap_tunnel_l3"].insns
     spec, consts = build_object(Config())
     assert consts == {"cfg_has_pcap": 0, "cfg_has_tunnel_pcap_l2": 0, "cfg_has_tunnel_pcap_l3": 0,
-                      "cfg_has_skb_expr": 0, "cfg_metadata_size": 0}  # fmt: skip
+                      "cfg_has_skb_expr": 0, "cfg_has_xdp_expr": 0, "cfg_metadata_size": 0,
+                      "cfg_xdp_metadata": 0}  # fmt: skip
     assert spec.functions["filter_pcap_tunnel_l3"].insns == stub
     filters = FilterConfig(pcap="udp port 4789", tunnel_pcap_l3="udp dst port 7001")
     spec, consts = build_object(Config(filter=filters))
     assert consts == {"cfg_has_pcap": 1, "cfg_has_tunnel_pcap_l2": 0, "cfg_has_tunnel_pcap_l3": 1,
-                      "cfg_has_skb_expr": 0, "cfg_metadata_size": 0}  # fmt: skip
+                      "cfg_has_skb_expr": 0, "cfg_has_xdp_expr": 0, "cfg_metadata_size": 0,
+                      "cfg_xdp_metadata": 0}  # fmt: skip
     body = spec.functions["filter_pcap_tunnel_l3"].insns
     assert body != stub and body == compile_filter("udp dst port 7001").to_ebpf("l3", "probe")  # type: ignore[union-attr]
     spec, consts = build_object(Config(filter=FilterConfig(tunnel_pcap_l2="ether host 02:00:00:00:99:02")))

@@ -22,7 +22,9 @@ from tests.vm.kernels import KERNEL_LINES, cached_kernels, fetch_kernel
 from tests.vm.runner import check_host, run_in_vm
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_TESTS = ("tests/vm/guest", "tests/e2e/test_lab.py", "tests/e2e/test_lab_tracking.py")
+DEFAULT_TESTS = (
+    "tests/vm/guest", "tests/e2e/test_lab.py", "tests/e2e/test_lab_tracking.py", "tests/e2e/test_lab_tc.py"
+)
 TIMEOUT = float(os.environ.get("PWRU_VM_TIMEOUT", "1500"))  # a hang guard per kernel, not a speed goal
 
 

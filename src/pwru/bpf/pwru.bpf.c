@@ -56,6 +56,8 @@ const volatile __u32 cfg_pcap_snaplen = 256;      /* --output-pcap-snaplen, at m
 const volatile __u8 cfg_track_skb = 0;         /* --filter-track-skb: the tracked set decides before the filters */
 const volatile __u8 cfg_track_stackid = 0;     /* --filter-track-skb-by-stackid: the call chain's skb too */
 const volatile __u8 cfg_has_skb_expr = 0;      /* call filter_skb_expr (--filter-skb-expr) */
+const volatile __u8 cfg_has_xdp_expr = 0;      /* call filter_xdp_expr (--filter-xdp-expr) */
+const volatile __u8 cfg_xdp_metadata = 0;     /* call set_xdp_metadata in XDP events (--output-xdp-metadata) */
 const volatile __u32 cfg_metadata_size = 0;    /* bytes set_skb_metadata writes after the event (multiple of 8) */
 /* tp_btf (and fentry fallback) per-load constants; positions are 1-based, without the tracepoint's void * */
 const volatile __u32 cfg_tp_skb_pos = 1;
@@ -298,6 +300,7 @@ const enum pwru_linktype *const pwru_linktypes = 0;
 const struct skb_copy *const pwru_skb_copy_layout = 0;
 const struct skb_free *const pwru_skb_free_layout = 0;
 const enum pwru_verdict *const pwru_verdicts = 0;
+const enum pwru_prog_ret_kind *const pwru_prog_ret_kinds = 0;
 const struct summary_key *const pwru_summary_key_layout = 0;
 
 /* ---- packet filter stubs ---- */
@@ -350,12 +353,30 @@ static __noinline __u64 filter_skb_expr(struct sk_buff *skb)
 	return ret;
 }
 
+/* --filter-xdp-expr: the same over an XDP program's struct xdp_buff (--filter-trace-xdp). */
+static __noinline __u64 filter_xdp_expr(struct xdp_buff *xdp)
+{
+	__u64 ret = 1;
+
+	asm volatile("" : "+r"(ret) : "r"(xdp));
+	return ret;
+}
+
 /* --output-skb-metadata: the expressions' values into out (cfg_metadata_size bytes), by pwru.cexpr's code. */
 static __noinline int set_skb_metadata(struct sk_buff *skb, __u8 *out)
 {
 	int ret = 0;
 
 	asm volatile("" : "+r"(ret) : "r"(skb), "r"(out));
+	return ret;
+}
+
+/* --output-xdp-metadata: the same over an XDP program's struct xdp_buff. */
+static __noinline int set_xdp_metadata(struct xdp_buff *xdp, __u8 *out)
+{
+	int ret = 0;
+
+	asm volatile("" : "+r"(ret) : "r"(xdp), "r"(out));
 	return ret;
 }
 
@@ -571,9 +592,18 @@ enum caller_mode {
 	CALLER_KPROBE, /* at function entry the return address is the word at the stack pointer */
 	CALLER_FENTRY, /* bpf_get_stack: the frame after the traced function's own (func_ip .. func_ip+16) */
 	CALLER_TP,     /* bpf_get_stack skipping TP_CALLER_SKIP frames: the function that fired the tracepoint */
+	CALLER_PROG,   /* fentry/fexit on a BPF program: as CALLER_FENTRY, from the program's address */
 	CALLER_NONE,   /* program types with only bpf_base_func_proto helpers (netfilter): no stack helpers, no
 			* get_current_pid_tgid/comm; pid and comm come from bpf_get_current_task, no stack, no caller */
 };
+
+/* fentry, fexit: the traced function's address (bpf_get_func_ip, 5.15+), else the load's probe id */
+static __always_inline __u64 fentry_func_ip(void *ctx)
+{
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_func_ip))
+		return bpf_get_func_ip(ctx);
+	return cfg_probe_id;
+}
 
 static __always_inline __u64 get_caller(void *ctx, enum caller_mode mode, __u64 func_ip)
 {
@@ -591,6 +621,8 @@ static __always_inline __u64 get_caller(void *ctx, enum caller_mode mode, __u64 
 		return n > 0 ? frames[0] : 0;
 	}
 
+	if (mode == CALLER_PROG)
+		func_ip = fentry_func_ip(ctx);
 	n = bpf_get_stack(ctx, frames, sizeof(frames), 0);
 	if (n <= 0)
 		return 0;
@@ -990,8 +1022,8 @@ static __always_inline void nf_drop_rule(__u64 skb, struct event *ev)
 
 /* ---- the shared handler ---- */
 /* Reserve, fill and submit the event of an skb already selected. */
-static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
-				    __u64 location, enum caller_mode mode)
+static __always_inline int emit_skb_ret(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
+					__u64 location, enum caller_mode mode, __s32 prog_ret, __u8 prog_ret_kind)
 {
 	struct record_header hdr = {
 		.ts = bpf_ktime_get_ns(),
@@ -1055,9 +1087,17 @@ static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe,
 		set_tunnel(skb, &ev->tunnel);
 	if (cfg_metadata_size)
 		set_skb_metadata(skb, ev->metadata);
+	ev->prog_ret = prog_ret;
+	ev->prog_ret_kind = prog_ret_kind;
 
 	bpf_ringbuf_submit(ev, 0);
 	return 0;
+}
+
+static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
+				    __u64 location, enum caller_mode mode)
+{
+	return emit_skb_ret(ctx, skb, probe, probe_kind, reason, location, mode, 0, PWRU_PROG_RET_NONE);
 }
 
 /* Every skb probe's handler: selection (tracking, filters), then the event. */
@@ -1106,12 +1146,6 @@ KPROBE_SKB_REASON(1, 2) /* kfree_skb_reason */
 KPROBE_SKB_REASON(2, 3) /* sk_skb_reason_drop */
 
 /* ---- fentry ---- */
-static __always_inline __u64 fentry_func_ip(void *ctx)
-{
-	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_func_ip))
-		return bpf_get_func_ip(ctx);
-	return cfg_probe_id;
-}
 
 /* What fentry_func_ip returns: an address, or the load's probe id where the kernel lacks bpf_get_func_ip
  * (the tracking probes' loads get their probe index; the skb probes' get the address, see backends.py). */
@@ -1147,6 +1181,193 @@ FENTRY_SKB(5)
 
 FENTRY_SKB_REASON(1, 2)
 FENTRY_SKB_REASON(2, 3)
+
+/* ---- tc and XDP programs (--filter-trace-tc, --filter-trace-xdp) ---- */
+/* fentry and fexit with a loaded tc or XDP program as the target (attach_prog_fd, its entry function's BTF id);
+ * cfg_probe_id names the program. The entry selects the packet (filters, tracking) and remembers it per CPU;
+ * the exit shows the same packet again with the program's return value (the verdict), whatever the program
+ * rewrote meanwhile. A tail-called program is reached without its trampoline: only entry programs are seen. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} prog_entered SEC(".maps");
+
+static __always_inline void prog_enter(__u64 ctx_addr)
+{
+	__u32 zero = 0;
+	__u64 *entered = bpf_map_lookup_elem(&prog_entered, &zero);
+
+	if (entered)
+		*entered = ctx_addr;
+}
+
+/* Whether the program's entry selected this packet (the slot is taken). */
+static __always_inline bool prog_exit(__u64 ctx_addr)
+{
+	__u32 zero = 0;
+	__u64 *entered = bpf_map_lookup_elem(&prog_entered, &zero);
+
+	if (!entered || *entered != ctx_addr)
+		return false;
+	*entered = 0;
+	return true;
+}
+
+SEC("fentry/placeholder")
+int fentry_tc(__u64 *ctx)
+{
+	struct sk_buff *skb = (struct sk_buff *)ctx[0];
+
+	if (!skb || !skb_selected(skb, true))
+		return 0;
+	prog_enter((__u64)skb);
+	if (cfg_emit)
+		emit_skb(ctx, skb, cfg_probe_id, PWRU_PROBE_INDEX, -1, 0, CALLER_PROG);
+	return 0;
+}
+
+SEC("fexit/placeholder")
+int fexit_tc(__u64 *ctx)
+{
+	struct sk_buff *skb = (struct sk_buff *)ctx[0];
+
+	if (!skb || !prog_exit((__u64)skb) || !cfg_emit)
+		return 0;
+	return emit_skb_ret(ctx, skb, cfg_probe_id, PWRU_PROBE_INDEX, -1, 0, CALLER_PROG, (__s32)ctx[1],
+			    PWRU_PROG_RET_TC);
+}
+
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+
+static __always_inline bool xdp_selected(struct xdp_buff *xdp)
+{
+	struct net_device *dev = BPF_CORE_READ(xdp, rxq, dev);
+	void *data, *data_end;
+
+	if (cfg_netns && BPF_CORE_READ(dev, nd_net.net, ns.inum) != cfg_netns)
+		return false;
+	if (cfg_ifindex && BPF_CORE_READ(dev, ifindex) != cfg_ifindex)
+		return false;
+	if (cfg_has_pcap) {
+		/* The filter's ancillary loads read an skb: there is none (they read as 0). */
+		data = BPF_CORE_READ(xdp, data);
+		data_end = BPF_CORE_READ(xdp, data_end);
+		if (!filter_pcap_l2(data, data_end, (struct sk_buff *)0))
+			return false;
+	}
+	if (cfg_has_xdp_expr && !filter_xdp_expr(xdp))
+		return false;
+	return true;
+}
+
+/* An XDP program's packet as an event: hdr.skb is the xdp_buff's address; the meta columns from the receiving
+ * device and the frame (LEN: data_end - data; PROTO: the Ethernet type after at most one VLAN tag); the tuple
+ * from the IP header after the Ethernet header. */
+static __always_inline int emit_xdp(void *ctx, struct xdp_buff *xdp, __s32 prog_ret, __u8 prog_ret_kind)
+{
+	struct net_device *dev = BPF_CORE_READ(xdp, rxq, dev);
+	unsigned char *data = BPF_CORE_READ(xdp, data);
+	unsigned char *data_end = BPF_CORE_READ(xdp, data_end);
+	__u16 l3_off = ETH_HLEN;
+	__u16 proto = 0;
+	struct event *ev;
+
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev) + cfg_metadata_size, 0);
+	if (!ev) {
+		count_lost();
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->xdp_ctx = 1;
+	if (cfg_xdp_metadata)
+		set_xdp_metadata(xdp, ev->metadata);
+	else if (cfg_metadata_size) /* --output-skb-metadata alone: there is no skb; its reads from NULL give 0 */
+		set_skb_metadata((struct sk_buff *)0, ev->metadata);
+	ev->hdr.ts = bpf_ktime_get_ns();
+	ev->hdr.skb = (__u64)xdp;
+	ev->hdr.probe = cfg_probe_id;
+	ev->hdr.type = PWRU_RECORD_EVENT;
+	ev->hdr.size = sizeof(struct event) + cfg_metadata_size;
+	ev->hdr.probe_kind = PWRU_PROBE_INDEX;
+	ev->reason = -1;
+	ev->nf_hook = -1;
+	ev->cpu = bpf_get_smp_processor_id();
+	ev->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	ev->stack_id = -1;
+	if (cfg_output_stack) {
+		ev->stack_id = bpf_get_stackid(ctx, &stacks, 0);
+		if (ev->stack_id == -EEXIST)
+			ev->stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_REUSE_STACKID);
+	}
+	if (cfg_output_caller)
+		ev->caller = get_caller(ctx, CALLER_PROG, 0);
+	bpf_probe_read_kernel(&proto, sizeof(proto), data + 12);
+	proto = bpf_ntohs(proto);
+	if (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+		bpf_probe_read_kernel(&proto, sizeof(proto), data + 16);
+		proto = bpf_ntohs(proto);
+		l3_off += VLAN_HLEN;
+	}
+	if (cfg_output_meta) {
+		ev->meta.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		ev->meta.ifindex = BPF_CORE_READ(dev, ifindex);
+		ev->meta.mtu = BPF_CORE_READ(dev, mtu);
+		bpf_core_read_str(ev->meta.ifname, sizeof(ev->meta.ifname), &dev->name);
+		ev->meta.len = data_end - data;
+		ev->meta.protocol = proto;
+	}
+	if (cfg_output_tuple && (proto == ETH_P_IP || proto == ETH_P_IPV6))
+		tuple_at(data, l3_off, SKB_HDR_UNSET, &ev->tuple);
+	ev->prog_ret = prog_ret;
+	ev->prog_ret_kind = prog_ret_kind;
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+SEC("fentry/placeholder")
+int fentry_xdp(__u64 *ctx)
+{
+	struct xdp_buff *xdp = (struct xdp_buff *)ctx[0];
+
+	if (!xdp || !xdp_selected(xdp))
+		return 0;
+	prog_enter((__u64)xdp);
+	if (cfg_emit)
+		emit_xdp(ctx, xdp, 0, PWRU_PROG_RET_NONE);
+	return 0;
+}
+
+SEC("fexit/placeholder")
+int fexit_xdp(__u64 *ctx)
+{
+	struct xdp_buff *xdp = (struct xdp_buff *)ctx[0];
+
+	if (!xdp || !prog_exit((__u64)xdp) || !cfg_emit)
+		return 0;
+	return emit_xdp(ctx, xdp, (__s32)ctx[1], PWRU_PROG_RET_XDP);
+}
+
+/* ---- the tc chain view (--filter-trace-tc-chain): tcx links first and last on each device ---- */
+#define TCX_NEXT -1
+
+/* Attached with tcx links before and after every other tcx program on a device's ingress or egress (kernels
+ * that refuse fentry still allow them): the skb as the chain gets it and as it leaves it, so a rewrite by a tc
+ * program in between shows as the tuple changing. cfg_probe_id names the point. A tc program's context is the
+ * kernel's sk_buff (the verifier rewrites __sk_buff accesses onto it): read through probe reads as everywhere
+ * else. tc programs have no stack helpers: as netfilter's, CALLER_NONE. It observes only: always TCX_NEXT. */
+SEC("tc")
+int tc_chain(struct __sk_buff *ctx)
+{
+	struct sk_buff *skb = (struct sk_buff *)ctx;
+
+	if (skb_selected(skb, false) && cfg_emit)
+		emit_skb(ctx, skb, cfg_probe_id, PWRU_PROBE_INDEX, -1, 0, CALLER_NONE);
+	return TCX_NEXT;
+}
 
 /* ---- netfilter ---- */
 #define NF_ACCEPT 1

@@ -97,6 +97,12 @@ struct event {
 	 * nft_do_chain): the table's name and, for nftables, the base chain's; empty when unknown. */
 	char nf_table[PWRU_NF_NAME_LEN];
 	char nf_chain[PWRU_NF_NAME_LEN];
+	/* --filter-trace-tc/xdp: at a traced tc or XDP program's exit, its return value (TC_ACT_*, XDP_*), which
+	 * prog_ret_kind says how to read (enum pwru_prog_ret_kind; NONE: not a program's exit, prog_ret 0) */
+	__s32 prog_ret;
+	__u8 prog_ret_kind;
+	__u8 xdp_ctx;   /* 1: an XDP program's event (hdr.skb is its struct xdp_buff; metadata from --output-xdp-metadata) */
+	__u8 pad_prog[2];
 	/* --output-skb-metadata: the values set_skb_metadata wrote (user space knows the layout), 8-byte aligned */
 	__u8 metadata[] __attribute__((aligned(8)));
 };
@@ -124,6 +130,13 @@ struct packet {
 	__u16 pad;
 	char ifname[PWRU_IFNAME_LEN];
 	__u8 data[];    /* the linear bytes from the start, at most --output-pcap-snaplen (hdr.size says how many) */
+};
+
+/* struct event's prog_ret_kind: whose return value prog_ret is. */
+enum pwru_prog_ret_kind {
+	PWRU_PROG_RET_NONE = 0,
+	PWRU_PROG_RET_TC = 1,  /* a tc (sched_cls) program's: TC_ACT_* */
+	PWRU_PROG_RET_XDP = 2, /* an XDP program's: XDP_* */
 };
 
 /* How an skb ended, for --summary (struct summary_key.verdict). */

@@ -100,6 +100,16 @@ struct net_device {
 	possible_net_t nd_net;
 } __core;
 
+struct xdp_rxq_info {
+	struct net_device *dev;
+} __core;
+
+struct xdp_buff {
+	void *data;
+	void *data_end;
+	struct xdp_rxq_info *rxq;
+} __core;
+
 struct sock_common {
 	possible_net_t skc_net;
 } __core;

@@ -87,6 +87,7 @@ class MetadataField:
     type: CType
     signed: bool
     enum: dict[int, str]
+    root: str = "skb"  # what the expression is over: skb (--output-skb-metadata) or xdp (--output-xdp-metadata)
 
     @property
     def is_string(self) -> bool:
@@ -138,7 +139,7 @@ def compile_metadata(
         if isinstance(t, IntType) and t.enum is not None:
             enum = {v.value: v.name for v in spec.type(t.enum).values}  # type: ignore[union-attr]
         name = tree.name if isinstance(tree, Member) else "".join(expr.split())
-        fields.append(MetadataField(expr.strip(), name, slot, t, signed, enum))
+        fields.append(MetadataField(expr.strip(), name, slot, t, signed, enum, root))
     size = slots[-1].offset + (slots[-1].size + 7) // 8 * 8 if slots else 0
     return body, fields, size
 

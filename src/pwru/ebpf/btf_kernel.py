@@ -39,3 +39,17 @@ def btf_fd_of_module(name: str) -> int:
         if info.kernel_btf and buf.value.decode(errors="replace") == name:
             return fd
         os.close(fd)
+
+
+def raw_btf(btf_id: int) -> bytes:
+    """The bytes of the BTF object ``btf_id`` (a program's or map's BTF, or a kernel one), as the kernel holds it."""
+    fd = syscall.get_fd_by_id(Cmd.BTF_GET_FD_BY_ID, btf_id)
+    try:
+        info = BtfInfo()
+        syscall.obj_get_info_by_fd(fd, info)
+        buf = ctypes.create_string_buffer(info.btf_size)
+        again = BtfInfo(btf=ctypes.addressof(buf), btf_size=info.btf_size)
+        syscall.obj_get_info_by_fd(fd, again)
+        return buf.raw[: again.btf_size]
+    finally:
+        os.close(fd)

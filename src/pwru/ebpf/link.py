@@ -338,6 +338,11 @@ def attach_kprobe_multi(
 # --- networking hooks ------------------------------------------------------------------------------------
 
 
+#: tcx (mprog) attach flags: with no relative program, BEFORE places the new one first, AFTER last.
+BPF_F_BEFORE = 1 << 3
+BPF_F_AFTER = 1 << 4
+
+
 def attach_tcx(
     prog: Program, ifindex: int, ingress: bool = True, flags: int = 0, relative_fd: int = 0
 ) -> Link:
@@ -375,6 +380,8 @@ def attach_xdp(prog: Program, ifindex: int, flags: int = 0) -> Link:
 
 
 __all__ = [
+    "BPF_F_AFTER",
+    "BPF_F_BEFORE",
     "AttachError",
     "AttachNotSupported",
     "Link",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -27,6 +29,11 @@ LOG_LEVEL_STATS = 4
 _LOG_START = 1 << 20
 _LOG_MAX = 64 << 20
 _INSN_SIZE = 8
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_LINE_INFO = struct.Struct("<IIII")  # struct bpf_line_info: insn_off, file_name_off, line_off, line_col
+_LINE_INFO_SIZE = _LINE_INFO.size
+_FUNC_INFO_SIZE = 8  # struct bpf_func_info: insn_off, type_id
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,18 @@ class ProgramInfo:
     run_time_ns: int
     run_cnt: int
     recursion_misses: int
+
+
+@dataclass(frozen=True)
+class JitedLine:
+    """A source line of a loaded program where its JIT-compiled code starts (``BPF_OBJ_GET_INFO_BY_FD``'s
+    ``jited_line_info`` paired with ``line_info`` and the program's BTF strings)."""
+
+    address: int
+    file: str
+    line: int
+    column: int
+    text: str
 
 
 class TestRunResult(NamedTuple):
@@ -207,6 +226,57 @@ class Program(FDObject):
             recursion_misses=info.recursion_misses,
         )
 
+    def func_info(self) -> list[tuple[int, int]]:
+        """The program's BTF function records, ``(insn_off, type_id)`` each, in instruction order: the first is
+        its entry function (the BTF id that fentry/fexit on this program name as ``attach_btf_id``); empty for a
+        program loaded without BTF."""
+        info = syscall.prog_info(self.fd)
+        if not info.nr_func_info or not info.btf_id:
+            return []
+        rec = info.func_info_rec_size or _FUNC_INFO_SIZE
+        buf = ctypes.create_string_buffer(info.nr_func_info * rec)
+        again = syscall.ProgInfo(
+            nr_func_info=info.nr_func_info, func_info_rec_size=rec, func_info=ctypes.addressof(buf)
+        )
+        syscall.obj_get_info_by_fd(self.fd, again)
+        raw = buf.raw
+        n = min(again.nr_func_info, info.nr_func_info)
+        word = _U32.unpack_from
+        return [(word(raw, i * rec)[0], word(raw, i * rec + 4)[0]) for i in range(n)]
+
+    def jited_lines(self) -> list[JitedLine]:
+        """The program's source lines by JIT address, ascending; empty without BTF line info, without a JIT, or
+        when the kernel withholds the addresses (``bpf_dump_raw_ok``: kptr_restrict, CAP_SYSLOG)."""
+        from pwru.ebpf import btf, btf_kernel
+
+        info = syscall.prog_info(self.fd)
+        n, nj = info.nr_line_info, info.nr_jited_line_info
+        if not n or n != nj or not info.btf_id:
+            return []
+        rec = info.line_info_rec_size or _LINE_INFO_SIZE
+        jrec = info.jited_line_info_rec_size or 8
+        lines = ctypes.create_string_buffer(n * rec)
+        jited = ctypes.create_string_buffer(nj * jrec)
+        again = syscall.ProgInfo(
+            nr_line_info=n, line_info_rec_size=rec, line_info=ctypes.addressof(lines),
+            nr_jited_line_info=nj, jited_line_info_rec_size=jrec, jited_line_info=ctypes.addressof(jited),
+        )  # fmt: skip
+        syscall.obj_get_info_by_fd(self.fd, again)
+        spec = btf.Spec.from_bytes(btf_kernel.raw_btf(info.btf_id))
+        out: list[JitedLine] = []
+        for i in range(min(again.nr_line_info, again.nr_jited_line_info, n)):
+            address = _U64.unpack_from(jited.raw, i * jrec)[0]
+            _insn, file_off, line_off, line_col = _LINE_INFO.unpack_from(lines.raw, i * rec)
+            if not address:
+                return []  # withheld
+            try:
+                file, text = spec.string(file_off), spec.string(line_off)
+            except btf.BTFError:
+                file, text = "", ""
+            out.append(JitedLine(address, file, line_col >> 10, line_col & 0x3FF, text))
+        out.sort(key=lambda x: x.address)
+        return out
+
     # --- running -----------------------------------------------------------------------------------
 
     def test_run(
@@ -244,6 +314,15 @@ class Program(FDObject):
         syscall.bpf(Cmd.PROG_TEST_RUN, attr)
         data_out = out.raw[: attr.data_size_out] if out is not None else b""
         return TestRunResult(int(attr.retval), data_out, int(attr.duration))
+
+
+def loaded_ids() -> Iterator[int]:
+    """The id of every program loaded in the kernel, ascending (``BPF_PROG_GET_NEXT_ID``); a program unloaded
+    during the walk is simply not seen again."""
+    prog_id = 0
+    while (next_id := syscall.get_next_id(Cmd.PROG_GET_NEXT_ID, prog_id)) is not None:
+        prog_id = next_id
+        yield prog_id
 
 
 def _refusal(e: BPFError, program: str) -> BPFError:

@@ -149,6 +149,34 @@ def nf_rule_text(event: Record) -> str:
     return f"table={table}" + (f" chain={chain}" if chain else "")
 
 
+#: struct event's byte set in an XDP program's event (--output-xdp-metadata's fields apply to it).
+XDP_MARK = "xdp_ctx"
+#: struct event's prog_ret and prog_ret_kind: a traced tc or XDP program's return value at its exit.
+VERDICT_FIELDS = ("prog_ret", "prog_ret_kind")
+#: TC_ACT_* and XDP_* by value (uapi/linux/pkt_cls.h, uapi/linux/bpf.h).
+TC_VERDICTS = {
+    -1: "TC_ACT_UNSPEC", 0: "TC_ACT_OK", 1: "TC_ACT_RECLASSIFY", 2: "TC_ACT_SHOT", 3: "TC_ACT_PIPE",
+    4: "TC_ACT_STOLEN", 5: "TC_ACT_QUEUED", 6: "TC_ACT_REPEAT", 7: "TC_ACT_REDIRECT", 8: "TC_ACT_TRAP",
+}  # fmt: skip
+XDP_VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
+#: prog_ret_kind (pwru.h's enum pwru_prog_ret_kind: 1 tc, 2 XDP) -> the names of its values.
+VERDICTS_BY_KIND = {1: TC_VERDICTS, 2: XDP_VERDICTS}
+
+
+def verdict_text(event: Record) -> str:
+    """A program's verdict at its exit (``TC_ACT_SHOT``, ``XDP_DROP``, the number for one without a name);
+    ``""`` for an event that is not a program's exit."""
+    kind = event.prog_ret_kind
+    if not kind:
+        return ""
+    return VERDICTS_BY_KIND.get(kind, {}).get(event.prog_ret, str(event.prog_ret))
+
+
+def verdict_key(buf: bytes, span: tuple[int, int]) -> bytes:
+    """The cache key part of a program exit's verdict."""
+    return bytes(buf[span[0] : span[1]])
+
+
 def rule_key(buf: bytes, span: tuple[int, int], reason: int) -> bytes:
     """The cache key part of a drop event's table and chain (empty for an event without a drop reason, whose
     table and chain the kernel leaves empty)."""
@@ -262,6 +290,12 @@ def remember(cache: dict[Any, str], key: Any, value: str) -> str:
         cache.clear()
     cache[bytes(key) if isinstance(key, memoryview) else key] = value
     return value
+
+
+#: ``Batch.dumps`` entries that are notes of ours rather than struct dumps: text shows them as ``name: text``
+#: (--filter-trace-tc-chain's ``tc_rewrite``, pwru.tc_chain), JSON as a key like every dump.
+REWRITE_KEY = "tc_rewrite"
+NOTE_KEYS = frozenset({REWRITE_KEY})
 
 
 def add_dumps(

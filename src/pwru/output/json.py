@@ -59,6 +59,7 @@ class JsonFormatter:
         self._layout: RecordLayout | None = None
         self._stack_id: Any = None
         self._rule_span = (0, 0)
+        self._verdict_span = (0, 0)
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
         self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {}, {})
@@ -91,6 +92,9 @@ class JsonFormatter:
             d["nf_table"] = table
         if chain:
             d["nf_chain"] = chain
+        verdict = fields.verdict_text(event)
+        if verdict:
+            d["prog_verdict"] = verdict
         if self._config.explain:
             e = fields.explanation_of(event, names)
             if e is not None:
@@ -168,12 +172,15 @@ class JsonFormatter:
             self._layout = layout
             self._spans, self._unpack = fields.record_views(layout)
             self._rule_span = layout.span(*fields.NF_RULE_FIELDS)
+            self._verdict_span = layout.span(*fields.VERDICT_FIELDS)
             self._stack_id = layout.unpacker("stack_id")
             for cache in self._caches:
                 cache.clear()
             if self._metadata_fields:
                 assert layout.tail is not None, "struct event has no metadata tail"
-                self._metadata = MetadataFormat(self._metadata_fields, layout.tail.offset)
+                self._metadata = MetadataFormat(
+                    self._metadata_fields, layout.tail.offset, layout.offset(fields.XDP_MARK)
+                )
         (p0, p1), (m0, m1), (t0, t1), (u0, u1) = self._spans
         procs, metas, tuples, funcs, callers, tunnels = self._caches
         unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
@@ -193,7 +200,9 @@ class JsonFormatter:
             if proc is None:
                 ev = decode(buf)
                 proc = remember(procs, key, _members(self._proc_part(ev)))
-            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook, fields.rule_key(buf, self._rule_span, reason))
+            rule = fields.rule_key(buf, self._rule_span, reason)
+            verdict = fields.verdict_key(buf, self._verdict_span)
+            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook, rule, verdict)
             func = funcs.get(fk)
             if func is None:
                 ev = ev or decode(buf)

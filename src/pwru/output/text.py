@@ -79,6 +79,7 @@ class TextFormatter:
         self._layout: RecordLayout | None = None
         self._stack_id: Any = None
         self._rule_span = (0, 0)
+        self._verdict_span = (0, 0)
         self._spans: tuple[tuple[int, int], ...] = ()
         self._unpack: Any = None
         self._caches: tuple[dict[Any, str], ...] = ({}, {}, {}, {}, {}, {})
@@ -146,6 +147,9 @@ class TextFormatter:
         rule = fields.nf_rule_text(event)
         if rule:
             text += f" {rule}"
+        verdict = fields.verdict_text(event)
+        if verdict:
+            text += f" verdict={verdict}"
         return " " + text.ljust(self._func_width)
 
     def _caller(self, event: Record) -> str:
@@ -185,12 +189,15 @@ class TextFormatter:
             self._layout = layout
             self._spans, self._unpack = fields.record_views(layout)
             self._rule_span = layout.span(*fields.NF_RULE_FIELDS)
+            self._verdict_span = layout.span(*fields.VERDICT_FIELDS)
             self._stack_id = layout.unpacker("stack_id")
             for cache in (*self._caches, self._explained):
                 cache.clear()
             if self._metadata_fields:
                 assert layout.tail is not None, "struct event has no metadata tail"
-                self._metadata = MetadataFormat(self._metadata_fields, layout.tail.offset)
+                self._metadata = MetadataFormat(
+                    self._metadata_fields, layout.tail.offset, layout.offset(fields.XDP_MARK)
+                )
         (p0, p1), (m0, m1), (t0, t1), (u0, u1) = self._spans
         procs, metas, tuples, funcs, callers, tunnels = self._caches
         unpack, decode, stack_id_of = self._unpack, layout.decode, self._stack_id
@@ -227,7 +234,9 @@ class TextFormatter:
                     ev = ev or decode(buf)
                     cached = remember(tuples, key, self._tuple(ev))
                 tup = cached
-            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook, fields.rule_key(buf, self._rule_span, reason))
+            rule = fields.rule_key(buf, self._rule_span, reason)
+            verdict = fields.verdict_key(buf, self._verdict_span)
+            fk = (probe, probe_kind, reason, location, nf_pf, nf_hook, rule, verdict)
             func = funcs.get(fk)
             if func is None:
                 ev = ev or decode(buf)
@@ -272,5 +281,6 @@ class TextFormatter:
 
 
 def _with_dumps(line: str, dumps: dict[str, str]) -> str:
-    """An event's line followed by its struct dumps, each from a new line (pwru's layout)."""
-    return line + "".join("\n" + text for text in dumps.values())
+    """An event's line followed by its struct dumps, each from a new line (pwru's layout); a note
+    (:data:`fields.NOTE_KEYS`) as ``name: text``."""
+    return line + "".join("\n" + (f"{k}: {text}" if k in fields.NOTE_KEYS else text) for k, text in dumps.items())
