@@ -17,8 +17,20 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from pwru import (backends, bpf_progs, discovery, dumps, flags, netfilter, nf_rules, rawfile, resolve, summary,
-                  tc_chain, tracking)  # fmt: skip
+from pwru import (
+    backends,
+    bpf_progs,
+    discovery,
+    dumps,
+    flags,
+    netfilter,
+    nf_rules,
+    rawfile,
+    resolve,
+    summary,
+    tc_chain,
+    tracking,
+)
 from pwru.bpf import object_path
 from pwru.config import Config, FlagError
 from pwru.ebpf.collection import Collection
