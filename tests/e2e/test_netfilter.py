@@ -160,7 +160,7 @@ def test_ipv6_uses_the_same_point_names(pwru: object, veth_pair: tuple[Netns, Ne
     assert [e["func"] for e in nf] == ["nf:OUTPUT@first", "nf:OUTPUT@last", "nf:POSTROUTING@first",
                                        "nf:POSTROUTING@last"], nf  # fmt: skip
     assert {e["proto"] for e in nf} == {0x86DD}
-    assert {(e["tuple"]["saddr"], e["tuple"]["daddr"]) for e in nf} == {("fd99::1", "fd99::2")}  # type: ignore[index]
+    assert {(e["tuple"]["saddr"], e["tuple"]["daddr"]) for e in nf} == {("[fd99::1]", "[fd99::2]")}  # type: ignore[index]
 
 
 def test_filter_netns_attaches_in_that_namespace_only(pwru: object, veth_pair: tuple[Netns, Netns]) -> None:

@@ -178,7 +178,7 @@ def test_ipv6_fragments_keep_the_protocol_and_only_the_first_has_ports(
     udp_send(a, "fd99::2", port, payload=b"x" * 3000)  # over a 1500-byte veth: three fragments
     run.stop()
     assert run.returncode == 0, run.stderr
-    tuples = [t for e in run.json_events() if isinstance(t := e.get("tuple"), dict) and t.get("saddr") == "fd99::1"]
+    tuples = [t for e in run.json_events() if isinstance(t := e.get("tuple"), dict) and t.get("saddr") == "[fd99::1]"]
     assert tuples and all(t["proto"] == 17 for t in tuples), tuples  # never 44, the fragment header
     ports = {(t.get("sport", 0), t.get("dport", 0)) for t in tuples}
     assert (0, 0) in ports, ports  # a fragment other than the first (no ports: left out, as pwru)

@@ -71,7 +71,7 @@ def test_netfilter_drop_hook_keys() -> None:
 
 def test_ipv6_icmp_and_non_ip() -> None:
     d = _one(OutputConfig(), l3_proto=0x86DD, l4_proto=58, saddr=v6("fd00::1"), daddr=v6("fd00::2"))
-    assert d["tuple"] == {"saddr": "fd00::1", "daddr": "fd00::2", "proto": 58}
+    assert d["tuple"] == {"saddr": "[fd00::1]", "daddr": "[fd00::2]", "proto": 58}  # pwru brackets IPv6 in JSON too
     assert _one(OutputConfig(), l3_proto=0)["tuple"] == {}  # as pwru: the key with the flag, no empty members
 
 

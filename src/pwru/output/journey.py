@@ -125,8 +125,8 @@ def _known(t: fields.Tuple) -> fields.Tuple | None:
 def tuple_json(t: fields.Tuple, with_tcp_flags: bool) -> dict[str, Any]:
     """A tuple as the JSON output's ``tuple`` object."""
     d: dict[str, Any] = {
-        "saddr": fields.address(t.l3_proto, t.saddr).strip("[]"),
-        "daddr": fields.address(t.l3_proto, t.daddr).strip("[]"),
+        "saddr": fields.address(t.l3_proto, t.saddr),
+        "daddr": fields.address(t.l3_proto, t.daddr),
     }
     if fields.has_ports(t):
         d.update(sport=t.sport, dport=t.dport)

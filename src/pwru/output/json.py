@@ -146,8 +146,8 @@ class JsonFormatter:
         if tup.l3_proto not in (fields.ETH_P_IP, fields.ETH_P_IPV6):
             return {key: {}}
         t: dict[str, Any] = {
-            "saddr": fields.address(tup.l3_proto, tup.saddr).strip("[]"),
-            "daddr": fields.address(tup.l3_proto, tup.daddr).strip("[]"),
+            "saddr": fields.address(tup.l3_proto, tup.saddr),
+            "daddr": fields.address(tup.l3_proto, tup.daddr),
         }
         if fields.has_ports(tup):
             t.update(sport=tup.sport, dport=tup.dport)
