@@ -50,7 +50,9 @@ def test_parse_and_lookup() -> None:
     }
 
 
-def test_addresses_in_one_pass_agree_with_address() -> None:
+@pytest.mark.parametrize("slice_", [kallsyms.PARSE_SLICE, 1, 7])
+def test_addresses_in_one_pass_agree_with_address(slice_: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kallsyms, "PARSE_SLICE", slice_)  # the names are split a slice at a time
     k = Kallsyms.parse(TEXT)
     wanted = [("ip_rcv", None), ("dup", None), ("dup", "othermod"), ("mod_fn", "nope"), ("missing", None),
               ("mod_fn", None)]  # fmt: skip
