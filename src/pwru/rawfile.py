@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import stat
 import struct
 import sys
 import zlib
@@ -168,8 +169,10 @@ def _records(body: memoryview, path: str) -> list[bytes]:
 def read(path: str) -> Recording:
     """Read a raw file whole; a file that is not one, or is damaged, is a one-line :class:`RawFileError`."""
     try:
-        with open(path, "rb") as f:
-            if not os.path.isfile(path):
+        # non-blocking, then checked on the open file: a FIFO given by mistake is refused, never waited on
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise RawFileError(f"{path}: not a regular file")
             data = f.read()
     except OSError as e:
@@ -200,8 +203,8 @@ def read(path: str) -> Recording:
                 exes.update({int(k): v for k, v in json.loads(bytes(payload)).items()})
             elif kind == KALLSYMS:
                 kallsyms = zlib.decompress(payload)
-    except (ValueError, zlib.error) as e:  # json's JSONDecodeError is a ValueError
-        raise RawFileError(f"{path}: damaged ({e})") from None
+    except (ValueError, TypeError, AttributeError, zlib.error) as e:  # JSONDecodeError is a ValueError; the
+        raise RawFileError(f"{path}: damaged ({e})") from None  # others: JSON of the wrong shape
     if not isinstance(meta, dict) or meta.get("version") != VERSION or not btf:
         raise RawFileError(f"{path}: no header of format version {VERSION}")
     return Recording(meta, btf, kallsyms, exes, batches)

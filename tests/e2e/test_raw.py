@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -64,6 +65,14 @@ def test_print_refuses_what_a_recording_cannot_give(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--output-journey is not available" in r.stderr
     r = _print()
     assert r.returncode == 2 and "give one recording file" in r.stderr
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = _print(str(fifo))
+    assert r.returncode == 2 and "not a regular file" in r.stderr
+    shaped = tmp_path / "shaped"
+    shaped.write_bytes(b"PWRU-RAW 1\n" + b"\x04\x00\x00\x00\x02\x00\x00\x00[]" * 2)
+    r = _print(str(shaped))
+    assert r.returncode == 2 and ("damaged" in r.stderr or "no header" in r.stderr) and "Traceback" not in r.stderr
     cut = tmp_path / "cut"
     cut.write_bytes(b"PWRU-RAW 1\n\x01\x00\x00\x00\xff\x00\x00\x00{")
     r = _print(str(cut))
