@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from pwru.errors import UserError
 from pwru.output.names import ProcessNames
@@ -51,7 +51,7 @@ _CHUNK = struct.Struct("<II")
 _LEN = struct.Struct("<I")
 KALLSYMS_PATH = Path("/proc/kallsyms")
 #: The output flags that decide what the kernel collects: fixed when recording, shown as recorded.
-RECORDED_FLAGS = ("meta", "tuple", "stack", "caller", "tunnel", "skb", "shared_info", "skb_cb", "pcap")
+RECORDED_FLAGS = ("meta", "tuple", "stack", "caller", "tunnel", "skb", "shared_info", "skb_cb")
 
 
 class RawFileError(UserError):
@@ -126,27 +126,53 @@ def recording_meta(config_output: object, probe_names: Sequence[str], reasons: d
 
 @dataclass
 class Recording:
-    """What a raw file holds, read back."""
+    """What a raw file holds: everything but the records read at once (one pass over the chunk headers, the
+    record chunks skipped), the records streamed a batch at a time by :meth:`batches` (a recording can hold far
+    more than memory should)."""
 
+    path: str
+    file: BinaryIO
     meta: dict[str, object]
     btf: bytes
     kallsyms: bytes
     #: pid -> executable (None: unreadable then), as recorded.
     exes: dict[int, str | None] = field(default_factory=dict)
-    #: (records, every stack as known from that batch on) per batch, in order.
-    batches: list[tuple[list[bytes], dict[int, tuple[int, ...]]]] = field(default_factory=list)
+
+    def batches(self) -> Iterator[tuple[list[bytes], dict[int, tuple[int, ...]]]]:
+        """Each batch's records, with the stacks first written or changed with it (they hold from it on)."""
+        pending: tuple[list[bytes], dict[int, tuple[int, ...]]] | None = None
+        try:
+            for kind, payload in _chunks(self.file, self.path, (RECORDS, STACKS)):
+                if kind == RECORDS:
+                    if pending is not None:
+                        yield pending
+                    pending = (_records(memoryview(payload), self.path), {})
+                elif pending is not None:
+                    pending[1].update({int(k): tuple(v) for k, v in json.loads(payload).items()})
+        except (ValueError, TypeError, AttributeError) as e:
+            raise RawFileError(f"{self.path}: damaged ({e})") from None
+        if pending is not None:
+            yield pending
+
+    def close(self) -> None:
+        self.file.close()
 
 
-def _chunks(data: memoryview, path: str) -> Iterator[tuple[int, memoryview]]:
-    pos = len(MAGIC)
-    while pos < len(data):
-        if pos + _CHUNK.size > len(data):
+def _chunks(f: BinaryIO, path: str, wanted: tuple[int, ...]) -> Iterator[tuple[int, bytes]]:
+    """The chunks of the kinds ``wanted`` from the first one on; the others are skipped, never read."""
+    size = os.fstat(f.fileno()).st_size
+    pos = f.seek(len(MAGIC))
+    while pos < size:
+        if pos + _CHUNK.size > size:
             raise RawFileError(f"{path}: cut short in a chunk header at byte {pos} (the recording did not end)")
-        kind, length = _CHUNK.unpack_from(data, pos)
+        kind, length = _CHUNK.unpack(f.read(_CHUNK.size))
         pos += _CHUNK.size
-        if pos + length > len(data):
+        if pos + length > size:
             raise RawFileError(f"{path}: cut short in a chunk at byte {pos} (the recording did not end)")
-        yield kind, data[pos : pos + length]
+        if kind in wanted:
+            yield kind, f.read(length)
+        else:
+            f.seek(length, os.SEEK_CUR)
         pos += length
 
 
@@ -167,47 +193,46 @@ def _records(body: memoryview, path: str) -> list[bytes]:
 
 
 def read(path: str) -> Recording:
-    """Read a raw file whole; a file that is not one, or is damaged, is a one-line :class:`RawFileError`."""
+    """Open a raw file and read all but its records; a file that is not one, or is damaged, is a one-line
+    :class:`RawFileError`."""
     try:
         # non-blocking, then checked on the open file: a FIFO given by mistake is refused, never waited on
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise RawFileError(f"{path}: not a regular file")
-            data = f.read()
     except OSError as e:
         raise RawFileError(f"cannot read {path}: {e.strerror}") from None
-    if not data.startswith(MAGIC):
-        raise RawFileError(f"{path}: not a pwru raw file (written by --output-raw)")
-    meta: dict[str, object] | None = None
-    btf = b""
-    kallsyms = b""
-    batches: list[tuple[list[bytes], dict[int, tuple[int, ...]]]] = []
-    exes: dict[int, str | None] = {}
-    known: dict[int, tuple[int, ...]] = {}
+    f = open(fd, "rb")  # noqa: SIM115 -- the Recording owns it (closed by replay)
     try:
-        for kind, payload in _chunks(memoryview(data), path):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RawFileError(f"{path}: not a regular file")
+        if f.read(len(MAGIC)) != MAGIC:
+            raise RawFileError(f"{path}: not a pwru raw file (written by --output-raw)")
+        meta: dict[str, object] | None = None
+        btf = b""
+        kallsyms = b""
+        exes: dict[int, str | None] = {}
+        for kind, payload in _chunks(f, path, (META, BTF, PROBES, PROCS, KALLSYMS)):
             if kind == META:
-                meta = json.loads(bytes(payload))
+                meta = json.loads(payload)
             elif kind == BTF:
-                btf = bytes(payload)
-            elif kind == RECORDS:
-                batches.append((_records(payload, path), known))
-            elif kind == STACKS and batches:
-                # a new dict from here on: the earlier batches keep the stacks of their time
-                known = known | {int(k): tuple(v) for k, v in json.loads(bytes(payload)).items()}
-                batches[-1] = (batches[-1][0], known)
+                btf = payload
             elif kind == PROBES and isinstance(meta, dict):
-                meta["probes"] = json.loads(bytes(payload))
+                meta["probes"] = json.loads(payload)
             elif kind == PROCS:
-                exes.update({int(k): v for k, v in json.loads(bytes(payload)).items()})
+                exes.update({int(k): v for k, v in json.loads(payload).items()})
             elif kind == KALLSYMS:
                 kallsyms = zlib.decompress(payload)
+        if not isinstance(meta, dict) or meta.get("version") != VERSION or not btf:
+            raise RawFileError(f"{path}: no header of format version {VERSION}")
+        return Recording(path, f, meta, btf, kallsyms, exes)
+    except OSError as e:
+        f.close()
+        raise RawFileError(f"cannot read {path}: {e.strerror}") from None
     except (ValueError, TypeError, AttributeError, zlib.error) as e:  # JSONDecodeError is a ValueError; the
-        raise RawFileError(f"{path}: damaged ({e})") from None  # others: JSON of the wrong shape
-    if not isinstance(meta, dict) or meta.get("version") != VERSION or not btf:
-        raise RawFileError(f"{path}: no header of format version {VERSION}")
-    return Recording(meta, btf, kallsyms, exes, batches)
+        f.close()  # others: JSON of the wrong shape
+        raise RawFileError(f"{path}: damaged ({e})") from None
+    except BaseException:
+        f.close()
+        raise
 
 
 class RecordedProcesses(ProcessNames):
@@ -222,13 +247,13 @@ class RecordedProcesses(ProcessNames):
 
 
 class RecordedStacks:
-    """A stage giving each batch the stacks recorded with it."""
+    """A stage giving each batch the stacks as recorded up to it (``known``, kept up to date by the replay)."""
 
     def __init__(self) -> None:
-        self.current: dict[int, tuple[int, ...]] = {}
+        self.known: dict[int, tuple[int, ...]] = {}
 
     def process(self, batch: Batch) -> Batch:
-        batch.stacks.update(self.current)
+        batch.stacks = self.known  # the same dict for every batch: each is consumed before the next comes
         return batch
 
     def finish(self) -> Batch | None:
@@ -242,6 +267,19 @@ NOT_AT_PRINT = {"pcap": "--output-pcap", "journey": "--output-journey", "skb_met
 
 def replay(path: str, config: Config) -> int:
     """``pwru print FILE``: the recording formatted with ``config``'s output flags, as a live run would have."""
+    for attr, flag in NOT_AT_PRINT.items():
+        if getattr(config.output, attr) not in (None, False, ()):
+            raise UserError(f"print: {flag} is not available when printing a recording")
+    if config.output.summarises:
+        raise UserError("print: --summary counts in the kernel while tracing: give it to the recording run")
+    rec = read(path)
+    try:
+        return _replay(rec, config)
+    finally:
+        rec.close()
+
+
+def _replay(rec: Recording, config: Config) -> int:
     from pwru import run
     from pwru.ebpf.btf import Spec
     from pwru.ebpf.kallsyms import Kallsyms
@@ -249,16 +287,11 @@ def replay(path: str, config: Config) -> int:
     from pwru.records import Schema
     from pwru.symbols import Symbols
 
-    for attr, flag in NOT_AT_PRINT.items():
-        if getattr(config.output, attr) not in (None, False, ()):
-            raise UserError(f"print: {flag} is not available when printing a recording")
-    if config.output.summarises:
-        raise UserError("print: --summary counts in the kernel while tracing: give it to the recording run")
-    rec = read(path)
+    path = rec.path
     recorded = rec.meta.get("flags")
     if not isinstance(recorded, dict):
         raise RawFileError(f"{path}: no header of format version {VERSION}")
-    shown = {k: recorded[k] for k in RECORDED_FLAGS if k in recorded and k != "pcap"}
+    shown = {k: recorded[k] for k in RECORDED_FLAGS if k in recorded}
     config = replace(config, output=replace(config.output, **shown))
     try:
         schema = Schema(Spec.from_bytes(rec.btf))
@@ -277,9 +310,9 @@ def replay(path: str, config: Config) -> int:
     pipeline, limit, printed = run.build_pipeline(config, names, schema, sink, stacks)
     try:
         pipeline.start()
-        for records, batch_stacks in rec.batches:
+        for records, new_stacks in rec.batches():
             if stacks is not None:
-                stacks.current = batch_stacks
+                stacks.known.update(new_stacks)
             pipeline.feed(records)
             if limit is not None and limit.done:
                 break
