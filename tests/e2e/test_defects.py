@@ -49,7 +49,10 @@ def test_stale_ready_file_is_removed_at_start(tmp_path: Path, netns: Netns, back
         seen: list[str] = []
         deadline = time.monotonic() + 60 * SLOW
         while time.monotonic() < deadline and proc.poll() is None:
-            state = ready.read_text() if ready.exists() else "missing"
+            try:
+                state = ready.read_text()
+            except FileNotFoundError:  # not there, or removed between a look and a read
+                state = "missing"
             if not seen or seen[-1] != state:
                 seen.append(state)
             if state == str(proc.pid):

@@ -355,6 +355,8 @@ def _field_value(kind: CoreReloKind, f: _Field) -> tuple[int, int]:
         if not isinstance(t, _INTLIKE):
             raise CoreError("bitfield of a non-integer type")
         byte_sz = t.size
+        if byte_sz <= 0:
+            raise CoreError(f"bitfield of a {byte_sz}-byte integer type")
         byte_off = f.bit_offset // 8 // byte_sz * byte_sz
         while f.bit_offset + f.bitfield - byte_off * 8 > byte_sz * 8:
             if byte_sz >= 8:
