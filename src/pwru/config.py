@@ -121,6 +121,7 @@ class OutputConfig:
     skb: bool = False  # --output-skb: struct sk_buff printed by the kernel
     shared_info: bool = False  # --output-skb-shared-info: struct skb_shared_info printed by the kernel
     skb_cb: bool = False  # --output-skb-cb: the control block's words (with --output-meta)
+    bpfmap: bool = False  # --output-bpfmap: BPF map operations on the skb's behalf (implies tracking.by_stackid)
     percpu_buf: int = PERCPU_BUF_DEFAULT  # --set-percpu-buf: bytes of the kernel's dump buffer
     netns_names: bool = False  # --output-netns-names
     netns_names_max_length: int = NETNS_NAMES_MAX_LENGTH_DEFAULT  # text column width (at least 10)
@@ -170,7 +171,7 @@ class TrackingConfig:
     """skb tracking: which skbs stay shown after they stop matching the filters (see :mod:`pwru.tracking`)."""
 
     skb: bool = False  # --filter-track-skb
-    by_stackid: bool = False  # --filter-track-skb-by-stackid (implied by non_skb_funcs)
+    by_stackid: bool = False  # --filter-track-skb-by-stackid (implied by non_skb_funcs and --output-bpfmap)
     non_skb_funcs: tuple[str, ...] = ()
     max_entries: int = TRACK_MAX_DEFAULT
 
@@ -215,6 +216,12 @@ class Config:
             # A journey is only whole if every later event of its skb is shown (after NAT, ...): journeys imply
             # --filter-track-skb. Set here, once, so every reader of tracking.skb sees it.
             object.__setattr__(self, "tracking", replace(self.tracking, skb=True))
+        if o.bpfmap and not self.tracking.by_stackid:
+            # A map operation has no skb argument: it is shown with the skb its call chain works on.
+            object.__setattr__(self, "tracking", replace(self.tracking, by_stackid=True))
+        if o.raw is not None and o.bpfmap:
+            raise UserError("--output-raw with --output-bpfmap: the maps' key and value types are read from the "
+                            "kernel while the run lasts, which `pwru print` cannot do later; leave one of them out")
         if o.raw is not None:
             other = [flag for flag, on in (("--output-pcap", o.pcap is not None), ("--output-journey", o.journey),
                      ("--summary", o.summarises), ("--output-skb-metadata", bool(o.skb_metadata)),

@@ -552,6 +552,11 @@ FLAGS: tuple[Flag, ...] = (
         consts={"cfg_output_cb": lambda c: c.output.skb_cb and c.output.meta},
     ),
     Flag(
+        "output-bpfmap", BOOL, False,
+        "print function arguments related to bpf maps (--filter-track-skb-by-stackid will be enabled)",
+        OUTPUT, "output", "bpfmap",
+    ),
+    Flag(
         "set-percpu-buf",
         UINT,
         cfg.PERCPU_BUF_DEFAULT,

@@ -43,7 +43,7 @@ DETACH_WORKERS = 64
 Progress = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
 #: What a probe is attached to.
-TargetKind = Literal["func", "tracepoint", "bpf_prog", "helper", "nf_hook", "tc_hook"]
+TargetKind = Literal["func", "tracepoint", "bpf_prog", "helper", "map_op", "nf_hook", "tc_hook"]
 
 
 class Attach(enum.Enum):

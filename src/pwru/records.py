@@ -19,9 +19,12 @@ import operator
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, make_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pwru.ebpf import btf
+
+if TYPE_CHECKING:
+    from pwru.output.bpfmap import MapOp
 
 Buffer = bytes | bytearray | memoryview
 
@@ -280,7 +283,8 @@ class Batch:
 
     Stages may drop records (``records`` is replaced, never edited in place) and add what they learn:
     ``stacks`` maps an event's stack id to its frames (kernel addresses, innermost first), read from the
-    kernel by the stack stage so that no output has to; ``dumps`` an event's struct dumps (--output-skb).
+    kernel by the stack stage so that no output has to; ``dumps`` an event's struct dumps (--output-skb);
+    ``map_ops`` its map operation (--output-bpfmap).
     """
 
     schema: Schema
@@ -288,6 +292,8 @@ class Batch:
     stacks: dict[int, tuple[int, ...]] = field(default_factory=dict)
     #: (ts, skb, probe) of an event -> its struct dumps by name (``"sk_buff"``: text), from the dump stage
     dumps: dict[tuple[int, int, int], dict[str, str]] = field(default_factory=dict)
+    #: (ts, skb, probe) of an event -> the map operation it shows (--output-bpfmap), from the map stage
+    map_ops: dict[tuple[int, int, int], MapOp] = field(default_factory=dict)
     #: of_type's answers for the current ``records`` list (stages, the pipeline and outputs all ask)
     _typed: dict[str, tuple[list[bytes], list[bytes]]] = field(default_factory=dict, repr=False, compare=False)
 

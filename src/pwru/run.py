@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from pwru import (
     backends,
     bpf_progs,
+    bpfmap,
     discovery,
     dumps,
     flags,
@@ -64,7 +65,8 @@ READ_BATCH = 2048
 #: How the progress and summary lines name each kind of probe (``Probe.kind``): singular, plural.
 KIND_NOUNS = {"func": ("function", "functions"), "tracepoint": ("tracepoint", "tracepoints"),
               "nf_hook": ("netfilter hook", "netfilter hooks"), "bpf_prog": ("BPF program", "BPF programs"),
-              "helper": ("helper", "helpers"), "tc_hook": ("tc hook", "tc hooks")}  # fmt: skip
+              "helper": ("helper", "helpers"), "map_op": ("map function", "map functions"),
+              "tc_hook": ("tc hook", "tc hooks")}  # fmt: skip
 #: File descriptors a run holds per probe, by attach method (program + link where each probe loads its own
 #: program; a perf event where the program is shared; nothing per probe for kprobe-multi's one link), and per
 #: distinct program (loaded once, shared by the probes of the method, linked once for kprobe-multi).
@@ -458,6 +460,7 @@ def run(config: Config) -> int:
         if events and not targets and not any(p.shows for p in nf_probes) and not progs.found and not chain_probes:
             raise UserError("no function or tracepoint to trace: check --filter-func", exit_code=1)
         tracking.check_non_skb_funcs(config, backend, kernel)
+        bpfmap.check(config, backend)
         obj, spliced = build_object(config, kernel.spec)
         schema = schema_of(obj)
         for name in tracking.SIZED_MAPS:
@@ -476,6 +479,7 @@ def run(config: Config) -> int:
         plan.add(nf_rules.probes(config, backend, kernel))
         plan.add(bpf_progs.probes(progs))
         plan.add(chain_probes)
+        plan.add(bpfmap.probes(config, backend, kernel))
         ensure_fd_limit(plan)
         reasons = discovery.drop_reasons(kernel.spec, kernel.modules())
         sink = open_sink(config)  # an --output-file that cannot be opened is said before anything is loaded
@@ -521,6 +525,8 @@ class Loaded:
 def _run_loaded(run: Loaded, stopper: Stopper, t_start: float) -> int:
     config, backend, kernel, coll, plan = run.config, run.backend, run.kernel, run.coll, run.plan
     progress = _progress_printer(plan, backend)
+    if config.output.bpfmap:
+        bpfmap.mark_own(coll)
     t_attach = time.monotonic()
     att = execute(plan, coll, kernel, progress, lambda: stopper.stopped, config.kernel.kprobe_batch)
     attach_time = time.monotonic() - t_attach
@@ -640,6 +646,9 @@ def build_pipeline(
     dump_stage = dumps.stage(config)
     if dump_stage is not None:
         stages.append(dump_stage)
+    map_stage = bpfmap.stage(config)
+    if map_stage is not None:
+        stages.append(map_stage)
     limit = LimitStage(config.output.limit_lines) if config.output.limit_lines else None
     if limit is not None:
         stages.append(limit)

@@ -210,6 +210,8 @@ CASES: tuple[Case, ...] = (
     c("trace-xdp-without-fentry", "--filter-trace-xdp", code=1, needle="--filter-trace-xdp needs fentry",
       unavailable="fentry"),
     c("trace-tc-bool-value", "--filter-trace-tc=maybe"),
+    c("bpfmap-on-tracepoint", "--output-bpfmap", "--backend", "tracepoint", code=1,
+      needle="--output-bpfmap needs kprobes or fentry"),
     c("kprobe-multi-unavailable", "--backend", "kprobe-multi", unavailable="kprobe-multi"),
     # --- --filter-func (RE2, whole name) ---
     c("func-unbalanced", "--filter-func", "("),
@@ -310,6 +312,7 @@ CASES: tuple[Case, ...] = (
     c("raw-with-journey", "--output-raw", "{d}/r.raw", "--output-journey", needle="leave --output-journey out"),
     c("raw-with-pcap", "--output-raw", "{d}/r.raw", "--output-pcap", "{d}/p.pcapng", needle="--output-pcap"),
     c("raw-with-summary", "--output-raw", "{d}/r.raw", "--summary", needle="leave --summary out"),
+    c("raw-with-bpfmap", "--output-raw", "{d}/r.raw", "--output-bpfmap", needle="--output-raw with --output-bpfmap"),
     # --- --kernel-btf ---
     c("btf-missing", "--kernel-btf", "/nonexistent"),
     c("btf-directory", "--kernel-btf", "{d}/adir"),

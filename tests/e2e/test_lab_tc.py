@@ -10,6 +10,10 @@ datagrams go from ns A to ns B:
 * the datapath is loaded again (new program ids) and its ``xdp_drop`` replaces the running one; a second
   datagram to 7001 is dropped by the new program, which pwru found while running.
 
+With --output-bpfmap the NAT'd datagram's map operations are seen: both programs' hash lookups of the original
+destination in ``nat_map``, and ``nat_rewrite``'s update and delete of its note in ``flows`` (a struct key and
+value, decoded with the map's BTF).
+
 The tests check the events of that run: the entry program's ``(tc)`` events, before (the original destination)
 and at exit (the rewritten one, verdict TC_ACT_OK); ``(xdp)`` events with XDP_DROP and XDP_PASS.
 """
@@ -27,6 +31,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,7 +70,7 @@ def _tuple(e: dict[str, object]) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def tc_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TcRun]:
+def lab_datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Datapath, Path]]:
     if not fentry_allowed():
         pytest.skip("this kernel refuses fentry (tests/e2e/test_tc_chain.py covers it)")
     tmp = tmp_path_factory.mktemp("lab-tc")
@@ -83,10 +88,49 @@ def tc_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TcRun]:
         mac = b.exec("cat", "/sys/class/net/b0/address").stdout.strip()
         a.exec("ip", "neigh", "replace", "10.99.0.2", "lladdr", mac, "dev", "a0", "nud", "permanent")
         with datapath(a, b, tmp) as dp:
-            yield _run(dp, tmp)
+            yield dp, tmp
     finally:
         for ns in (a, b):
             sh("ip", "netns", "del", ns.name, check=False)
+
+
+@pytest.fixture(scope="module")
+def tc_run(lab_datapath: tuple[Datapath, Path]) -> TcRun:
+    return _run(*lab_datapath)
+
+
+@pytest.fixture(scope="module")
+def fentry_map_run(lab_datapath: tuple[Datapath, Path], tc_run: TcRun) -> TcRun:
+    """--output-bpfmap with the fentry backend (fexit on the lookups), the skb's call chain taken at
+    __dev_queue_xmit (no --filter-trace-tc): one NAT'd datagram."""
+    dp, tmp = lab_datapath
+    ready = tmp / "ready-fentry"
+    before = pwru_bpf_objects()
+    cmd = [sys.executable, "-m", "pwru", "--ready-file", str(ready), "--output-json", "--backend", "fentry",
+           "--output-bpfmap", "--filter-func", "__dev_queue_xmit", "--filter-trace-netfilter", "false",
+           "udp and dst port 7000"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp)
+    try:
+        wait_ready(proc, ready)
+        udp_send(dp.a, NAT_FROM, 7000)
+        time.sleep(0.3 * SLOW)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=300 * SLOW)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    _keep(f"fentry --output-bpfmap run\n{err}\n{out}")
+    return TcRun(events, err, proc.returncode, left_behind(before))
+
+
+def _keep(text: str) -> None:
+    """A run's output into the lab's results directory, for a failure's reading."""
+    results = os.environ.get("PWRU_VM_RESULTS")
+    if results:
+        with open(Path(results) / "tc-run.txt", "a") as f:
+            f.write(f"{os.uname().release}\n{text}\n")
 
 
 def _run(dp: Datapath, tmp: Path) -> TcRun:
@@ -97,7 +141,7 @@ def _run(dp: Datapath, tmp: Path) -> TcRun:
            "--output-tuple", "--output-caller", "--filter-trace-tc", "--filter-trace-xdp", "--filter-func", "ip_rcv",
            "--filter-track-bpf-helpers", "--filter-xdp-expr", XDP_EXPR, "--output-xdp-metadata", XDP_METADATA,
            "--output-skb-metadata", "skb->mark",
-           "--filter-trace-netfilter", "false", FILTER]  # fmt: skip
+           "--output-bpfmap", "--filter-trace-netfilter", "false", FILTER]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp)
     err_lines: list[str] = []
     watched = threading.Event()
@@ -131,10 +175,7 @@ def _run(dp: Datapath, tmp: Path) -> TcRun:
             proc.kill()
             proc.communicate()
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    results = os.environ.get("PWRU_VM_RESULTS")
-    if results:
-        with open(Path(results) / "tc-run.txt", "a") as f:
-            f.write(f"{os.uname().release}\n{err}\n{out}\n")
+    _keep(f"{err}\n{out}")
     return TcRun(events, err, proc.returncode, left_behind(before))
 
 
@@ -216,3 +257,64 @@ def test_xdp_expression_and_metadata(tc_run: TcRun) -> None:
         assert e.get("skb_metadata") == {"xdp->rxq->dev->name": "b0", "xdp->rxq->queue_index": 0}, e
     for e in tc_run.of("tc_entry(tc)"):
         assert e.get("skb_metadata") == {"skb->mark": 0}, e
+
+
+def _hex(addr: str) -> str:
+    return bytes(int(p) for p in addr.split(".")).hex()
+
+
+def _le32(addr: str) -> int:
+    """An IPv4 address as a map's u32 holds it in network order, read as the little-endian number it is."""
+    return int.from_bytes(bytes(int(p) for p in addr.split(".")), "little")
+
+
+def _map_ops(run: TcRun, skb: object) -> list[dict[str, Any]]:
+    """The map operations of ``skb`` after checking the run's: only the datapath's maps are ever shown (never
+    pwru's own map operations), then ``skb``'s: both programs' lookups in nat_map (tc_entry's and, after the
+    tail call, nat_rewrite's), found, with the new destination as the value; nat_rewrite's update and delete
+    of its note in flows, decoded with the map's BTF."""
+    ops = [e for e in run.events if "bpfmap" in e]
+    assert ops, [e.get("func") for e in run.events]
+    assert {e["bpfmap"]["map_name"] for e in ops} <= {"nat_map", "flows"}, ops
+    mine = [e for e in ops if e["skb"] == skb]  # (a later packet may get the same skb address: keys tell)
+    lookups = [e for e in mine if e["bpfmap"]["map_name"] == "nat_map" and e["bpfmap"]["key"] == _hex(NAT_FROM)]
+    assert len(lookups) == 2, lookups
+    for e in lookups:
+        m = e["bpfmap"]
+        assert str(e["func"]).endswith("_lookup_elem"), e
+        assert (m["op"], m["found"], m["key_size"], m["value_size"]) == ("lookup", True, 4, 4), m
+        assert m["key_decoded"] == _le32(NAT_FROM), m
+        assert m["value_decoded"] == _le32(NAT_TO), m
+    flows = [e for e in mine if e["bpfmap"]["map_name"] == "flows"]
+    assert [e["bpfmap"]["op"] for e in flows] == ["update", "delete"], flows
+    key = {"daddr": _le32(NAT_FROM), "dport": int.from_bytes((7000).to_bytes(2, "big"), "little"), "proto": 17,
+           "pad": 0}  # fmt: skip
+    update, delete = flows[0]["bpfmap"], flows[1]["bpfmap"]
+    assert update["key_decoded"] == key and update["value_decoded"] == {"packets": 1, "tag": "natted"}, update
+    assert delete["key_decoded"] == key and "value" not in delete, delete
+    assert str(flows[0]["func"]).endswith("_update_elem") and str(flows[1]["func"]).endswith("_delete_elem")
+    assert "map function" in run.stderr, run.stderr  # the Attached line counts them
+    return lookups
+
+
+def test_map_operations_made_for_the_packet(tc_run: TcRun) -> None:
+    entry = next(e for e in tc_run.of("tc_entry(tc)") if _tuple(e)["dport"] == 7000)
+    lookups = _map_ops(tc_run, entry["skb"])
+    # kprobes: the caller of each lookup is the program that made it, the tail-called one included
+    callers = {str(e.get("caller_func", "")) for e in lookups}
+    assert any("_tc_entry" in c for c in callers) and any("_nat_rewrite" in c for c in callers), callers
+    # with its source line, from the program's line info
+    assert any("(datapath.c:" in c and "bpf_map_lookup_elem(&nat_map" in c for c in callers), callers
+    # the datagrams to 10.99.0.2 are not NAT'd: tc_entry's lookup misses, no value
+    misses = [e["bpfmap"] for e in tc_run.events if "bpfmap" in e and e["bpfmap"]["key"] == _hex("10.99.0.2")]
+    assert misses and all(m["found"] is False and "value" not in m for m in misses), misses
+
+
+def test_map_operations_with_fentry(fentry_map_run: TcRun) -> None:
+    run = fentry_map_run
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert run.left_in_kernel == set()
+    sent = [e for e in run.of("__dev_queue_xmit")
+            if (_tuple(e).get("daddr"), _tuple(e).get("dport")) == (NAT_FROM, 7000)]  # fmt: skip
+    assert sent, [e.get("func") for e in run.events]
+    _map_ops(run, sent[0]["skb"])

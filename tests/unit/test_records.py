@@ -68,7 +68,7 @@ def pack(spec: btf.Spec, values: dict[str, int | bytes]) -> bytes:
 
 
 def test_types_and_header_come_from_btf(schema: Schema) -> None:
-    assert schema.types == {"event": 1, "skb_dump": 2, "packet": 3, "skb_copy": 4, "skb_free": 5}
+    assert schema.types == {"event": 1, "skb_dump": 2, "packet": 3, "skb_copy": 4, "skb_free": 5, "bpfmap_op": 6}
     assert schema.probe_kinds == {"addr": 0, "index": 1}
     assert [f.name for f in schema.header.fields] == ["ts", "skb", "probe", "type", "size", "probe_kind"]
     layout = schema.layout("event")

@@ -302,6 +302,8 @@ const struct skb_free *const pwru_skb_free_layout = 0;
 const enum pwru_verdict *const pwru_verdicts = 0;
 const enum pwru_prog_ret_kind *const pwru_prog_ret_kinds = 0;
 const struct summary_key *const pwru_summary_key_layout = 0;
+const struct bpfmap_op *const pwru_bpfmap_op_layout = 0;
+const enum pwru_bpfmap_op *const pwru_bpfmap_ops = 0;
 
 /* ---- packet filter stubs ---- */
 /*
@@ -1021,12 +1023,15 @@ static __always_inline void nf_drop_rule(__u64 skb, struct event *ev)
 }
 
 /* ---- the shared handler ---- */
-/* Reserve, fill and submit the event of an skb already selected. */
-static __always_inline int emit_skb_ret(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
-					__u64 location, enum caller_mode mode, __s32 prog_ret, __u8 prog_ret_kind)
+/* Reserve, fill and submit the event of an skb already selected, stamped ts (a record sent before it, such as
+ * struct bpfmap_op, shares it); caller, when not 0, is the caller already known (a return probe's, kept from
+ * the entry). */
+static __always_inline int emit_skb_at(void *ctx, struct sk_buff *skb, __u64 ts, __u64 probe, __u8 probe_kind,
+				       __s64 reason, __u64 location, enum caller_mode mode, __s32 prog_ret,
+				       __u8 prog_ret_kind, __u64 caller)
 {
 	struct record_header hdr = {
-		.ts = bpf_ktime_get_ns(),
+		.ts = ts,
 		.skb = (__u64)skb,
 		.probe = probe,
 		.type = PWRU_RECORD_EVENT,
@@ -1078,7 +1083,7 @@ static __always_inline int emit_skb_ret(void *ctx, struct sk_buff *skb, __u64 pr
 			ev->stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_REUSE_STACKID);
 	}
 	if (cfg_output_caller && mode != CALLER_NONE)
-		ev->caller = get_caller(ctx, mode, probe);
+		ev->caller = caller ? caller : get_caller(ctx, mode, probe);
 	if (cfg_output_meta)
 		set_meta(skb, &ev->meta);
 	if (cfg_output_tuple)
@@ -1092,6 +1097,13 @@ static __always_inline int emit_skb_ret(void *ctx, struct sk_buff *skb, __u64 pr
 
 	bpf_ringbuf_submit(ev, 0);
 	return 0;
+}
+
+static __always_inline int emit_skb_ret(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
+					__u64 location, enum caller_mode mode, __s32 prog_ret, __u8 prog_ret_kind)
+{
+	return emit_skb_at(ctx, skb, bpf_ktime_get_ns(), probe, probe_kind, reason, location, mode, prog_ret,
+			   prog_ret_kind, 0);
 }
 
 static __always_inline int emit_skb(void *ctx, struct sk_buff *skb, __u64 probe, __u8 probe_kind, __s64 reason,
@@ -1695,4 +1707,223 @@ SEC("fentry/placeholder")
 int fentry_non_skb(__u64 *ctx)
 {
 	return handle_non_skb(ctx, fentry_func_ip(ctx), CALLER_FENTRY);
+}
+
+/* ---- BPF map operations (--output-bpfmap) ----
+ * Probes on the map functions loaded BPF programs call (user space finds them in the programs' instructions):
+ * a lookup, update or delete made while the call chain works on a selected skb (chain_skb: call-chain
+ * tracking is on) is sent as a struct bpfmap_op, then the skb's event at the map function. The first argument
+ * of every such function is the map, the second the key, an update's third the value; a lookup returns the
+ * value, or for __htab_map_lookup_elem (the call the verifier inlines for hash map lookups) the element,
+ * whose value follows the key. own_maps: pwru's own maps (filled by user space after loading), whose
+ * operations in pwru's programs are never shown.
+ * bpfmap_lookup: a lookup between its entry and its return probe (kprobe backends), per CPU: a lookup does not
+ * sleep, and a second one on the same CPU before the first returns (an interrupt's) would take its place. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u8);
+} own_maps SEC(".maps");
+
+struct bpfmap_entry {
+	__u64 map;
+	__u64 key;
+	__u64 skb;
+	__u64 func;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpfmap_entry);
+} bpfmap_lookup SEC(".maps");
+
+/* The selected skb this map operation is made for, or 0 (no skb in the call chain, or a map of pwru's). */
+static __always_inline __u64 bpfmap_skb(__u64 map)
+{
+	__u64 chain = call_chain();
+	__u64 *skb = bpf_map_lookup_elem(&chain_skb, &chain);
+	__u32 id;
+
+	if (!skb || !*skb || !map)
+		return 0;
+	id = BPF_CORE_READ((struct bpf_map *)map, id);
+	if (bpf_map_lookup_elem(&own_maps, &id))
+		return 0;
+	return *skb;
+}
+
+static __always_inline __u32 bpfmap_bound(__u32 n)
+{
+	return n < PWRU_BPFMAP_DATA_MAX ? n : PWRU_BPFMAP_DATA_MAX;
+}
+
+static __always_inline void emit_bpfmap(void *ctx, __u64 skb, __u64 func, __u8 probe_kind, __u64 map, __u64 key,
+					__u64 value, __u8 op, __u8 found, enum caller_mode mode, __u64 caller)
+{
+	struct bpf_map *m = (struct bpf_map *)map;
+	__u64 ts = bpf_ktime_get_ns();
+	struct bpfmap_op *rec;
+	__u32 n;
+
+	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	if (rec) {
+		__builtin_memset(rec, 0, sizeof(*rec));
+		rec->hdr.ts = ts;
+		rec->hdr.skb = skb;
+		rec->hdr.probe = func;
+		rec->hdr.type = PWRU_RECORD_BPFMAP_OP;
+		rec->hdr.size = sizeof(*rec);
+		rec->hdr.probe_kind = probe_kind;
+		rec->map_id = BPF_CORE_READ(m, id);
+		rec->map_type = BPF_CORE_READ(m, map_type);
+		rec->key_size = BPF_CORE_READ(m, key_size);
+		rec->value_size = BPF_CORE_READ(m, value_size);
+		BPF_CORE_READ_STR_INTO(&rec->map_name, m, name);
+		rec->op = op;
+		rec->found = found;
+		n = bpfmap_bound(rec->key_size);
+		if (key && n)
+			bpf_probe_read_kernel(rec->key, n, (void *)key);
+		n = bpfmap_bound(rec->value_size);
+		if (value && n) {
+			bpf_probe_read_kernel(rec->value, n, (void *)value);
+			rec->value_read = 1;
+		}
+		bpf_ringbuf_submit(rec, 0);
+	} else {
+		count_lost(); /* the event still comes, without its map operation */
+	}
+	emit_skb_at(ctx, (struct sk_buff *)skb, ts, func, probe_kind, -1, 0, mode, 0, PWRU_PROG_RET_NONE, caller);
+}
+
+/* Where a lookup's value is: the returned pointer, or past an element's key (elem). A per-CPU hash map's element
+ * holds a per-CPU pointer instead: no value is read for it (0). */
+static __always_inline __u64 bpfmap_value(__u64 map, __u64 ret, bool elem)
+{
+	struct bpf_map *m = (struct bpf_map *)map;
+	__u32 type;
+
+	if (!ret || !elem)
+		return ret;
+	type = BPF_CORE_READ(m, map_type);
+	if (type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_LRU_PERCPU_HASH)
+		return 0;
+	return ret + bpf_core_field_offset(struct htab_elem, key) + ((BPF_CORE_READ(m, key_size) + 7) & ~7U);
+}
+
+static __always_inline int bpfmap_change(void *ctx, __u64 func, __u8 probe_kind, __u64 map, __u64 key, __u64 value,
+					 __u8 op, enum caller_mode mode)
+{
+	__u64 skb = bpfmap_skb(map);
+
+	if (skb)
+		emit_bpfmap(ctx, skb, func, probe_kind, map, key, value, op, 0, mode, 0);
+	return 0;
+}
+
+SEC("kprobe/bpfmap_update")
+int kprobe_bpfmap_update(struct pt_regs *ctx)
+{
+	return bpfmap_change(ctx, kprobe_func_ip(ctx), PWRU_PROBE_ADDR, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx),
+			     PT_REGS_PARM3(ctx), PWRU_BPFMAP_UPDATE, CALLER_KPROBE);
+}
+
+SEC("kprobe/bpfmap_delete")
+int kprobe_bpfmap_delete(struct pt_regs *ctx)
+{
+	return bpfmap_change(ctx, kprobe_func_ip(ctx), PWRU_PROBE_ADDR, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), 0,
+			     PWRU_BPFMAP_DELETE, CALLER_KPROBE);
+}
+
+SEC("kprobe/bpfmap_lookup_entry")
+int kprobe_bpfmap_lookup_entry(struct pt_regs *ctx)
+{
+	__u64 map = PT_REGS_PARM1(ctx);
+	__u64 skb = bpfmap_skb(map);
+	__u32 zero = 0;
+	struct bpfmap_entry *e = bpf_map_lookup_elem(&bpfmap_lookup, &zero);
+
+	if (!e)
+		return 0;
+	e->skb = skb; /* 0: the return probe shows nothing */
+	if (!skb)
+		return 0;
+	e->map = map;
+	e->key = PT_REGS_PARM2(ctx);
+	e->func = kprobe_func_ip(ctx);
+	return 0;
+}
+
+static __always_inline int kretprobe_bpfmap(struct pt_regs *ctx, bool elem)
+{
+	__u32 zero = 0;
+	struct bpfmap_entry *e = bpf_map_lookup_elem(&bpfmap_lookup, &zero);
+	__u64 ret = PT_REGS_RC(ctx);
+	__u64 skb;
+
+	if (!e || !e->skb)
+		return 0;
+	skb = e->skb;
+	e->skb = 0;
+	/* At the return the kernel has put the real return address back as the instruction pointer (at the entry
+	 * the word at the stack pointer may already be the return probe's trampoline). */
+	emit_bpfmap(ctx, skb, e->func, PWRU_PROBE_ADDR, e->map, e->key, bpfmap_value(e->map, ret, elem),
+		    PWRU_BPFMAP_LOOKUP, ret != 0, CALLER_KPROBE, PT_REGS_IP(ctx));
+	return 0;
+}
+
+SEC("kretprobe/bpfmap_lookup")
+int kretprobe_bpfmap_lookup(struct pt_regs *ctx)
+{
+	return kretprobe_bpfmap(ctx, false);
+}
+
+SEC("kretprobe/bpfmap_lookup_elem")
+int kretprobe_bpfmap_lookup_elem(struct pt_regs *ctx)
+{
+	return kretprobe_bpfmap(ctx, true);
+}
+
+SEC("fentry/placeholder")
+int fentry_bpfmap_update(__u64 *ctx)
+{
+	return bpfmap_change(ctx, fentry_func_ip(ctx), PWRU_PROBE_ADDR, ctx[0], ctx[1], ctx[2], PWRU_BPFMAP_UPDATE,
+			     CALLER_FENTRY);
+}
+
+SEC("fentry/placeholder")
+int fentry_bpfmap_delete(__u64 *ctx)
+{
+	return bpfmap_change(ctx, fentry_func_ip(ctx), PWRU_PROBE_ADDR, ctx[0], ctx[1], 0, PWRU_BPFMAP_DELETE,
+			     CALLER_FENTRY);
+}
+
+/* fexit: the arguments and the return value (argument cfg_ret_pos) at once. */
+static __always_inline int fexit_bpfmap(__u64 *ctx, bool elem)
+{
+	__u64 map = ctx[0];
+	__u64 skb = bpfmap_skb(map);
+	__u64 ret;
+
+	if (!skb)
+		return 0;
+	ret = tp_arg(ctx, cfg_ret_pos, 0);
+	emit_bpfmap(ctx, skb, fentry_func_ip(ctx), PWRU_PROBE_ADDR, map, ctx[1], bpfmap_value(map, ret, elem),
+		    PWRU_BPFMAP_LOOKUP, ret != 0, CALLER_FENTRY, 0);
+	return 0;
+}
+
+SEC("fexit/placeholder")
+int fexit_bpfmap_lookup(__u64 *ctx)
+{
+	return fexit_bpfmap(ctx, false);
+}
+
+SEC("fexit/placeholder")
+int fexit_bpfmap_lookup_elem(__u64 *ctx)
+{
+	return fexit_bpfmap(ctx, true);
 }

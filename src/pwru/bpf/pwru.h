@@ -22,6 +22,7 @@ enum pwru_record_type {
 	PWRU_RECORD_PACKET = 3,   /* struct packet: the bytes of the event's skb (--output-pcap) */
 	PWRU_RECORD_SKB_COPY = 4, /* struct skb_copy: a tracked skb was copied (--output-journey) */
 	PWRU_RECORD_SKB_FREE = 5, /* struct skb_free: a tracked skb was freed (--output-journey) */
+	PWRU_RECORD_BPFMAP_OP = 6, /* struct bpfmap_op: a BPF map operation on the event's skb's behalf (--output-bpfmap) */
 };
 
 /* What a struct skb_dump prints (bpf_snprintf_btf on the running kernel's type). */
@@ -171,6 +172,34 @@ struct skb_copy {
  * shows the free. hdr.skb is the skb; hdr.probe the free function or tracepoint (as struct skb_copy's). */
 struct skb_free {
 	struct record_header hdr;
+};
+
+/* --output-bpfmap: what a map operation did (struct bpfmap_op.op). */
+enum pwru_bpfmap_op {
+	PWRU_BPFMAP_LOOKUP = 1,
+	PWRU_BPFMAP_UPDATE = 2,
+	PWRU_BPFMAP_DELETE = 3,
+};
+
+/* The most key or value bytes a struct bpfmap_op carries (pwru's figure); key_size/value_size say the whole. */
+#define PWRU_BPFMAP_DATA_MAX 256
+
+/* A BPF map operation (lookup, update, delete) made while the call chain works on a selected skb, by a map
+ * function a loaded BPF program calls (--output-bpfmap). Sent just BEFORE its event (the map function's, same
+ * header ts, skb, probe), as struct skb_dump is: user space joins the two. */
+struct bpfmap_op {
+	struct record_header hdr;
+	__u32 map_id;
+	__u32 map_type;   /* enum bpf_map_type */
+	__u32 key_size;   /* the map's sizes; key and value hold at most PWRU_BPFMAP_DATA_MAX bytes of each */
+	__u32 value_size;
+	char map_name[16];
+	__u8 op;          /* enum pwru_bpfmap_op */
+	__u8 found;       /* a lookup's outcome: 1 the key was there */
+	__u8 value_read;  /* 1: value holds the value (an update's new one, a lookup's found one) */
+	__u8 pad[5];
+	__u8 key[PWRU_BPFMAP_DATA_MAX];
+	__u8 value[PWRU_BPFMAP_DATA_MAX];
 };
 
 #endif

@@ -229,8 +229,23 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_STACK_TRACE = 7,
 	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_LRU_PERCPU_HASH = 10,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
+
+/* --output-bpfmap: a map as its operations get it (kernel/bpf), and a hash table's element, whose key (then the
+ * value, at the key's size rounded up to 8) starts at member key. */
+struct bpf_map {
+	enum bpf_map_type map_type;
+	__u32 key_size;
+	__u32 value_size;
+	__u32 id;
+	char name[16];
+} __core;
+
+struct htab_elem {
+	char key[0];
+} __core;
 
 /* Helper ids; only asked about by name with bpf_core_enum_value_exists(). */
 enum bpf_func_id {

@@ -64,6 +64,8 @@ class MapInfo:
     name: str
     btf_id: int
     map_extra: int
+    btf_key_type_id: int = 0  # the key's and value's types in the map's BTF (btf_id), 0 when it has none
+    btf_value_type_id: int = 0
 
 
 class Map(FDObject):
@@ -365,4 +367,6 @@ def _map_info(fd: int) -> MapInfo:
         name=info.name.decode(errors="replace"),
         btf_id=info.btf_id,
         map_extra=info.map_extra,
+        btf_key_type_id=info.btf_key_type_id,
+        btf_value_type_id=info.btf_value_type_id,
     )

@@ -244,6 +244,18 @@ class Program(FDObject):
         word = _U32.unpack_from
         return [(word(raw, i * rec)[0], word(raw, i * rec + 4)[0]) for i in range(n)]
 
+    def xlated(self) -> bytes:
+        """The program's instructions as the verifier left them (``xlated_prog_insns``, 8 bytes each): a helper
+        call's ``imm`` is the called kernel function's offset from ``__bpf_call_base``, or 0 where the kernel
+        withholds addresses (``bpf_dump_raw_ok``: kptr_restrict, CAP_SYSLOG)."""
+        n = syscall.prog_info(self.fd).xlated_prog_len
+        if not n:
+            return b""
+        buf = ctypes.create_string_buffer(n)
+        again = syscall.ProgInfo(xlated_prog_len=n, xlated_prog_insns=ctypes.addressof(buf))
+        syscall.obj_get_info_by_fd(self.fd, again)
+        return buf.raw[: min(n, again.xlated_prog_len)]
+
     def jited_lines(self) -> list[JitedLine]:
         """The program's source lines by JIT address, ascending; empty without BTF line info, without a JIT, or
         when the kernel withholds the addresses (``bpf_dump_raw_ok``: kptr_restrict, CAP_SYSLOG)."""

@@ -7,13 +7,15 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from pwru.explain import Explanation, explain
 from pwru.output.names import Names, sanitize, shorten_left
 from pwru.records import Record, RecordLayout
+
+V = TypeVar("V")
 
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
@@ -301,12 +303,13 @@ NOTE_KEYS = frozenset({REWRITE_KEY})
 def add_dumps(
     lines: list[str],
     events: list[bytes],
-    dumps: dict[tuple[int, int, int], dict[str, str]],
+    dumps: Mapping[tuple[int, int, int], V],
     unpack: Callable[[bytes], tuple[Any, ...]],
-    combine: Callable[[str, dict[str, str]], str],
+    combine: Callable[[str, V], str],
 ) -> None:
-    """``lines[i] = combine(lines[i], struct dumps of event i)`` for each event that has dumps (--output-skb);
-    ``unpack`` is the formatter's fast unpacker (ts, skb, probe first), the dumps' key."""
+    """``lines[i] = combine(lines[i], what dumps has for event i)`` for each event it has something for (struct
+    dumps, --output-skb; map operations, --output-bpfmap); ``unpack`` is the formatter's fast unpacker (ts, skb,
+    probe first), the key."""
     for i, buf in enumerate(events):
         found = dumps.get(unpack(buf)[:3])
         if found:

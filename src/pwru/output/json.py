@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pwru.config import OutputConfig
 from pwru.output import fields
+from pwru.output.bpfmap import JSON_KEY, MapOp
 from pwru.output.fields import remember
 from pwru.output.metadata import MetadataFormat
 from pwru.output.names import Names, sanitize
@@ -246,12 +247,18 @@ class JsonFormatter:
                     lines[i] = _with_members(lines[i], {"stack": "".join("\n" + f for f in frames)})
         if batch.dumps:
             fields.add_dumps(lines, events, batch.dumps, unpack, _with_members)
+        if batch.map_ops:
+            fields.add_dumps(lines, events, batch.map_ops, unpack, _with_map_op)
         return lines
 
 
 def _nonempty(part: dict[str, Any]) -> dict[str, Any]:
     """``part`` without its zero numbers and empty strings: pwru's ``omitempty`` (Go leaves such members out)."""
     return {k: v for k, v in part.items() if v != 0 and v != ""}
+
+
+def _with_map_op(line: str, op: MapOp) -> str:
+    return _with_members(line, {JSON_KEY: op.json()})
 
 
 def _with_members(line: str, part: dict[str, Any]) -> str:

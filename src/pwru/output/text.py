@@ -277,6 +277,8 @@ class TextFormatter:
                     lines[i] += "\n" + "\n".join(frames)
         if batch.dumps:
             fields.add_dumps(lines, events, batch.dumps, unpack, _with_dumps)
+        if batch.map_ops:
+            fields.add_dumps(lines, events, batch.map_ops, unpack, lambda line, op: line + "\n" + op.text())
         return lines
 
 

@@ -4,7 +4,8 @@
  *   tc_entry     (tc, egress of the sender's veth): looks the destination up in nat_map; on a hit tail-calls
  *                jmp[0] = nat_rewrite, else TC_ACT_OK.
  *   nat_rewrite  (tail-called): rewrites the IPv4 destination with bpf_skb_store_bytes, fixing the IP and the
- *                UDP/TCP checksums with bpf_l3_csum_replace / bpf_l4_csum_replace; TC_ACT_OK.
+ *                UDP/TCP checksums with bpf_l3_csum_replace / bpf_l4_csum_replace, then writes a note of the
+ *                flow in flows (a struct key and value, for --output-bpfmap's BTF view) and deletes it; TC_ACT_OK.
  *   xdp_drop     (XDP on the receiver's veth): drops UDP to port 7001 (XDP_DROP), passes the rest.
  */
 #include <linux/bpf.h>
@@ -27,6 +28,25 @@ struct {
 	__type(key, __u32);   /* original destination, network order */
 	__type(value, __u32); /* the destination to rewrite it to */
 } nat_map SEC(".maps");
+
+struct flow_key {
+	__u32 daddr; /* the original destination, network order */
+	__u16 dport; /* network order */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct flow_note {
+	__u64 packets;
+	char tag[8];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16);
+	__type(key, struct flow_key);
+	__type(value, struct flow_note);
+} flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
@@ -69,17 +89,27 @@ SEC("classifier")
 int nat_rewrite(struct __sk_buff *skb)
 {
 	struct iphdr *ip = ipv4(skb);
+	struct flow_note note = {.packets = 1, .tag = "natted"};
+	struct flow_key key = {.proto = IPPROTO_UDP};
+	struct udphdr *udp;
 	__u32 old, *new;
 
 	if (!ip || ip->protocol != IPPROTO_UDP)
 		return TC_ACT_OK;
+	udp = (void *)(ip + 1);
+	if ((void *)(udp + 1) > (void *)(long)skb->data_end)
+		return TC_ACT_OK;
 	old = ip->daddr;
+	key.daddr = old;
+	key.dport = udp->dest; /* read now: the helpers below invalidate packet pointers */
 	new = bpf_map_lookup_elem(&nat_map, &old);
 	if (!new)
 		return TC_ACT_OK;
 	bpf_l4_csum_replace(skb, UDP_CSUM_OFF, old, *new, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | sizeof(*new));
 	bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, *new, sizeof(*new));
 	bpf_skb_store_bytes(skb, IP_DST_OFF, new, sizeof(*new), 0);
+	bpf_map_update_elem(&flows, &key, &note, BPF_ANY);
+	bpf_map_delete_elem(&flows, &key);
 	return TC_ACT_OK;
 }
 
