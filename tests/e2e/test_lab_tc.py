@@ -120,17 +120,18 @@ def fentry_map_run(lab_datapath: tuple[Datapath, Path], tc_run: TcRun) -> TcRun:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    _keep(f"fentry --output-bpfmap run\n{err}\n{out}")
-    return TcRun(events, err, proc.returncode, left_behind(before))
+    return _result(proc.returncode, out, err, before, "fentry --output-bpfmap run")
 
 
-def _keep(text: str) -> None:
-    """A run's output into the lab's results directory, for a failure's reading."""
+def _result(returncode: int, out: str, err: str, before: set[str], label: str = "") -> TcRun:
+    """A finished run's events and what it left in the kernel; its output also goes to the lab's results
+    directory, for a failure's reading."""
     results = os.environ.get("PWRU_VM_RESULTS")
     if results:
         with open(Path(results) / "tc-run.txt", "a") as f:
-            f.write(f"{os.uname().release}\n{text}\n")
+            f.write(f"{os.uname().release} {label}\n{err}\n{out}\n")
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return TcRun(events, err, returncode, left_behind(before))
 
 
 def _run(dp: Datapath, tmp: Path) -> TcRun:
@@ -174,9 +175,7 @@ def _run(dp: Datapath, tmp: Path) -> TcRun:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    _keep(f"{err}\n{out}")
-    return TcRun(events, err, proc.returncode, left_behind(before))
+    return _result(proc.returncode, out, err, before)
 
 
 def test_exits_cleanly_and_leaves_nothing(tc_run: TcRun) -> None:
