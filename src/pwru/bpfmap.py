@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pwru import discovery
+from pwru import backends, discovery
 from pwru.btf_value import decode
 from pwru.config import Config
 from pwru.ebpf import btf, btf_kernel, features, prog
@@ -155,6 +155,7 @@ def probes(config: Config, backend: str, kernel: KernelContext) -> list[Probe]:
     if not chosen:
         log.warning("--output-bpfmap: no loaded BPF program calls a map function that can be probed (array "
                     "lookups are inlined and call none)")  # fmt: skip
+    backend = _method_backend(backend, kernel)
     ksyms = None
     if backend == "fentry" and not kernel.feature("get_func_ip", features.get_func_ip).available:
         ksyms = kernel.kallsyms  # each load is told its function's address (no bpf_get_func_ip before 5.15)
@@ -179,6 +180,33 @@ def probes(config: Config, backend: str, kernel: KernelContext) -> list[Probe]:
         else:
             out.append(Probe("map_op", name, f"kprobe_bpfmap_{f.op}", entry))
     return out
+
+
+def recursion_guarded(spec: Spec) -> bool:
+    """Whether the kernel stops a tracing program from running inside itself (``struct bpf_prog``'s per-CPU
+    ``active`` count, Linux 5.12+). Without it fentry/fexit on a map function that the program itself calls
+    (every map lookup of pwru's programs calls ``__htab_map_lookup_elem``) recurses until the kernel stack
+    overflows: a panic, seen on 5.10."""
+    try:
+        return any(m.name == "active" for m in spec.members("bpf_prog"))
+    except btf.BTFError:
+        return False
+
+
+def _method_backend(backend: str, kernel: KernelContext) -> str:
+    """The backend the map functions' probes use: the run's, but kprobes instead of fentry on a kernel without
+    :func:`recursion_guarded` (kprobe programs never run inside one another); one line, exit 1, when it has
+    neither."""
+    if backend != "fentry" or recursion_guarded(kernel.spec):
+        return backend
+    if backends.feature_for("kprobe", kernel).available:
+        log.info("--output-bpfmap: kprobes on the map functions (fentry on them would recurse on this kernel)")
+        return "kprobe"
+    raise UserError(
+        "--output-bpfmap with fentry needs Linux 5.12+ (this kernel lets a tracing program recurse into the map "
+        "functions it calls) or kprobes, which this kernel refuses",
+        exit_code=1,
+    )
 
 
 def mark_own(coll: Collection) -> None:

@@ -299,14 +299,18 @@ def _map_ops(run: TcRun, skb: object) -> list[dict[str, Any]]:
 def test_map_operations_made_for_the_packet(tc_run: TcRun) -> None:
     entry = next(e for e in tc_run.of("tc_entry(tc)") if _tuple(e)["dport"] == 7000)
     lookups = _map_ops(tc_run, entry["skb"])
-    # kprobes: the caller of each lookup is the program that made it, the tail-called one included
-    callers = {str(e.get("caller_func", "")) for e in lookups}
-    assert any("_tc_entry" in c for c in callers) and any("_nat_rewrite" in c for c in callers), callers
-    # with its source line, from the program's line info
-    assert any("(datapath.c:" in c and "bpf_map_lookup_elem(&nat_map" in c for c in callers), callers
     # the datagrams to 10.99.0.2 are not NAT'd: tc_entry's lookup misses, no value
     misses = [e["bpfmap"] for e in tc_run.events if "bpfmap" in e and e["bpfmap"]["key"] == _hex("10.99.0.2")]
     assert misses and all(m["found"] is False and "value" not in m for m in misses), misses
+    # kprobes: the caller of each lookup is the program that made it, the tail-called one included. Before 5.14
+    # a return probe sees the kretprobe trampoline where the return address was (a known limit, README).
+    callers = {str(e.get("caller_func", "")) for e in lookups}
+    if tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2]) < (5, 14):
+        assert callers == {"kretprobe_trampoline+0x0"}, callers
+        return
+    assert any("_tc_entry" in c for c in callers) and any("_nat_rewrite" in c for c in callers), callers
+    # with its source line, from the program's line info
+    assert any("(datapath.c:" in c and "bpf_map_lookup_elem(&nat_map" in c for c in callers), callers
 
 
 def test_map_operations_with_fentry(fentry_map_run: TcRun) -> None:
