@@ -240,11 +240,28 @@ def _each(
 def _load_once_per_program(
     ctx: AttachContext, probes: list[Probe], attach_type: AttachType | None
 ) -> dict[str, Program]:
-    """kprobe-type programs serve many targets: each program the probes name is loaded once."""
+    """kprobe-type programs serve many targets: each program the probes name is loaded once, the programs on
+    threads (the verifier of one runs while another is relocated: a second under emulation for kprobe-multi's
+    seven). The first failure, in name order, is raised once every load has ended; what loaded is kept in the
+    attachment, so it is released."""
+    names = sorted({p.program for p in probes})
+
+    def load(name: str) -> Program:
+        return ctx.coll.load_program(name, prog_type=ProgType.KPROBE, expected_attach_type=attach_type)
+
+    with ThreadPoolExecutor(min(ATTACH_WORKERS, max(1, len(names)))) as pool:
+        futures = [pool.submit(load, name) for name in names]
     programs: dict[str, Program] = {}
-    for name in sorted({p.program for p in probes}):
-        programs[name] = ctx.coll.load_program(name, prog_type=ProgType.KPROBE, expected_attach_type=attach_type)
+    failure: BaseException | None = None
+    for name, future in zip(names, futures, strict=True):
+        error = future.exception()
+        if error is not None:
+            failure = failure or error
+            continue
+        programs[name] = future.result()
         ctx.att.programs.append(programs[name])
+    if failure is not None:
+        raise failure
     return programs
 
 
