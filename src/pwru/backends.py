@@ -77,7 +77,7 @@ def skb_targets(backend: str, kernel: KernelContext, allowed: Callable[[str], bo
         found = discovery.skb_tracepoints(kernel.spec, modules)
     else:
         found = discovery.skb_functions(kernel.spec, MAX_KPROBE_POS, modules)
-        ok = discovery.probeable({t.name for t in found})
+        ok = discovery.probeable({t.name for t in found}, filter_functions=kernel.filter_functions)
         found = [t for t in found if t.name in ok]
     seen: set[tuple[str, str | None]] = set()
     out = []

@@ -72,7 +72,7 @@ def helper_probes(config: Config, backend: str, kernel: KernelContext, programs:
             exit_code=1,
         )
     found = discovery.skb_helpers(kernel.spec)
-    ok = discovery.probeable({t.name for t in found})
+    ok = discovery.probeable({t.name for t in found}, filter_functions=kernel.filter_functions)
     targets = [t for t in found if t.name in ok]
     return [dataclasses.replace(p, kind="helper") for p in backends.skb_probes(backend, targets, programs, kernel)]
 

@@ -10,7 +10,7 @@ is a tracepoint target. Whether a function target can actually be probed is a se
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -212,7 +212,8 @@ def skb_tracepoints(spec: Spec, modules: Iterable[ModuleArg] = ()) -> list[Targe
 # Probeable functions
 
 
-def _read_filter_functions() -> set[str] | None:
+def read_filter_functions() -> set[str] | None:
+    """ftrace's ``available_filter_functions`` (names only), or None when it cannot be read."""
     for path in FILTER_FUNCTIONS_PATHS:
         try:
             text = path.read_text()
@@ -258,16 +259,21 @@ def kallsyms_probeable(
     return {n for n in text if not _MARKER.match(n)}
 
 
-def probeable(names: Iterable[str], ksyms: Kallsyms | None = None) -> set[str]:
+def probeable(
+    names: Iterable[str],
+    ksyms: Kallsyms | None = None,
+    filter_functions: Callable[[], set[str] | None] = read_filter_functions,
+) -> set[str]:
     """The subset of function ``names`` that can really be probed.
 
     Source of truth, in order: ftrace's ``available_filter_functions`` (what fentry and kprobe-multi can
-    attach to) when readable; otherwise (e.g. EPERM under lockdown, or tracefs not mounted) kallsyms text
-    symbols filtered by :func:`kallsyms_probeable`, using ``/sys/kernel/debug/kprobes/blacklist`` if it can
-    be read. ``ksyms`` defaults to a fresh read of ``/proc/kallsyms``.
+    attach to) when readable (``filter_functions``: :func:`read_filter_functions`, or a run's read of it begun
+    earlier, ``KernelContext.filter_functions``); otherwise (e.g. EPERM under lockdown, or tracefs not mounted)
+    kallsyms text symbols filtered by :func:`kallsyms_probeable`, using ``/sys/kernel/debug/kprobes/blacklist``
+    if it can be read. ``ksyms`` defaults to a fresh read of ``/proc/kallsyms``.
     """
     wanted = set(names)
-    available = _read_filter_functions()
+    available = filter_functions()
     if available is not None:
         return wanted & available
     ksyms = ksyms if ksyms is not None else Kallsyms.load()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import errno
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -55,7 +55,7 @@ class Attach(enum.Enum):
     FENTRY = "fentry"  # a tracing program loaded per target (BTF id), linked
     FEXIT = "fexit"
     TP_BTF = "tp_btf"  # a BTF-typed raw tracepoint program loaded per tracepoint
-    NETFILTER = "netfilter"  # a netfilter program loaded per hook point, linked from inside its netns
+    NETFILTER = "netfilter"  # a netfilter program loaded per priority (every hook), linked from inside each netns
     TCX = "tcx"  # a tc program loaded per point name, a tcx link per device, made from inside its netns
 
 
@@ -240,11 +240,28 @@ def _each(
 def _load_once_per_program(
     ctx: AttachContext, probes: list[Probe], attach_type: AttachType | None
 ) -> dict[str, Program]:
-    """kprobe-type programs serve many targets: each program the probes name is loaded once."""
+    """kprobe-type programs serve many targets: each program the probes name is loaded once, the programs on
+    threads (the verifier of one runs while another is relocated: a second under emulation for kprobe-multi's
+    seven). The first failure, in name order, is raised once every load has ended; what loaded is kept in the
+    attachment, so it is released."""
+    names = sorted({p.program for p in probes})
+
+    def load(name: str) -> Program:
+        return ctx.coll.load_program(name, prog_type=ProgType.KPROBE, expected_attach_type=attach_type)
+
+    with ThreadPoolExecutor(min(ATTACH_WORKERS, max(1, len(names)))) as pool:
+        futures = [pool.submit(load, name) for name in names]
     programs: dict[str, Program] = {}
-    for name in sorted({p.program for p in probes}):
-        programs[name] = ctx.coll.load_program(name, prog_type=ProgType.KPROBE, expected_attach_type=attach_type)
+    failure: BaseException | None = None
+    for name, future in zip(names, futures, strict=True):
+        error = future.exception()
+        if error is not None:
+            failure = failure or error
+            continue
+        programs[name] = future.result()
         ctx.att.programs.append(programs[name])
+    if failure is not None:
+        raise failure
     return programs
 
 
@@ -351,41 +368,53 @@ def _kprobe_multi(ctx: AttachContext, probes: list[Probe]) -> None:
         attach_batch(programs[name], sorted(batch, key=lambda p: (address[id(p)], p.name)))
 
 
+#: Which probes of an in-netns method share one program load (the key), and that load's constants given the
+#: probes sharing it, in plan order.
+LoadKey = Callable[[Probe], Hashable]
+LoadConstants = Callable[[AttachContext, list[Probe]], dict[str, int | bytes]]
+
+
 def _in_netns(
     prog_type: ProgType,
     expected: AttachType | None,
     where: Callable[[Probe], tuple[int, str]],
     make_link: Callable[[Probe, Program], tuple[link.Link | None, str]],
+    load_key: LoadKey,
+    load_constants: LoadConstants,
 ) -> Executor:
     """Hooks whose links are made from inside a netns (netfilter: the link hooks the creating thread's netns;
-    tcx: the device index is the creating thread's netns's). One program load per point name (``nf:OUTPUT@first``
-    in every netns is one program: its events name the point, their netns column says where; tens of loads in
-    all instead of tens per namespace, each load being tens of milliseconds), in parallel; then each namespace's
-    links made from one thread inside it. A namespace that cannot be entered any more (its last process exited,
-    its pid was reused) has its probes ignored with the reason."""
+    tcx: the device index is the creating thread's netns's). One program load per ``load_key`` (a tcx point
+    name, ``tcx:eth0@first`` in every netns being one program: its events name the point, their netns column
+    says where; a netfilter priority, one program for every hook and netns; each load being tens of
+    milliseconds, hundreds under emulation), in parallel; then each namespace's links made from one thread
+    inside it. A namespace that cannot be entered any more (its last process exited, its pid was reused) has its
+    probes ignored with the reason."""
 
     def run(ctx: AttachContext, probes: list[Probe]) -> None:
-        firsts: dict[tuple[str, str], Probe] = {}
+        shared: dict[Hashable, list[Probe]] = defaultdict(list)
         for p in probes:
-            firsts.setdefault((p.program, p.display_name), p)
+            shared[load_key(p)].append(p)
 
-        def load(p: Probe) -> tuple[Program | None, str]:
+        def load(group: list[Probe]) -> tuple[Program | None, str]:
             if ctx.stop():
                 return None, ""
             try:
                 prog = ctx.coll.load_program(
-                    p.program, prog_type=prog_type, expected_attach_type=expected, constants=_constants(ctx, p)
+                    group[0].program,
+                    prog_type=prog_type,
+                    expected_attach_type=expected,
+                    constants=load_constants(ctx, group),
                 )
             except BPFError as e:
                 return None, f"load: {e.strerror}"
             return prog, ""
 
-        with ThreadPoolExecutor(ATTACH_WORKERS) as pool:
-            loaded = dict(zip(firsts, pool.map(load, firsts.values()), strict=True))
+        with ThreadPoolExecutor(min(ATTACH_WORKERS, max(1, len(shared)))) as pool:
+            loaded = dict(zip(shared, pool.map(load, shared.values()), strict=True))
         try:
             groups: dict[tuple[int, str], list[tuple[Probe, Program]]] = defaultdict(list)
             for p in probes:
-                prog, why = loaded[p.program, p.display_name]
+                prog, why = loaded[load_key(p)]
                 if prog is not None:
                     groups[where(p)].append((p, prog))
                     continue
@@ -406,6 +435,37 @@ def _in_netns(
 def _nf_where(p: Probe) -> tuple[int, str]:
     assert p.netfilter is not None, p
     return p.netfilter.netns_inode, p.netfilter.netns_path
+
+
+def _nf_load_key(p: Probe) -> Hashable:
+    """Netfilter points share a load when only their hook (read in the kernel) and whether they show differ."""
+    return p.program, tuple(sorted((k, v) for k, v in p.constants.items() if k != "cfg_emit"))
+
+
+def _nf_load_constants(ctx: AttachContext, group: list[Probe]) -> dict[str, int | bytes]:
+    """One load for a priority's points at every hook: each hook's probe id (``cfg_nf_probe_ids``, that of the
+    hook's first probe in the plan, so every family and netns share the point's name) and whether it shows
+    (``cfg_nf_shown``, a bit per hook; ``cfg_emit`` 0 when none does)."""
+    ids: dict[int, int] = {}
+    shown = 0
+    for p in group:
+        assert p.netfilter is not None, p
+        hook = p.netfilter.hooknum
+        if hook not in ids:
+            ids[hook] = ctx.probe_id(p)
+            if p.constants.get("cfg_emit", 1):
+                shown |= 1 << hook
+    table = b"".join(ids.get(h, 0).to_bytes(4, "little") for h in range(max(ids) + 1))
+    constants: dict[str, int | bytes] = {k: v for k, v in group[0].constants.items() if k != "cfg_emit"}
+    return {**constants, "cfg_nf_probe_ids": table, "cfg_nf_shown": shown, "cfg_emit": int(shown != 0)}
+
+
+def _tcx_load_key(p: Probe) -> Hashable:
+    return p.program, p.display_name
+
+
+def _tcx_load_constants(ctx: AttachContext, group: list[Probe]) -> dict[str, int | bytes]:
+    return dict(_constants(ctx, group[0]))
 
 
 def _nf_link(p: Probe, prog: Program) -> tuple[link.Link | None, str]:
@@ -493,6 +553,8 @@ EXECUTORS: dict[Attach, Executor] = {
     Attach.FENTRY: _tracing(AttachType.TRACE_FENTRY),
     Attach.FEXIT: _tracing(AttachType.TRACE_FEXIT),
     Attach.TP_BTF: _tracing(AttachType.TRACE_RAW_TP),
-    Attach.NETFILTER: _in_netns(ProgType.NETFILTER, AttachType.NETFILTER, _nf_where, _nf_link),
-    Attach.TCX: _in_netns(ProgType.SCHED_CLS, None, _tcx_where, _tcx_link),
+    Attach.NETFILTER: _in_netns(
+        ProgType.NETFILTER, AttachType.NETFILTER, _nf_where, _nf_link, _nf_load_key, _nf_load_constants
+    ),
+    Attach.TCX: _in_netns(ProgType.SCHED_CLS, None, _tcx_where, _tcx_link, _tcx_load_key, _tcx_load_constants),
 }

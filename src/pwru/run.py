@@ -437,6 +437,8 @@ def run(config: Config) -> int:
     t_start = time.monotonic()
     kernel = kernel_context(config)
     kernel.preload_kallsyms()  # names for the events and the kprobe-multi addresses; joined before "ready"
+    if config.kernel.backend != "tracepoint":
+        kernel.preload_filter_functions()  # what the function backends can probe, read while BTF is parsed
     progs = bpf_progs.Targets()  # --filter-trace-tc/xdp: the traced programs, held open until the end
     try:
         # The C expressions need only the kernel's BTF: a mistake in one is said before discovery and loading

@@ -87,6 +87,24 @@ def test_text_suffix_and_points_kept_without_showing_them(pwru: object, veth_pai
     assert " nf:" not in run.stdout
 
 
+def test_some_points_shown_the_others_kept(pwru: object, veth_pair: tuple[Netns, Netns]) -> None:
+    """One program load serves a priority at every hook: --filter-func showing some hooks' first points keeps
+    the others (and every last point) attached for attribution only, and the shown ones keep their own names."""
+    a, b = veth_pair
+    b.exec("iptables", "-A", "INPUT", "-p", "udp", "--dport", str(PORT), "-j", "DROP")
+    drops = "tp:kfree_skb|kfree_skb_reason|sk_skb_reason_drop"
+    run: PwruRun = pwru("--filter-func", f"nf:(PREROUTING|INPUT)@first|{drops}", "--filter-netns", b.path,  # type: ignore[operator]
+                        f"udp and dst port {PORT}")  # fmt: skip
+    run.start()
+    udp_send(a, "10.99.0.2", PORT)
+    run.stop()
+    assert run.returncode == 0, run.stderr
+    shown = [w for ln in run.stdout.splitlines() for w in ln.split() if w.startswith("nf:")]
+    assert shown == ["nf:PREROUTING@first", "nf:INPUT@first"], run.stdout
+    lines = [ln for ln in run.stdout.splitlines() if DROP in ln]
+    assert lines and all(ln.rstrip().endswith(" nf=ipv4/INPUT") for ln in lines), run.stdout
+
+
 def test_off_means_no_attribution(pwru: object, veth_pair: tuple[Netns, Netns]) -> None:
     a, b = veth_pair
     b.exec("iptables", "-A", "INPUT", "-p", "udp", "--dport", str(PORT), "-j", "DROP")

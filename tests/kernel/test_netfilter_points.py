@@ -28,6 +28,16 @@ def test_the_feature_probe_and_the_priorities_the_kernel_takes() -> None:
     on = {f"cfg_output_{part}": 1 for part in ("meta", "tuple", "stack", "caller")}
     coll = Collection(ObjectSpec.load(object_path()), kernel_btf=kernel_btf(), constants=on)
     try:
+        # As the executor loads it: once per priority, a probe id per hook, every hook shown.
+        for point in (1, 2):
+            ids = b"".join((10 * point + hook).to_bytes(4, "little") for hook in netfilter.HOOKS.values())
+            per_load = {"cfg_nf_point": point, "cfg_nf_probe_ids": ids, "cfg_nf_shown": 0b11111}
+            coll.load_program(
+                netfilter.PROGRAM,
+                prog_type=ProgType.NETFILTER,
+                expected_attach_type=AttachType.NETFILTER,
+                constants=per_load,
+            ).close()
         prog = coll.load_program(
             netfilter.PROGRAM, prog_type=ProgType.NETFILTER, expected_attach_type=AttachType.NETFILTER
         )

@@ -170,3 +170,40 @@ def test_probeable_here(vmlinux: Spec) -> None:
     assert not discovery.probeable(["surely_not_a_kernel_function_xyz"])
     text = Path("/proc/kallsyms").read_text()
     assert all(f" {n}\n" in text or f" {n}\t" in text for n in list(ok)[:200])
+
+
+def test_filter_functions_read_once_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KernelContext reads available_filter_functions once, on a thread when preloaded; probeable takes the
+    result; a failure of the read reaches the caller, not only the thread."""
+    import threading
+
+    from pwru.kernel import KernelContext
+
+    reads: list[str] = []
+    release = threading.Event()
+
+    def read() -> set[str] | None:
+        reads.append(threading.current_thread().name)
+        release.wait(5)
+        return {"ip_rcv", "tcp_v4_rcv"}
+
+    monkeypatch.setattr(discovery, "read_filter_functions", read)
+    kernel = KernelContext()
+    kernel.preload_filter_functions()
+    kernel.preload_filter_functions()
+    release.set()
+    assert discovery.probeable({"ip_rcv", "nope"}, filter_functions=kernel.filter_functions) == {"ip_rcv"}
+    assert kernel.filter_functions() == {"ip_rcv", "tcp_v4_rcv"}
+    assert reads == ["ftrace-functions"]
+
+    def broken() -> set[str] | None:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    monkeypatch.setattr(discovery, "read_filter_functions", broken)
+    kernel = KernelContext()
+    kernel.preload_filter_functions()
+    with pytest.raises(UnicodeDecodeError):
+        kernel.filter_functions()
+    unloaded = KernelContext()  # never preloaded: read at the first question
+    monkeypatch.setattr(discovery, "read_filter_functions", lambda: None)
+    assert unloaded.filter_functions() is None

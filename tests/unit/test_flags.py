@@ -143,14 +143,15 @@ def test_constants_exist_in_the_bpf_program() -> None:
     assert names <= declared
     # The rest come with the spliced code (the filters, the C expressions: from run.build_object, which returns
     # exactly these), with the plan's netfilter points (netfilter.constants) or are set per attached program
-    # (cfg_tp_*, cfg_probe_id, cfg_ret_pos, cfg_nf_point; cfg_emit, which --summary-events sets, is also 0 per
-    # load for probes that keep state only).
+    # (cfg_tp_*, cfg_probe_id, cfg_ret_pos, cfg_nf_point, cfg_nf_probe_ids, cfg_nf_shown; cfg_emit, which
+    # --summary-events sets, is also 0 per load for probes that keep state only).
     from pwru.run import build_object
 
     spliced = set(build_object(Config())[1])
     assert spliced >= {"cfg_has_pcap", "cfg_has_tunnel_pcap_l2", "cfg_has_skb_expr", "cfg_metadata_size"}
     nf = set(netfilter.constants([], {})) | set(nf_rules.constants([]))
     per_load = {"cfg_probe_id", "cfg_ret_pos", "cfg_nf_point", "cfg_nf_skb_pos", "cfg_nf_priv_pos", "cfg_nf_kind"}
+    per_load |= {"cfg_nf_probe_ids", "cfg_nf_shown"}
     assert {n for n in declared - names if not n.startswith("cfg_tp_")} == spliced | nf | per_load
 
 

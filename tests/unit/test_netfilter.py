@@ -134,16 +134,20 @@ def test_run_probes_for_a_netns_nothing_names(monkeypatch: pytest.MonkeyPatch) -
 
 
 class RefusingCollection(FakeCollection):
-    """Loads like FakeCollection, except that the load for probe id ``refuse`` fails."""
+    """Loads like FakeCollection, except that the load of priority ``refuse`` (its ``cfg_nf_point``) fails."""
 
     def __init__(self, refuse: int = -1) -> None:
         super().__init__()
         self.refuse = refuse
 
     def load_program(self, name: str, **load: Any) -> Any:
-        if load["constants"]["cfg_probe_id"] == self.refuse:
+        if load["constants"]["cfg_nf_point"] == self.refuse:
             raise BPFError(1, Cmd.PROG_LOAD)
         return super().load_program(name, **load)
+
+
+def _ids(table: bytes) -> list[int]:
+    return [int.from_bytes(table[i : i + 4], "little") for i in range(0, len(table), 4)]
 
 
 def _run_executor(
@@ -171,23 +175,27 @@ def _run_executor(
     return ctx, entered
 
 
-def test_executor_loads_per_point_name_and_links_inside_each_netns(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_executor_loads_once_per_priority_and_links_inside_each_netns(monkeypatch: pytest.MonkeyPatch) -> None:
     plan = Plan([Probe("tracepoint", "kfree_skb", "tp_skb", Attach.TP_BTF)])
     plan.add(netfilter.probes_for(netfilter.points([A, B])))
     coll = FakeCollection()
     ctx, entered = _run_executor(monkeypatch, plan, coll, lambda path, inode: None)
-    # One load per point name (IPv4 and IPv6 share names), shared by every netns: the probe id of its first probe
-    # names all its events.
+    # One load per priority (first: remember the skb's hook, last: forget it), serving every hook, family and
+    # netns; the kernel reads the hook from its state and names the event by the table's probe id: that of the
+    # point's first probe, so IPv4 and IPv6 and every netns share the point's name.
+    assert len(coll.loads) == 2
     names = plan.names()
-    firsts = sorted({names.index(n) for n in names[1:]})
-    assert len(firsts) == 10 and len(coll.loads) == 10
-    loads = sorted(coll.loads, key=lambda p: p.load["constants"]["cfg_probe_id"])
-    points = [netfilter.POINT_CONSTANTS[plan.probes[i].netfilter.priority] for i in firsts]  # type: ignore[union-attr]
-    assert points == [1, 2] * 5  # first, last: remember and forget the skb's hook
-    assert [p.load["constants"] for p in loads] == [
-        {"cfg_probe_id": i, "cfg_nf_point": pt} for i, pt in zip(firsts, points, strict=True)
-    ]
-    assert {(p.load["prog_type"], p.load["expected_attach_type"]) for p in loads} == {
+    by_point = {p.load["constants"]["cfg_nf_point"]: p.load["constants"] for p in coll.loads}
+    assert set(by_point) == {1, 2}
+    for point, role in ((1, "first"), (2, "last")):
+        constants = by_point[point]
+        ids = _ids(constants["cfg_nf_probe_ids"])
+        assert [names[i] for i in ids] == [f"nf:{hook}@{role}" for hook in netfilter.HOOKS]
+        assert all(names.index(names[i]) == i for i in ids)
+        assert [plan.probes[i].netfilter.hooknum for i in ids] == list(range(5))  # type: ignore[union-attr]
+        assert constants["cfg_nf_shown"] == 0b11111 and constants["cfg_emit"] == 1
+        assert "cfg_probe_id" not in constants
+    assert {(p.load["prog_type"], p.load["expected_attach_type"]) for p in coll.loads} == {
         (ProgType.NETFILTER, AttachType.NETFILTER)
     }
     assert all(p.closed for p in coll.loads)  # the links hold the programs
@@ -197,6 +205,17 @@ def test_executor_loads_per_point_name_and_links_inside_each_netns(monkeypatch: 
     assert ctx.att.attached == plan.probes[1:] and len(ctx.att.links) == 40 and ctx.att.ignored == []
 
 
+def test_executor_shows_only_the_hooks_filter_func_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    allowed = FilterConfig(func=re.compile(r"nf:(INPUT|OUTPUT)@first")).func_allowed
+    plan = Plan(netfilter.probes_for(netfilter.points([A, B]), allowed, keep_state=True))
+    coll = FakeCollection()
+    _run_executor(monkeypatch, plan, coll, lambda path, inode: None)
+    by_point = {p.load["constants"]["cfg_nf_point"]: p.load["constants"] for p in coll.loads}
+    inout = (1 << netfilter.HOOKS["INPUT"]) | (1 << netfilter.HOOKS["OUTPUT"])
+    assert (by_point[1]["cfg_nf_shown"], by_point[1]["cfg_emit"]) == (inout, 1)
+    assert (by_point[2]["cfg_nf_shown"], by_point[2]["cfg_emit"]) == (0, 0)  # state only: the verifier drops emit
+
+
 def test_executor_ignores_what_cannot_load_or_enter(monkeypatch: pytest.MonkeyPatch) -> None:
     plan = Plan(netfilter.probes_for(netfilter.points([A, B])))
 
@@ -204,16 +223,18 @@ def test_executor_ignores_what_cannot_load_or_enter(monkeypatch: pytest.MonkeyPa
         if path == B.path:
             raise netns.NetnsError(f"{path} no longer names netns inode {inode}")
 
-    coll = RefusingCollection(refuse=3)
+    coll = RefusingCollection(refuse=2)
     ctx, _ = _run_executor(monkeypatch, plan, coll, enter)
     why = {id(p): r for p, r in ctx.att.ignored}
-    # The point whose load failed is missing in every netns; B's other points are missing because B is gone.
-    refused = {i for i, n in enumerate(plan.names()) if n == plan.names()[3]}
-    assert len(refused) == 4  # IPv4 and IPv6, in A and in B
+    # The last points' load failed: they are missing at every hook, in every netns; B's first points are missing
+    # because B is gone.
+    last = netfilter.PRIORITIES["last"]
+    refused = {i for i, p in enumerate(plan.probes) if p.netfilter and p.netfilter.priority == last}
+    assert len(refused) == 20  # 5 hooks, IPv4 and IPv6, in A and in B
     assert all(why[id(plan.probes[i])].startswith("load: ") for i in refused)
     gone = f"netns: {B.path} no longer names netns inode {B.inode}"
     assert all(why[id(p)] == gone for i, p in enumerate(plan.probes) if i >= 20 and i not in refused)
-    assert len(ctx.att.ignored) == 22
+    assert len(ctx.att.ignored) == 30
     assert ctx.att.attached == [p for i, p in enumerate(plan.probes[:20]) if i not in refused]
     assert all(p.closed for p in coll.loads)
 

@@ -14,6 +14,8 @@ import pytest
 
 from pwru import backends, probes
 from pwru.discovery import Target
+from pwru.ebpf.errors import BPFError
+from pwru.ebpf.syscall import Cmd
 from pwru.probes import Attach, AttachContext, Attachment, Plan, Probe, execute
 
 NAMES = {"kprobe_skb_1", "kprobe_skb_2", "kprobe_skb_1_reason_2", "kprobe_skb_2_reason_3"}
@@ -240,3 +242,30 @@ def test_kprobe_batch_is_what_one_worker_attaches_in_a_row(
     if threads > 1:
         assert len(by_thread) > 1
     ctx.att.close()
+
+
+def test_kprobe_programs_load_once_each_on_threads_and_a_failure_keeps_the_rest() -> None:
+    names = ["kprobe_skb_3", "kprobe_skb_1", "kprobe_bad_b", "kprobe_skb_2", "kprobe_bad_a"]
+    plan = Plan([Probe("func", f"f{i}", names[i % len(names)], Attach.KPROBE) for i in range(20)])
+    ctx, _ = _ctx(plan)
+    threads: set[str] = set()
+    started = threading.Barrier(2, timeout=5)  # two loads in flight at once, or the barrier breaks
+
+    class Loads(FakeCollection):
+        def load_program(self, name: str, **load: Any) -> FakeProgram:
+            threads.add(threading.current_thread().name)
+            if name in ("kprobe_skb_1", "kprobe_skb_2"):
+                started.wait()
+            if "bad" in name:
+                raise BPFError(13, Cmd.PROG_LOAD)
+            return super().load_program(name, **load)
+
+    ctx.coll = Loads()  # type: ignore[assignment]
+    with pytest.raises(BPFError) as e:
+        probes._load_once_per_program(ctx, plan.probes, None)
+    assert e.value.errno == 13
+    assert sorted(p.name for p in ctx.coll.loads) == ["kprobe_skb_1", "kprobe_skb_2", "kprobe_skb_3"]  # type: ignore[attr-defined]
+    assert [p.name for p in ctx.att.programs] == ["kprobe_skb_1", "kprobe_skb_2", "kprobe_skb_3"]  # released at exit
+    assert threading.current_thread().name not in threads
+    programs = probes._load_once_per_program(_ctx(Plan(plan.probes[:2]))[0], plan.probes[:2], None)
+    assert sorted(programs) == ["kprobe_skb_1", "kprobe_skb_3"]

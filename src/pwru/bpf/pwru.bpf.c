@@ -10,8 +10,9 @@
  *   kprobe/skb_1_reason_2  kfree_skb_reason(skb, reason)
  *   kprobe/skb_2_reason_3  sk_skb_reason_drop(sk, skb, reason)
  *   fentry/...             the same set for fentry; the attach target is chosen at load time
- *   netfilter              nf_skb: one program for every netfilter hook point (pf, hook, priority, netns are
- *                          chosen at attach time); only bpf_base_func_proto helpers there (see CALLER_NONE)
+ *   netfilter              nf_skb: loaded once for the first and once for the last priority, for every hook
+ *                          (pf, hook, netns are chosen at attach time, the hook's probe id read from a per-load
+ *                          table); only bpf_base_func_proto helpers there (see CALLER_NONE)
  *   tp_btf/...             one program for every skb tracepoint; argument positions come from per-load
  *                          constants (cfg_tp_*), read in a switch so the verifier sees constant ctx offsets
  *
@@ -89,6 +90,11 @@ const volatile __u32 cfg_off_nft_table_name = 0;  /* struct nft_table: name (cha
 const volatile __u8 cfg_nf_point = 0;         /* netfilter, per load: NF_POINT_FIRST or NF_POINT_LAST */
 #define NF_POINT_FIRST 1
 #define NF_POINT_LAST 2
+/* netfilter, per load (one load serves its point at every hook): the point's probe id at each hook (indexed by
+ * the hook state's NF_INET_*), and a bit per hook whose point shows events (cfg_emit 0: none does). */
+#define NF_INET_HOOKS 5
+const volatile __u32 cfg_nf_probe_ids[NF_INET_HOOKS] = {};
+const volatile __u8 cfg_nf_shown = 0;
 const volatile __u8 cfg_summary = 0;          /* --summary: the free tracepoints count the ends they see */
 /* tp_btf caller: kernel stack frames before the function that fired the tracepoint: the stack is
  * [this program, bpf_trace_run<N>, function with the tracepoint, ...]. */
@@ -1384,33 +1390,37 @@ int tc_chain(struct __sk_buff *ctx)
 /* ---- netfilter ---- */
 #define NF_ACCEPT 1
 
-/* Attached at the first and last priority of each IPv4/IPv6 hook, in each netns; the probe id (cfg_probe_id)
- * names the point. It observes only: whatever the filters say, the packet goes on. A selected skb's hook is
- * remembered from the first point to the last (nf_where), so a drop in between names its hook; with cfg_emit
- * 0 the point keeps that state only and shows no event. */
+/* Attached at the first and last priority of each IPv4/IPv6 hook, in each netns: one load per priority
+ * (cfg_nf_point) serves every hook, which it reads from the hook state; the probe id of the point at that hook
+ * (cfg_nf_probe_ids) names it. It observes only: whatever the filters say, the packet goes on. A selected skb's
+ * hook is remembered from the first point to the last (nf_where), so a drop in between names its hook; a point
+ * whose bit in cfg_nf_shown is clear keeps that state only and shows no event. */
 SEC("netfilter")
 int nf_skb(struct bpf_nf_ctx *ctx)
 {
+	const struct nf_hook_state *state = ctx->state;
 	struct sk_buff *skb = ctx->skb;
 	__u64 addr = (__u64)skb;
+	__u8 hook = BPF_CORE_READ(state, hook);
+	bool shown;
 
-	if (!skb)
+	if (!skb || hook >= NF_INET_HOOKS)
 		return NF_ACCEPT;
+	shown = cfg_emit && ((cfg_nf_shown >> hook) & 1);
 	if (cfg_nf_point == NF_POINT_LAST) {
 		nf_forget(addr); /* whatever the filters say: only selected skbs have an entry, and a lookup is cheap */
-		if (!cfg_emit)
+		if (!shown)
 			return NF_ACCEPT; /* a point that keeps state only need not run the filters */
 	}
 	if (!skb_selected(skb, true))
 		return NF_ACCEPT;
 	if (cfg_nf_point == NF_POINT_FIRST) {
-		const struct nf_hook_state *state = ctx->state;
-		struct nf_where w = {.pf = BPF_CORE_READ(state, pf), .hook = BPF_CORE_READ(state, hook)};
+		struct nf_where w = {.pf = BPF_CORE_READ(state, pf), .hook = hook};
 
 		bpf_map_update_elem(&nf_where, &addr, &w, BPF_ANY);
 	}
-	if (cfg_emit)
-		emit_skb(ctx, skb, cfg_probe_id, PWRU_PROBE_INDEX, -1, 0, CALLER_NONE);
+	if (shown)
+		emit_skb(ctx, skb, cfg_nf_probe_ids[hook], PWRU_PROBE_INDEX, -1, 0, CALLER_NONE);
 	return NF_ACCEPT;
 }
 

@@ -14,12 +14,14 @@ function's or a linked program's ``insns``); conversion to the kernel's 8-byte s
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import io
 import os
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -319,6 +321,64 @@ def _copy_insns(insns: Iterable[Instruction]) -> list[Instruction]:
     return [i.copy() for i in insns]
 
 
+class FunctionTable(MutableMapping[str, Function]):
+    """The object's functions by name. Every name and its section are known from the symbol table; a
+    section's functions are built (instructions decoded, relocations applied) when one of them is first looked
+    up: a run loads a few of the object's programs, and decoding all of its ~48,000 instructions took most of
+    the object's parse (seconds under emulation). Building is serialised (programs load from several
+    threads); a section that fails to build raises its :class:`ELFError` at every lookup."""
+
+    def __init__(self) -> None:
+        self._section_of: dict[str, str] = {}
+        self._built: dict[str, Function] = {}
+        self._pending: dict[str, Callable[[], list[Function]]] = {}
+        self._lock = threading.Lock()
+
+    def add_section(self, section: str, names: Sequence[str], build: Callable[[], list[Function]]) -> None:
+        """Declare ``names`` as ``section``'s functions, ``build`` making them when first needed."""
+        for name in names:
+            if name in self._section_of:
+                raise ELFError(f"two functions named {name!r}")
+            self._section_of[name] = section
+        self._pending[section] = build
+
+    def section_of(self, name: str) -> str:
+        """The section of function ``name``, without building it."""
+        return self._section_of[name]
+
+    def __getitem__(self, name: str) -> Function:
+        fn = self._built.get(name)
+        if fn is not None:
+            return fn
+        section = self._section_of[name]  # KeyError for an unknown name, as a dict
+        with self._lock:
+            build = self._pending.get(section)
+            if build is not None:
+                for f in build():
+                    self._built.setdefault(f.name, f)
+                del self._pending[section]
+        return self._built[name]
+
+    def __setitem__(self, name: str, fn: Function) -> None:
+        if name in self._section_of:
+            self[name]  # its section built first, so that building later cannot overwrite it
+        self._section_of[name] = fn.section
+        self._built[name] = fn
+
+    def __delitem__(self, name: str) -> None:
+        self[name]
+        del self._section_of[name], self._built[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._section_of
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._section_of)
+
+    def __len__(self) -> int:
+        return len(self._section_of)
+
+
 class ProgramSpec:
     """A program of the object: its entry function plus every subprogram it reaches, linked on demand.
 
@@ -330,7 +390,7 @@ class ProgramSpec:
         self,
         name: str,
         section: str,
-        functions: dict[str, Function],
+        functions: Mapping[str, Function],
         license: str = "GPL",
     ) -> None:
         self.name = name
@@ -338,10 +398,17 @@ class ProgramSpec:
         kind = section_program_type(section)
         self.prog_type, self.expected_attach_type, self.attach_to, self.retprobe = kind
         self.license = license
-        self._functions = dict(functions)  # shared Function objects; replaced ones are private copies
-        if name not in self._functions:
+        self._shared = functions  # the object's functions (built when first used)
+        self._own: dict[str, Function] = {}  # this program's replacements
+        if name not in functions:
             raise ELFError(f"program {name!r} has no function")
         self._linked: _Linked | None = None
+
+    def _get(self, name: str) -> Function | None:
+        fn = self._own.get(name)
+        if fn is None and name in self._shared:
+            fn = self._shared[name]
+        return fn
 
     def __repr__(self) -> str:
         return f"ProgramSpec({self.name!r}, section={self.section!r}, type={self.prog_type.name})"
@@ -357,7 +424,7 @@ class ProgramSpec:
             name = todo.pop(0)
             if name in order:
                 continue
-            fn = self._functions.get(name)
+            fn = self._get(name)
             if fn is None:
                 raise ELFError(f"program {self.name!r}: call to unknown function {name!r}")
             order.append(name)
@@ -368,7 +435,9 @@ class ProgramSpec:
         """One function (entry or subprogram) this program can reach."""
         if name not in self.function_names:
             raise ELFError(f"program {self.name!r} does not use function {name!r}")
-        return self._functions[name]
+        fn = self._get(name)
+        assert fn is not None
+        return fn
 
     def _link(self) -> _Linked:
         if self._linked is not None:
@@ -379,7 +448,8 @@ class ProgramSpec:
         cr: list[CoreRelo] = []
         mr: list[MapRef] = []
         for name in self.function_names:
-            fn = self._functions[name]
+            fn = self._get(name)
+            assert fn is not None
             base = len(insns)
             body = list(fn.insns)  # shared until the copy of the linked whole below; the first one labelled
             if not body:
@@ -435,16 +505,16 @@ class ProgramSpec:
         map references inside the old body are dropped. Calls and records of the other functions follow
         because programs are linked after the swap.
         """
-        old = self._functions.get(symbol)
+        old = self._get(symbol)
         if old is None:
             raise ELFError(f"program {self.name!r} has no function {symbol!r}")
         if symbol == self.name:
             raise ELFError(f"{symbol!r} is the program's entry, not a subprogram")
-        self._functions[symbol] = _replacement(old, code)
+        self._own[symbol] = _replacement(old, code)
         self._linked = None
 
     def _set_function(self, fn: Function) -> None:
-        self._functions[fn.name] = fn
+        self._own[fn.name] = fn
         self._linked = None
 
     # -- kernel records --------------------------------------------------------------------------------
@@ -504,7 +574,7 @@ class ObjectSpec:
         self.programs: dict[str, ProgramSpec] = {}
         self.maps: dict[str, MapSpec] = {}
         self.variables: dict[str, VariableSpec] = {}
-        self.functions: dict[str, Function] = {}
+        self.functions = FunctionTable()
         self.btf: btf.Spec | None = None
         self.btf_ext: BTFExt | None = None
         self.license = "GPL"
@@ -548,8 +618,7 @@ class ObjectSpec:
         new = _replacement(old, code)
         self.functions[symbol] = new
         for prog in self.programs.values():
-            if symbol in prog._functions:
-                prog._set_function(new)
+            prog._set_function(new)
 
     def data_section_variables(self, section: str) -> dict[str, VariableSpec]:
         """Variables of one data section (``.rodata``...), by name."""
@@ -648,9 +717,10 @@ class _Reader:
         self._read_data_sections()
         self._read_maps()
         self._read_functions()
-        for name, fn in spec.functions.items():
-            if fn.section != ".text":
-                spec.programs[name] = ProgramSpec(name, fn.section, spec.functions, spec.license)
+        for name in spec.functions:
+            section = spec.functions.section_of(name)
+            if section != ".text":
+                spec.programs[name] = ProgramSpec(name, section, spec.functions, spec.license)
 
     # -- BTF -------------------------------------------------------------------------------------------
 
@@ -771,56 +841,86 @@ class _Reader:
     # -- functions -------------------------------------------------------------------------------------
 
     def _read_functions(self) -> None:
+        """Each code section's functions declared (names, sizes, the records that fall in them checked), to be
+        built when first used (:class:`FunctionTable`)."""
         spec = self.spec
         ext = spec.btf_ext or BTFExt()
+        by_section: dict[int, list[_Sym]] = {}
+        for s in self.symbols:
+            if s["st_info"]["type"] == "STT_FUNC" and isinstance(s["st_shndx"], int):
+                by_section.setdefault(s["st_shndx"], []).append(s)
         for idx, sec in enumerate(self.sections):
             if sec["sh_type"] != "SHT_PROGBITS" or not sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR:
                 continue
             if sec["sh_size"] == 0:
                 continue
-            code = asm.decode(sec.data())
-            slots = asm.slot_offsets(code)
-            slot_index = {s: i for i, s in enumerate(slots[:-1])}
-            funcs = sorted(
-                (s for s in self.symbols if s["st_shndx"] == idx and s["st_info"]["type"] == "STT_FUNC"),
-                key=lambda s: s["st_value"],
-            )
+            funcs = sorted(by_section.get(idx, []), key=lambda s: s["st_value"])
             if not funcs:
                 raise ELFError(f"section {sec.name!r} holds code but no function symbols")
-            rels = self._relocations(idx)
-            fi = {off: tid for off, tid in ext.func_info.get(sec.name, [])}
-            lines = ext.line_info.get(sec.name, [])
-            relos = ext.core_relos.get(sec.name, [])
             for sym in funcs:
                 start, size = sym["st_value"], sym["st_size"]
                 if start % 8 or size % 8 or size == 0:
                     raise ELFError(f"function {sym.name!r} has a bad size or offset")
-                first = _index_at(slot_index, start // 8, sym.name)
-                end = slot_index.get((start + size) // 8, len(code))
-                fn = Function(sym.name, sec.name, code[first:end], fi.get(start, 0))  # fresh from decode: not shared
+            relos = ext.core_relos.get(sec.name, [])
+            for _off, _type_id, _access_off, kind in relos:
+                _relo_kind(kind, sec.name)
+            rels = self._relocations(idx)
+            code = sec.data()
 
-                def local(
-                    byte_off: int,
-                    first: int = first,
-                    name: str = sym.name,
-                    index: dict[int, int] = slot_index,
-                ) -> int:
-                    return _index_at(index, byte_off // 8, name) - first
+            def build(
+                sec: Section = sec, code: bytes = code, funcs: list[_Sym] = funcs, rels: list[Any] = rels
+            ) -> list[Function]:
+                return self._build_functions(sec, code, funcs, rels)
 
-                for off, file_off, line_off, line_col in lines:
-                    if start <= off < start + size:
-                        fn.line_info.append(LineInfo(local(off), file_off, line_off, line_col))
-                for off, type_id, access_off, kind in relos:
-                    if start <= off < start + size:
-                        access = spec.btf.string(access_off) if spec.btf is not None else ""
-                        fn.core_relos.append(CoreRelo(local(off), type_id, access, _relo_kind(kind, sym.name)))
-                for off, rsym, rtype in rels:
-                    if start <= off < start + size:
-                        self._apply_relocation(fn, local(off), rsym, rtype, sec.name)
-                self._mark_local_calls(fn, sec.name, start // 8, funcs)
-                if sym.name in spec.functions:
-                    raise ELFError(f"two functions named {sym.name!r}")
-                spec.functions[sym.name] = fn
+            spec.functions.add_section(sec.name, [s.name for s in funcs], build)
+
+    def _build_functions(
+        self, sec: Section, data: bytes, funcs: list[_Sym], rels: list[tuple[int, object, int]]
+    ) -> list[Function]:
+        """The functions of one code section: decoded, their records and relocations applied."""
+        spec = self.spec
+        ext = spec.btf_ext or BTFExt()
+        code = asm.decode(data)
+        slots = asm.slot_offsets(code)
+        slot_index = {s: i for i, s in enumerate(slots[:-1])}
+        fi = {off: tid for off, tid in ext.func_info.get(sec.name, [])}
+        starts = [s["st_value"] for s in funcs]
+        ends = [s["st_value"] + s["st_size"] for s in funcs]
+
+        def by_function(records: Iterable[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
+            """Each function's records (by byte offset, the first field), in their order in the file."""
+            out: list[list[tuple[Any, ...]]] = [[] for _ in funcs]
+            for r in records:
+                i = bisect.bisect_right(starts, r[0]) - 1
+                if i >= 0 and r[0] < ends[i]:
+                    out[i].append(r)
+            return out
+
+        lines = by_function(ext.line_info.get(sec.name, []))
+        relos = by_function(ext.core_relos.get(sec.name, []))
+        relocations = by_function(rels)
+        built: list[Function] = []
+        for i, sym in enumerate(funcs):
+            start, size = sym["st_value"], sym["st_size"]
+            first = _index_at(slot_index, start // 8, sym.name)
+            end = slot_index.get((start + size) // 8, len(code))
+            fn = Function(sym.name, sec.name, code[first:end], fi.get(start, 0))  # fresh from decode: not shared
+
+            def local(
+                byte_off: int, first: int = first, name: str = sym.name, index: dict[int, int] = slot_index
+            ) -> int:
+                return _index_at(index, byte_off // 8, name) - first
+
+            for off, file_off, line_off, line_col in lines[i]:
+                fn.line_info.append(LineInfo(local(off), file_off, line_off, line_col))
+            for off, type_id, access_off, kind in relos[i]:
+                access = spec.btf.string(access_off) if spec.btf is not None else ""
+                fn.core_relos.append(CoreRelo(local(off), type_id, access, _relo_kind(kind, sym.name)))
+            for off, rsym, rtype in relocations[i]:
+                self._apply_relocation(fn, local(off), rsym, rtype, sec.name)
+            self._mark_local_calls(fn, sec.name, start // 8, funcs)
+            built.append(fn)
+        return built
 
     def _relocations(self, target_idx: int) -> list[tuple[int, object, int]]:
         out: list[tuple[int, object, int]] = []

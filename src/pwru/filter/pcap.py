@@ -88,17 +88,24 @@ def _libpcap() -> ctypes.CDLL:
     if _lib is not None:
         return _lib
     names = ["libpcap.so.0.8", "libpcap.so.1", "libpcap.so"]
-    found = ctypes.util.find_library("pcap")
-    if found and found not in names:  # usually libpcap.so.0.8 again: a name tried twice reads as a bug
-        names.append(found)
     err: OSError | None = None
+    lib: ctypes.CDLL | None = None
     for name in names:
         try:
             lib = ctypes.CDLL(name)
             break
         except OSError as e:
             err = e
-    else:
+    if lib is None:
+        # Asked only when the usual names fail: find_library runs ldconfig (a process; half a second emulated).
+        found = ctypes.util.find_library("pcap")
+        if found and found not in names:  # usually libpcap.so.0.8 again: a name tried twice reads as a bug
+            names.append(found)
+            try:
+                lib = ctypes.CDLL(found)
+            except OSError as e:
+                err = e
+    if lib is None:
         raise OSError(f"libpcap not found (tried {', '.join(names)}): {err}")
     lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
     lib.pcap_open_dead.restype = ctypes.c_void_p
