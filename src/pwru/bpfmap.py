@@ -91,14 +91,18 @@ def map_functions(spec: Spec) -> dict[str, MapFunction]:
     return out
 
 
-def call_targets(code: bytes, base: int) -> set[int]:
-    """The addresses a program's xlated instructions call as helpers (``imm`` relative to ``base``); a withheld
-    ``imm`` (0) is left out."""
+def call_targets(code: bytes, base: int) -> tuple[set[int], int]:
+    """The addresses a program's xlated instructions call as helpers (``imm`` relative to ``base``), and how many
+    helper calls had their ``imm`` withheld (0), which are left out."""
     out = set()
+    withheld = 0
     for opcode, regs, _off, imm in _INSN.iter_unpack(code[: len(code) // 8 * 8]):
-        if opcode == _CALL and regs >> 4 == 0 and imm:
-            out.add(base + imm)
-    return out
+        if opcode == _CALL and regs >> 4 == 0:
+            if imm:
+                out.add(base + imm)
+            else:
+                withheld += 1
+    return out, withheld
 
 
 def called_functions(ksyms: Kallsyms, ids: Iterable[int] | None = None) -> set[str] | None:
@@ -108,16 +112,17 @@ def called_functions(ksyms: Kallsyms, ids: Iterable[int] | None = None) -> set[s
     if base is None:
         return None
     addresses: set[int] = set()
-    calls = 0
+    withheld = 0
     for prog_id in prog.loaded_ids() if ids is None else ids:
         try:
             with prog.Program.from_id(prog_id) as p:
                 code = p.xlated()
         except (EBPFError, OSError):
             continue  # gone meanwhile
-        calls += sum(1 for c, r, _o, _i in _INSN.iter_unpack(code[: len(code) // 8 * 8]) if c == _CALL and not r >> 4)
-        addresses |= call_targets(code, base)
-    if calls and not addresses:
+        found, zeroed = call_targets(code, base)
+        addresses |= found
+        withheld += zeroed
+    if withheld and not addresses:
         return None
     names = set()
     for a in addresses:

@@ -78,7 +78,7 @@ def test_call_targets_are_helper_calls_relative_to_the_base() -> None:
         _insn(0x85, 0x00, -0x20),  # below the base
         _insn(0x95, 0x00, 0),  # exit
     ])  # fmt: skip
-    assert bpfmap.call_targets(code + b"\x85\x00", 0xFFFF0000) == {0xFFFF1000, 0xFFFF0000 - 0x20}
+    assert bpfmap.call_targets(code + b"\x85\x00", 0xFFFF0000) == ({0xFFFF1000, 0xFFFF0000 - 0x20}, 1)
 
 
 # --- decoding with BTF ------------------------------------------------------------------------------------------
